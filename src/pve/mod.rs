@@ -1,0 +1,1 @@
+//! Proxmox VE API client (reqwest + rustls), task polling and VM checks.

@@ -1,0 +1,1 @@
+//! A simulated Talos cluster for tests and `talos-dr demo`. Real runs never touch it.

@@ -1,0 +1,3 @@
+//! etcd snapshot files: verification, storage layout and retention.
+
+pub mod verify;
