@@ -1,1 +1,442 @@
-//! profile
+//! Cluster profiles: one directory per cluster holding `profile.toml`, credentials and backups.
+//!
+//! A profile is found by name under `$TALOS_DR_HOME` (default `$XDG_CONFIG_HOME/talos-dr`, i.e.
+//! `~/.config/talos-dr`), or given directly as a directory with `--config-dir`. Relative paths
+//! inside `profile.toml` are relative to that directory.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::pve::PveConfig;
+
+pub const PROFILE_FILE: &str = "profile.toml";
+pub const ENV_HOME: &str = "TALOS_DR_HOME";
+
+#[derive(Debug, Error)]
+pub enum ProfileError {
+    #[error("no profile selected: pass `-p NAME` (or set TALOS_DR_PROFILE) or `--config-dir DIR`")]
+    NoneSelected,
+    #[error("profile {name:?} not found: {path} does not exist")]
+    NotFound { name: String, path: PathBuf },
+    #[error("could not read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("cannot find the home directory: set TALOS_DR_HOME or use --config-dir")]
+    NoHome,
+}
+
+/// Where a profile lives.
+#[derive(Debug, Clone)]
+pub struct Location {
+    pub name: Option<String>,
+    pub config_dir: PathBuf,
+}
+
+/// The directory that holds named profiles.
+pub fn profiles_home() -> Result<PathBuf, ProfileError> {
+    if let Some(home) = std::env::var_os(ENV_HOME).filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(home));
+    }
+    if let Some(xdg) = std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(xdg).join("talos-dr"));
+    }
+    std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .map(|h| PathBuf::from(h).join(".config").join("talos-dr"))
+        .ok_or(ProfileError::NoHome)
+}
+
+/// Resolves `--config-dir` / `--profile` to a directory (which may not exist yet).
+pub fn locate(name: Option<&str>, config_dir: Option<&Path>) -> Result<Location, ProfileError> {
+    match (config_dir, name) {
+        (Some(dir), name) => Ok(Location {
+            name: name.map(str::to_owned),
+            config_dir: dir.to_path_buf(),
+        }),
+        (None, Some(name)) => {
+            validate_profile_name(name).map_err(|message| ProfileError::Invalid {
+                path: PathBuf::from(name),
+                message,
+            })?;
+            Ok(Location {
+                name: Some(name.to_owned()),
+                config_dir: profiles_home()?.join(name),
+            })
+        }
+        (None, None) => Err(ProfileError::NoneSelected),
+    }
+}
+
+pub fn validate_profile_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "profile name {name:?} is not valid: use letters, digits, '-', '_' or '.' (not first), at most 64 characters"
+        ))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[serde(rename = "controlplane")]
+    ControlPlane,
+    Worker,
+}
+
+/// The Proxmox VM behind a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmLocation {
+    pub node: String,
+    pub vmid: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    pub address: String,
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmLocation>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backup {
+    #[serde(default = "default_backup_dir")]
+    pub dir: PathBuf,
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
+    #[serde(default = "default_keep_last")]
+    pub keep_last: u32,
+}
+
+impl Default for Backup {
+    fn default() -> Self {
+        Self {
+            dir: default_backup_dir(),
+            retention_days: default_retention_days(),
+            keep_last: default_keep_last(),
+        }
+    }
+}
+
+fn default_backup_dir() -> PathBuf {
+    PathBuf::from("etcd-backups")
+}
+fn default_retention_days() -> u32 {
+    7
+}
+fn default_keep_last() -> u32 {
+    3
+}
+fn default_talosconfig() -> PathBuf {
+    PathBuf::from("talosconfig")
+}
+fn default_kubeconfig() -> PathBuf {
+    PathBuf::from("kubeconfig")
+}
+
+/// `profile.toml`, as written by the user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileFile {
+    pub name: String,
+    #[serde(default = "default_talosconfig")]
+    pub talosconfig: PathBuf,
+    #[serde(default = "default_kubeconfig")]
+    pub kubeconfig: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    #[serde(default)]
+    pub nodes: Vec<Node>,
+    #[serde(default)]
+    pub backup: Backup,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxmox: Option<PveConfig>,
+}
+
+/// A loaded, validated profile with every path resolved.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub config_dir: PathBuf,
+    pub file: ProfileFile,
+}
+
+impl Profile {
+    pub fn load(location: &Location) -> Result<Self, ProfileError> {
+        let path = location.config_dir.join(PROFILE_FILE);
+        if !location.config_dir.exists() {
+            return Err(ProfileError::NotFound {
+                name: location
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| location.config_dir.display().to_string()),
+                path: location.config_dir.clone(),
+            });
+        }
+        let text = std::fs::read_to_string(&path).map_err(|source| ProfileError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let file = parse(&text).map_err(|message| ProfileError::Invalid {
+            path: path.clone(),
+            message,
+        })?;
+        Ok(Self {
+            config_dir: location.config_dir.clone(),
+            file,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.file.name
+    }
+
+    fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.config_dir.join(p)
+        }
+    }
+
+    pub fn talosconfig(&self) -> PathBuf {
+        self.resolve(&self.file.talosconfig)
+    }
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.resolve(&self.file.kubeconfig)
+    }
+    pub fn backup_dir(&self) -> PathBuf {
+        self.resolve(&self.file.backup.dir)
+    }
+    pub fn runs_dir(&self) -> PathBuf {
+        self.config_dir.join("runs")
+    }
+    pub fn sets_dir(&self) -> PathBuf {
+        self.config_dir.join("sets")
+    }
+
+    pub fn control_plane(&self) -> impl Iterator<Item = &Node> {
+        self.file
+            .nodes
+            .iter()
+            .filter(|n| n.role == Role::ControlPlane)
+    }
+    pub fn workers(&self) -> impl Iterator<Item = &Node> {
+        self.file.nodes.iter().filter(|n| n.role == Role::Worker)
+    }
+    pub fn control_plane_addresses(&self) -> Vec<String> {
+        self.control_plane().map(|n| n.address.clone()).collect()
+    }
+    pub fn worker_addresses(&self) -> Vec<String> {
+        self.workers().map(|n| n.address.clone()).collect()
+    }
+}
+
+/// Parses and validates `profile.toml` text. Errors name the key and what is expected.
+pub fn parse(text: &str) -> Result<ProfileFile, String> {
+    let file: ProfileFile = toml::from_str(text).map_err(|e| e.to_string().trim().to_owned())?;
+    validate(&file)?;
+    Ok(file)
+}
+
+fn validate(file: &ProfileFile) -> Result<(), String> {
+    if file.name.trim().is_empty() {
+        return Err("key `name` must not be empty".into());
+    }
+    if !file.nodes.iter().any(|n| n.role == Role::ControlPlane) {
+        return Err(
+            "no control-plane node: add at least one [[nodes]] entry with role = \"controlplane\""
+                .into(),
+        );
+    }
+    let mut seen = HashSet::new();
+    for (i, node) in file.nodes.iter().enumerate() {
+        let a = node.address.trim();
+        if a.is_empty() || a.contains(char::is_whitespace) || a.contains(',') {
+            return Err(format!(
+                "nodes[{i}].address {:?} is not valid: expected one IP address or hostname",
+                node.address
+            ));
+        }
+        if !seen.insert(a) {
+            return Err(format!(
+                "nodes[{i}].address {a:?} appears twice: every node must be listed once"
+            ));
+        }
+        if let Some(vm) = &node.vm
+            && (vm.vmid < 100 || vm.node.trim().is_empty())
+        {
+            return Err(format!(
+                "nodes[{i}].vm is not valid: expected {{ node = \"pve1\", vmid = 101 }} (Proxmox VMIDs start at 100)"
+            ));
+        }
+    }
+    if file.backup.keep_last == 0 {
+        return Err(
+            "backup.keep_last must be at least 1: the newest snapshot is never deleted".into(),
+        );
+    }
+    if let Some(px) = &file.proxmox
+        && px.max_parallel == 0
+    {
+        return Err("proxmox.max_parallel must be at least 1".into());
+    }
+    Ok(())
+}
+
+/// Renders a profile as commented TOML for `profile init`.
+pub fn render(file: &ProfileFile) -> String {
+    let mut out = String::new();
+    out.push_str("# talos-dr profile. Reference: README.md, section \"Profile reference\".\n");
+    out.push_str(&format!("name = {}\n", toml_str(&file.name)));
+    out.push_str(&format!(
+        "talosconfig = {}   # relative to this directory, or absolute\n",
+        toml_str(&file.talosconfig.display().to_string())
+    ));
+    out.push_str(&format!(
+        "kubeconfig = {}\n",
+        toml_str(&file.kubeconfig.display().to_string())
+    ));
+    if let Some(ctx) = &file.context {
+        out.push_str(&format!("context = {}\n", toml_str(ctx)));
+    }
+    for node in &file.nodes {
+        out.push_str("\n[[nodes]]\n");
+        out.push_str(&format!("address = {}\n", toml_str(&node.address)));
+        let role = match node.role {
+            Role::ControlPlane => "controlplane",
+            Role::Worker => "worker",
+        };
+        out.push_str(&format!("role = \"{role}\"\n"));
+        if let Some(h) = &node.hostname {
+            out.push_str(&format!("hostname = {}\n", toml_str(h)));
+        }
+        match &node.vm {
+            Some(vm) => out.push_str(&format!(
+                "vm = {{ node = {}, vmid = {} }}\n",
+                toml_str(&vm.node),
+                vm.vmid
+            )),
+            None => out.push_str(
+                "# vm = { node = \"pve1\", vmid = 101 }   # `talos-dr profile discover` fills this\n",
+            ),
+        }
+    }
+    out.push_str("\n[backup]\n");
+    out.push_str(&format!(
+        "dir = {}\n",
+        toml_str(&file.backup.dir.display().to_string())
+    ));
+    out.push_str(&format!(
+        "retention_days = {}   # delete snapshots older than this…\n",
+        file.backup.retention_days
+    ));
+    out.push_str(&format!(
+        "keep_last = {}        # …but never the newest N valid ones\n",
+        file.backup.keep_last
+    ));
+    out.push_str(
+        "\n# [proxmox]\n# endpoint = \"https://pve1.lan:8006\"\n# fingerprint = \"AA:BB:…\"   # or ca_file = \"pve-root-ca.pem\"\n# token: PROXMOX_VE_API_TOKEN=USER@REALM!TOKENID=SECRET, or token_file = \"pve-token\" (mode 0600)\n",
+    );
+    out
+}
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "homelab"
+talosconfig = "talosconfig"
+context = "homelab"
+
+[[nodes]]
+address = "10.0.0.11"
+role = "controlplane"
+vm = { node = "pve1", vmid = 101 }
+
+[[nodes]]
+address = "10.0.0.21"
+role = "worker"
+
+[backup]
+dir = "etcd-backups"
+retention_days = 7
+keep_last = 3
+
+[proxmox]
+endpoint = "https://pve1.lan:8006"
+fingerprint = "AA:BB"
+snapshot_before_restore = true
+"#;
+
+    #[test]
+    fn design_example_parses() {
+        let p = parse(GOOD).unwrap();
+        assert_eq!(p.name, "homelab");
+        assert_eq!(p.nodes.len(), 2);
+        assert_eq!(
+            p.nodes[0].vm,
+            Some(VmLocation {
+                node: "pve1".into(),
+                vmid: 101
+            })
+        );
+        assert_eq!(p.backup.keep_last, 3);
+        assert!(p.proxmox.unwrap().snapshot_before_restore);
+    }
+
+    #[test]
+    fn render_round_trips() {
+        let p = parse(GOOD).unwrap();
+        let again = parse(&render(&p)).unwrap();
+        assert_eq!(again.nodes.len(), 2);
+        assert_eq!(again.nodes[0].vm, p.nodes[0].vm);
+        assert_eq!(again.backup.retention_days, 7);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_expectation() {
+        let bad_role = GOOD.replace("role = \"worker\"", "role = \"wrker\"");
+        let e = parse(&bad_role).unwrap_err();
+        assert!(e.contains("wrker") && e.contains("controlplane"), "{e}");
+
+        let unknown = GOOD.replace("keep_last = 3", "keep_lst = 3");
+        let e = parse(&unknown).unwrap_err();
+        assert!(e.contains("keep_lst"), "{e}");
+
+        let zero = GOOD.replace("keep_last = 3", "keep_last = 0");
+        let e = parse(&zero).unwrap_err();
+        assert!(e.contains("backup.keep_last"), "{e}");
+
+        let no_cp = GOOD.replace("role = \"controlplane\"", "role = \"worker\"");
+        assert!(parse(&no_cp).unwrap_err().contains("control-plane"));
+
+        let dup = GOOD.replace("10.0.0.21", "10.0.0.11");
+        assert!(parse(&dup).unwrap_err().contains("appears twice"));
+    }
+}

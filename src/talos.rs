@@ -1,1 +1,449 @@
-//! talos
+//! Typed `talosctl` calls (v1.9) and parsers of their output.
+//!
+//! Every call passes `--talosconfig` explicitly (talosctl would otherwise create an empty config
+//! at a default path) and exactly one `-n` for single-node commands (`etcd snapshot`,
+//! `bootstrap`, `health` fail with several nodes). Facts: `reference/talos.md`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::exec::{self, CmdOutput, ExecError};
+
+#[derive(Debug, Error)]
+pub enum TalosError {
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    #[error("`{command}` failed{}: {stderr}", node.as_ref().map(|n| format!(" on node {n}")).unwrap_or_default())]
+    Failed {
+        node: Option<String>,
+        command: String,
+        stderr: String,
+    },
+    #[error("could not understand the output of `{command}`: {reason}")]
+    Parse { command: String, reason: String },
+}
+
+impl TalosError {
+    /// The stderr text of a failed call (empty for other errors).
+    pub fn stderr(&self) -> &str {
+        match self {
+            TalosError::Failed { stderr, .. } => stderr,
+            _ => "",
+        }
+    }
+}
+
+/// How to call talosctl for one profile.
+#[derive(Debug, Clone)]
+pub struct Talosctl {
+    pub bin: PathBuf,
+    pub talosconfig: PathBuf,
+    pub context: Option<String>,
+    /// Default timeout for quick calls (version, service, get).
+    pub timeout: Duration,
+}
+
+/// Output of `talosctl config info -o json`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct ConfigInfo {
+    #[serde(default)]
+    pub context: String,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub nodes: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub endpoints: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub roles: Vec<String>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
+}
+
+/// One cluster member from `talosctl get members -o json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    pub id: String,
+    pub hostname: String,
+    pub machine_type: String,
+    pub addresses: Vec<String>,
+    pub os: String,
+}
+
+impl Member {
+    pub fn is_control_plane(&self) -> bool {
+        matches!(self.machine_type.as_str(), "controlplane" | "init")
+    }
+}
+
+/// `talosctl service etcd` for one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub node: String,
+    pub state: String,
+    pub health: String,
+    /// Newest first, as talosctl prints them: `[State]: message (12s ago)`.
+    pub events: Vec<String>,
+}
+
+impl ServiceStatus {
+    pub fn is_running_ok(&self) -> bool {
+        self.state == "Running" && self.health == "OK"
+    }
+    /// The etcd join loop: waiting for `bootstrap` (or to join).
+    pub fn is_preparing(&self) -> bool {
+        self.state == "Preparing"
+    }
+    pub fn last_event(&self) -> Option<&str> {
+        self.events.first().map(String::as_str)
+    }
+}
+
+/// What `talosctl etcd snapshot` reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotSaved {
+    pub bytes: u64,
+    pub info_line: Option<String>,
+}
+
+impl Talosctl {
+    pub fn new(bin: PathBuf, talosconfig: PathBuf, context: Option<String>) -> Self {
+        Self {
+            bin,
+            talosconfig,
+            context,
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    fn args(&self, nodes: &[&str], rest: &[&str]) -> Vec<String> {
+        let mut args = vec![
+            "--talosconfig".to_owned(),
+            self.talosconfig.display().to_string(),
+        ];
+        if let Some(ctx) = &self.context {
+            args.push("--context".into());
+            args.push(ctx.clone());
+        }
+        if !nodes.is_empty() {
+            args.push("-n".into());
+            args.push(nodes.join(","));
+        }
+        args.extend(rest.iter().map(|s| (*s).to_owned()));
+        args
+    }
+
+    /// Runs talosctl; a non-zero exit becomes [`TalosError::Failed`] with stderr.
+    async fn call(
+        &self,
+        node: Option<&str>,
+        rest: &[&str],
+        timeout: Duration,
+    ) -> Result<CmdOutput, TalosError> {
+        let nodes: Vec<&str> = node.into_iter().collect();
+        let args = self.args(&nodes, rest);
+        let out = exec::run(&self.bin, &args, &[], timeout).await?;
+        if out.success() {
+            Ok(out)
+        } else {
+            Err(TalosError::Failed {
+                node: node.map(str::to_owned),
+                command: format!("talosctl {}", rest.join(" ")),
+                stderr: clean_stderr(&out.stderr),
+            })
+        }
+    }
+
+    /// The talosctl client version tag (`v1.9.5`).
+    pub async fn client_version(&self) -> Result<String, TalosError> {
+        let out = exec::run(
+            &self.bin,
+            &["version".into(), "--client".into(), "--short".into()],
+            &[],
+            self.timeout,
+        )
+        .await?;
+        if !out.success() {
+            return Err(TalosError::Failed {
+                node: None,
+                command: "talosctl version --client".into(),
+                stderr: clean_stderr(&out.stderr),
+            });
+        }
+        parse_client_version(&out.stdout).ok_or_else(|| TalosError::Parse {
+            command: "talosctl version --client --short".into(),
+            reason: "no version tag".into(),
+        })
+    }
+
+    /// The Talos version running on `node` (also proves the node answers).
+    pub async fn server_version(&self, node: &str) -> Result<String, TalosError> {
+        let out = self.call(Some(node), &["version"], self.timeout).await?;
+        parse_server_tag(&out.stdout).ok_or_else(|| TalosError::Parse {
+            command: "talosctl version".into(),
+            reason: "no Server Tag line".into(),
+        })
+    }
+
+    pub async fn config_info(&self) -> Result<ConfigInfo, TalosError> {
+        let out = self
+            .call(None, &["config", "info", "-o", "json"], self.timeout)
+            .await?;
+        serde_json::from_str(&out.stdout).map_err(|e| TalosError::Parse {
+            command: "talosctl config info -o json".into(),
+            reason: e.to_string(),
+        })
+    }
+
+    pub async fn members(&self, node: &str) -> Result<Vec<Member>, TalosError> {
+        let out = self
+            .call(Some(node), &["get", "members", "-o", "json"], self.timeout)
+            .await?;
+        parse_members(&out.stdout).map_err(|reason| TalosError::Parse {
+            command: "talosctl get members -o json".into(),
+            reason,
+        })
+    }
+
+    /// `talosctl health` run on one node, with the expected node sets pinned.
+    pub async fn health(
+        &self,
+        node: &str,
+        control_plane: &[String],
+        workers: &[String],
+        wait: Duration,
+    ) -> Result<(), TalosError> {
+        let wait_arg = format!("{}s", wait.as_secs());
+        let cp = control_plane.join(",");
+        let wk = workers.join(",");
+        let mut rest = vec!["health", "--wait-timeout", &wait_arg];
+        if !cp.is_empty() {
+            rest.extend(["--control-plane-nodes", &cp]);
+        }
+        if !wk.is_empty() {
+            rest.extend(["--worker-nodes", &wk]);
+        }
+        // talosctl's own wait-timeout governs; ours is a safety net on top.
+        self.call(Some(node), &rest, wait + Duration::from_secs(30))
+            .await
+            .map(|_| ())
+    }
+
+    /// Streams an etcd snapshot from `node` to `path` (talosctl writes `path.part`, then renames).
+    pub async fn etcd_snapshot(
+        &self,
+        node: &str,
+        path: &Path,
+        timeout: Duration,
+    ) -> Result<SnapshotSaved, TalosError> {
+        let p = path.display().to_string();
+        let out = self
+            .call(Some(node), &["etcd", "snapshot", &p], timeout)
+            .await?;
+        Ok(parse_snapshot_saved(&out.stdout))
+    }
+
+    pub async fn service_etcd(&self, node: &str) -> Result<ServiceStatus, TalosError> {
+        let out = self
+            .call(Some(node), &["service", "etcd"], self.timeout)
+            .await?;
+        parse_service(&out.stdout)
+            .into_iter()
+            .next()
+            .ok_or_else(|| TalosError::Parse {
+                command: "talosctl service etcd".into(),
+                reason: "no NODE block".into(),
+            })
+    }
+}
+
+/// Drops talosctl's usage text (printed after errors mentioning "flag"/"command") and blank lines.
+pub fn clean_stderr(stderr: &str) -> String {
+    let mut lines = Vec::new();
+    for line in stderr.lines() {
+        if line.starts_with("Usage:") {
+            break;
+        }
+        if !line.trim().is_empty() {
+            lines.push(line.trim_end());
+        }
+    }
+    lines.join("\n")
+}
+
+pub fn parse_client_version(stdout: &str) -> Option<String> {
+    // `--short` prints "Client:\n\tTalos v1.9.5"; the long form has "Tag: v1.9.5".
+    stdout.lines().find_map(|l| {
+        let l = l.trim();
+        l.strip_prefix("Talos ")
+            .or_else(|| l.strip_prefix("Tag:"))
+            .map(|v| v.trim().to_owned())
+    })
+}
+
+pub fn parse_server_tag(stdout: &str) -> Option<String> {
+    let server = stdout.split("Server:").nth(1)?;
+    server
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Tag:").map(|v| v.trim().to_owned()))
+}
+
+/// Parses the concatenated JSON stream of `get members -o json`.
+pub fn parse_members(stdout: &str) -> Result<Vec<Member>, String> {
+    let mut members = Vec::new();
+    for value in serde_json::Deserializer::from_str(stdout).into_iter::<serde_json::Value>() {
+        let value = value.map_err(|e| e.to_string())?;
+        let spec = &value["spec"];
+        let s = |k: &str| spec[k].as_str().unwrap_or_default().to_owned();
+        members.push(Member {
+            id: value["metadata"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            hostname: s("hostname"),
+            machine_type: s("machineType"),
+            addresses: spec["addresses"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            os: s("operatingSystem"),
+        });
+    }
+    Ok(members)
+}
+
+pub fn parse_snapshot_saved(stdout: &str) -> SnapshotSaved {
+    let mut bytes = 0;
+    let mut info_line = None;
+    for line in stdout.lines() {
+        if line.starts_with("etcd snapshot saved to")
+            && let Some(open) = line.rfind('(')
+        {
+            bytes = line[open + 1..]
+                .trim_end_matches(" bytes)")
+                .trim()
+                .parse()
+                .unwrap_or(0);
+        } else if line.starts_with("snapshot info:") {
+            info_line = Some(line.to_owned());
+        }
+    }
+    SnapshotSaved { bytes, info_line }
+}
+
+/// Parses the vertical `service <id>` blocks (one per node, in one tabwriter table).
+pub fn parse_service(stdout: &str) -> Vec<ServiceStatus> {
+    let mut out: Vec<ServiceStatus> = Vec::new();
+    let mut in_events = false;
+    for line in stdout.lines() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        // Columns are separated by runs of >= 2 spaces (tabwriter padding of 3).
+        let (key, value) = match line.find("  ") {
+            Some(i) => (line[..i].trim(), line[i..].trim()),
+            None => (line.trim(), ""),
+        };
+        let value = value.to_owned();
+        if line.starts_with(' ') || line.starts_with('\t') {
+            // Continuation: older events with an empty first column.
+            if in_events && let Some(cur) = out.last_mut() {
+                cur.events.push(line.trim().to_owned());
+            }
+            continue;
+        }
+        in_events = false;
+        match key {
+            "NODE" => out.push(ServiceStatus {
+                node: value,
+                state: String::new(),
+                health: String::new(),
+                events: Vec::new(),
+            }),
+            "STATE" => {
+                if let Some(cur) = out.last_mut() {
+                    cur.state = value;
+                }
+            }
+            "HEALTH" => {
+                if let Some(cur) = out.last_mut() {
+                    cur.health = value;
+                }
+            }
+            "EVENTS" => {
+                in_events = true;
+                if let Some(cur) = out.last_mut() {
+                    cur.events.push(value);
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_service_block_from_the_docs() {
+        let text = "NODE     172.20.0.2\nID       etcd\nSTATE    Preparing\nHEALTH   ?\nEVENTS   [Preparing]: Running pre state (17s ago)\n         [Waiting]: Waiting for service \"cri\" to be \"up\", time sync (18s ago)\n";
+        let s = parse_service(text);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].node, "172.20.0.2");
+        assert!(s[0].is_preparing());
+        assert_eq!(s[0].health, "?");
+        assert_eq!(s[0].events.len(), 2);
+        assert_eq!(
+            s[0].last_event(),
+            Some("[Preparing]: Running pre state (17s ago)")
+        );
+    }
+
+    #[test]
+    fn parses_snapshot_lines_from_the_docs() {
+        let s = parse_snapshot_saved(
+            "etcd snapshot saved to \"db.snapshot\" (2015264 bytes)\nsnapshot info: hash c25fd181, revision 4193, total keys 1287, total size 3035136\n",
+        );
+        assert_eq!(s.bytes, 2015264);
+        assert!(s.info_line.unwrap().contains("revision 4193"));
+    }
+
+    #[test]
+    fn parses_member_stream_and_versions() {
+        let one = r#"{"metadata":{"id":"cp1"},"node":"10.0.0.11","spec":{"addresses":["10.0.0.11"],"hostname":"cp1","machineType":"controlplane","operatingSystem":"Talos (v1.9.5)"}}"#;
+        let two = one
+            .replace("cp1", "w1")
+            .replace("controlplane", "worker")
+            .replace("10.0.0.11", "10.0.0.21");
+        let m = parse_members(&format!("{one}\n{two}\n")).unwrap();
+        assert_eq!(m.len(), 2);
+        assert!(m[0].is_control_plane() && !m[1].is_control_plane());
+        assert_eq!(m[1].addresses, vec!["10.0.0.21"]);
+        assert_eq!(
+            parse_server_tag("Client:\n\tTag:         v1.9.5\nServer:\n\tNODE:        10.0.0.11\n\tTag:         v1.9.4\n").as_deref(),
+            Some("v1.9.4")
+        );
+        assert_eq!(
+            parse_client_version("Client:\n\tTalos v1.9.5\n").as_deref(),
+            Some("v1.9.5")
+        );
+    }
+
+    #[test]
+    fn clean_stderr_drops_usage() {
+        let e = "command \"etcd snapshot\" is not supported with multiple nodes\n\nUsage:\n  talosctl etcd snapshot <path> [flags]\n";
+        assert_eq!(
+            clean_stderr(e),
+            "command \"etcd snapshot\" is not supported with multiple nodes"
+        );
+    }
+}

@@ -1,1 +1,14 @@
-//! A simulated Talos cluster for tests and `talos-dr demo`. Real runs never touch it.
+//! A simulated Talos cluster for the tests and `talos-dr demo`. Real runs never touch it.
+//!
+//! The cluster lives in one JSON file ([`state::Cluster`]) named by `TALOS_DR_SIM_STATE`.
+//! `talos-dr __sim talosctl …` behaves like talosctl v1.9 against that state (syntax, exit codes,
+//! stdout/stderr split and output formats as `reference/talos.md` §12 lists them); tests put a
+//! two-line shim named `talosctl` first on `PATH`. Every call is appended to
+//! `<state>.calls.jsonl`, so tests can assert exactly which commands ran. Faults are injected by
+//! editing the state file.
+
+pub mod state;
+pub mod tabwriter;
+pub mod talosctl;
+
+pub const ENV_STATE: &str = "TALOS_DR_SIM_STATE";

@@ -1,3 +1,6 @@
-//! etcd snapshot files: verification, storage layout and retention.
+//! etcd snapshot files: verification, storage layout, retention, and taking a new one.
 
+pub mod retention;
+pub mod store;
+pub mod take;
 pub mod verify;

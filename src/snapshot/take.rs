@@ -1,0 +1,271 @@
+//! Taking a scheduled etcd snapshot: health gate, node choice, stream, verify, atomic store.
+//!
+//! Nothing reaches the backup directory under a snapshot name unless it verified: talosctl
+//! streams into a hidden temp name (which no listing or pruning ever matches), the file is
+//! verified, and only then renamed into place.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+
+use super::store::{self, Sidecar};
+use super::verify::{self, Trailer};
+use crate::error::UserError;
+use crate::profile::Profile;
+use crate::talos::Talosctl;
+use crate::ui::{self, Event, Reporter};
+
+#[derive(Debug, Clone)]
+pub struct TakeOptions {
+    /// Stream from this node instead of the first control-plane node that answers.
+    pub node: Option<String>,
+    /// Store here instead of `<backup dir>/etcd-<time>.snapshot`.
+    pub output: Option<PathBuf>,
+    pub skip_health: bool,
+    pub health_timeout: Duration,
+    pub snapshot_timeout: Duration,
+}
+
+impl Default for TakeOptions {
+    fn default() -> Self {
+        Self {
+            node: None,
+            output: None,
+            skip_health: false,
+            health_timeout: Duration::from_secs(120),
+            snapshot_timeout: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// A stored, verified snapshot.
+#[derive(Debug, Clone)]
+pub struct Taken {
+    pub path: PathBuf,
+    pub sidecar: Sidecar,
+}
+
+/// Picks the node to stream from: `--node`, or the first control-plane node that answers.
+/// Returns the node and its Talos version.
+pub async fn pick_node(
+    profile: &Profile,
+    talos: &Talosctl,
+    wanted: Option<&str>,
+    reporter: &dyn Reporter,
+) -> anyhow::Result<(String, Option<String>)> {
+    if let Some(node) = wanted {
+        if !profile.control_plane().any(|n| n.address == node) {
+            reporter.warn(&format!(
+                "node {node} is not a control-plane node of profile {}; trying it anyway",
+                profile.name()
+            ));
+        }
+        let version = talos.server_version(node).await.map_err(|e| {
+            UserError::precondition(format!("control-plane node {node} does not answer: {e}"))
+        })?;
+        return Ok((node.to_owned(), Some(version)));
+    }
+    let mut failures = Vec::new();
+    for node in profile.control_plane() {
+        match talos.server_version(&node.address).await {
+            Ok(v) => return Ok((node.address.clone(), Some(v))),
+            Err(e) => {
+                reporter.warn(&format!("node {} does not answer: {e}", node.address));
+                failures.push(format!("{}: {e}", node.address));
+            }
+        }
+    }
+    Err(UserError::precondition(format!(
+        "no control-plane node answers:\n  {}",
+        failures.join("\n  ")
+    ))
+    .hint("check the network path to the nodes and the endpoints in the talosconfig")
+    .into())
+}
+
+/// The whole job: health gate, stream, verify, store. Errors carry the exit code.
+pub async fn take(
+    profile: &Profile,
+    talos: &Talosctl,
+    opts: &TakeOptions,
+    reporter: &dyn Reporter,
+) -> anyhow::Result<Taken> {
+    let started = Instant::now();
+    let (node, talos_version) = pick_node(profile, talos, opts.node.as_deref(), reporter).await?;
+
+    if opts.skip_health {
+        reporter.warn("skipping the cluster health check (--skip-health)");
+    } else {
+        reporter.report(Event::WaitStarted {
+            key: "health".into(),
+            message: format!("checking cluster health from {node}"),
+        });
+        let t = Instant::now();
+        let result = talos
+            .health(
+                &node,
+                &profile.control_plane_addresses(),
+                &profile.worker_addresses(),
+                opts.health_timeout,
+            )
+            .await;
+        reporter.report(Event::WaitFinished {
+            key: "health".into(),
+            ok: result.is_ok(),
+            message: if result.is_ok() {
+                "cluster is healthy".into()
+            } else {
+                "cluster is not healthy".into()
+            },
+            elapsed_ms: ui::ms(t.elapsed()),
+        });
+        if let Err(e) = result {
+            return Err(UserError::precondition(format!(
+                "the cluster is not healthy, so no snapshot was taken:\n{}",
+                indent(e.stderr().trim(), "  ")
+            ))
+            .hint("fix the cluster first, or pass --skip-health to take a snapshot anyway")
+            .into());
+        }
+    }
+
+    let taken_at = Timestamp::now();
+    let (final_path, dir) = match &opts.output {
+        Some(p) => (
+            p.clone(),
+            p.parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+        ),
+        None => {
+            let dir = profile.backup_dir();
+            (dir.join(store::file_name(taken_at)), dir)
+        }
+    };
+    crate::fsutil::create_private_dir(&dir).map_err(|e| {
+        UserError::failed(format!(
+            "cannot create the backup directory {}: {e}",
+            dir.display()
+        ))
+    })?;
+    if final_path.exists() {
+        return Err(UserError::failed(format!(
+            "{} already exists; refusing to overwrite a snapshot",
+            final_path.display()
+        ))
+        .into());
+    }
+    let file_name = final_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // Hidden, and never matching the snapshot naming pattern.
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let _cleanup = RemoveOnDrop(vec![tmp.clone(), part_path(&tmp)]);
+
+    reporter.report(Event::WaitStarted {
+        key: node.clone(),
+        message: format!("streaming etcd snapshot from {node}"),
+    });
+    let t = Instant::now();
+    let streamed = talos
+        .etcd_snapshot(&node, &tmp, opts.snapshot_timeout)
+        .await;
+    reporter.report(Event::WaitFinished {
+        key: node.clone(),
+        ok: streamed.is_ok(),
+        message: match &streamed {
+            Ok(s) => format!("received {} bytes", s.bytes),
+            Err(_) => "snapshot stream failed".into(),
+        },
+        elapsed_ms: ui::ms(t.elapsed()),
+    });
+    if let Err(e) = streamed {
+        let detail = if e.stderr().is_empty() {
+            e.to_string()
+        } else {
+            e.stderr().to_owned()
+        };
+        return Err(UserError::failed(format!(
+            "talosctl etcd snapshot failed on node {node}; nothing was stored:\n{}",
+            indent(&detail, "  ")
+        ))
+        .hint("retry, or pick another control-plane node with --node")
+        .into());
+    }
+
+    let report = verify::verify_file(&tmp)
+        .map_err(|e| UserError::failed(format!("cannot read the new snapshot: {e}")))?;
+    if report.size == 0 {
+        return Err(UserError::failed(format!(
+            "talosctl produced an empty file from node {node}; it was removed and nothing was stored"
+        ))
+        .into());
+    }
+    if !report.valid || report.trailer != Trailer::Ok {
+        let mut problems = report.problems.clone();
+        if report.trailer == Trailer::Missing {
+            problems.push("the sha256 trailer is missing".into());
+        }
+        return Err(UserError::failed(format!(
+            "the snapshot streamed from node {node} failed verification; it was removed and nothing was stored:\n{}",
+            indent(&problems.join("\n"), "  ")
+        ))
+        .hint("retry; if it keeps failing, check etcd on that node (`talosctl -n NODE etcd status`)")
+        .into());
+    }
+
+    let mut sidecar = Sidecar::from_report(&report, taken_at, &file_name);
+    sidecar.node = Some(node.clone());
+    sidecar.talos_version = talos_version;
+    sidecar.duration_ms = Some(ui::ms(started.elapsed()));
+
+    set_mode(&tmp, 0o600)?;
+    crate::fsutil::rename_durable(&tmp, &final_path).map_err(|e| {
+        UserError::failed(format!(
+            "cannot move the snapshot into place at {}: {e}",
+            final_path.display()
+        ))
+    })?;
+    store::write_sidecar(&final_path, &sidecar).map_err(|e| {
+        UserError::failed(format!(
+            "snapshot stored at {} but its metadata could not be written: {e}",
+            final_path.display()
+        ))
+    })?;
+    Ok(Taken {
+        path: final_path,
+        sidecar,
+    })
+}
+
+fn part_path(p: &Path) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(".part");
+    PathBuf::from(s)
+}
+
+fn set_mode(p: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| UserError::failed(format!("cannot set mode on {}: {e}", p.display())).into())
+}
+
+pub(crate) fn indent(text: &str, prefix: &str) -> String {
+    text.lines()
+        .map(|l| format!("{prefix}{l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Removes leftover temp files however the function exits (error, panic or cancellation).
+struct RemoveOnDrop(Vec<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
