@@ -17,6 +17,7 @@ pub mod profile;
 pub mod pve;
 pub mod sim;
 pub mod snapshot;
+pub mod table;
 pub mod talos;
 pub mod ui;
 

@@ -8,7 +8,6 @@
 //! editing the state file.
 
 pub mod state;
-pub mod tabwriter;
 pub mod talosctl;
 
 pub const ENV_STATE: &str = "TALOS_DR_SIM_STATE";

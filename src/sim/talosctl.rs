@@ -5,7 +5,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::state::{self, Cluster, Node};
-use super::tabwriter;
+use crate::table as tabwriter;
 
 /// Global flags talosctl accepts anywhere on the command line, and what is left.
 #[derive(Debug, Default)]

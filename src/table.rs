@@ -1,4 +1,4 @@
-//! Go `text/tabwriter` layout as talosctl uses it (`minwidth 0, padding 3`): every cell except
+//! Column layout for tables: Go `text/tabwriter` as talosctl uses it (`minwidth 0, padding 3`): every cell except
 //! the last of a row is padded to its column's widest cell plus three spaces.
 
 pub fn render(rows: &[Vec<String>]) -> String {

@@ -1,0 +1,214 @@
+//! Command-line definitions (clap derive only; behaviour lives in `commands/`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    success
+  1    the operation failed (a stage failed; its checkpoint is saved)
+  2    usage or configuration error (bad flag, bad profile, missing tool)
+  3    a snapshot file is invalid (verify failed)
+  4    a precondition is not met (cluster unhealthy, another run holds the lock)
+  5    stopped at a confirmation that was declined, or that needs a TTY or --yes
+  130  interrupted (Ctrl-C)";
+
+/// Backup and disaster recovery of etcd for Talos Linux clusters on Proxmox VE.
+#[derive(Debug, Parser)]
+#[command(name = "talos-dr", version, after_help = EXIT_CODES, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Cluster profile name (a directory under $TALOS_DR_HOME, default ~/.config/talos-dr)
+    #[arg(short = 'p', long, env = "TALOS_DR_PROFILE", global = true)]
+    pub profile: Option<String>,
+    /// Use this profile directory instead of a named profile
+    #[arg(long, env = "TALOS_DR_CONFIG_DIR", global = true, value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// Output format: human-readable text, or one JSON document on stdout
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text, global = true)]
+    pub output: OutputFormat,
+    /// Answer yes to confirmations
+    #[arg(short = 'y', long, global = true)]
+    pub yes: bool,
+    /// Never prompt: a confirmation without --yes stops with exit code 5
+    #[arg(long, global = true)]
+    pub non_interactive: bool,
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Less output: only warnings and errors on stderr
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// When to use colours (NO_COLOR is honoured)
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto, global = true)]
+    pub color: ColorChoice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Take a verified etcd snapshot and apply retention (cron-friendly)
+    ///
+    /// Checks cluster health, streams `talosctl etcd snapshot` from one control-plane node into a
+    /// temporary file, verifies it, renames it atomically to
+    /// <config_dir>/etcd-backups/etcd-YYYYmmdd-HHMMSS.snapshot (UTC, mode 0600) with a .json
+    /// sidecar, then prunes old snapshots. Exits non-zero with the reason when anything is wrong.
+    Snapshot(SnapshotArgs),
+    /// Check snapshot files without etcd: sha256 trailer, bbolt structure, etcd status values
+    ///
+    /// Prints hash, revision, total keys and total size exactly as `etcdctl snapshot status`
+    /// would. Exit code 3 when any file is invalid.
+    Verify(VerifyArgs),
+    /// List the profile's snapshots, newest first
+    List(ListArgs),
+    /// Delete snapshots past retention (the newest keep_last valid ones always stay)
+    Prune(PruneArgs),
+    /// Create, show and check cluster profiles
+    #[command(subcommand)]
+    Profile(ProfileCommand),
+    /// Print shell completions
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Simulator entry point used by tests and the demo (not for real clusters)
+    #[command(name = "__sim", hide = true)]
+    Sim {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// Write the snapshot to this path instead of the backup directory (no pruning there)
+    #[arg(long, value_name = "PATH")]
+    pub output_file: Option<PathBuf>,
+    /// Stream from this control-plane node instead of the first one that answers
+    #[arg(long, value_name = "IP")]
+    pub node: Option<String>,
+    /// Do not run `talosctl health` first
+    #[arg(long)]
+    pub skip_health: bool,
+    /// Do not apply retention after the snapshot
+    #[arg(long)]
+    pub no_prune: bool,
+    /// How long `talosctl health` may wait for the cluster (e.g. 2m, 90s)
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    pub health_timeout: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Snapshot files to check
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Re-verify every snapshot instead of trusting its sidecar
+    #[arg(long)]
+    pub verify: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Delete snapshots older than this many days (default: profile backup.retention_days)
+    #[arg(long, value_name = "N")]
+    pub retention_days: Option<u32>,
+    /// Never delete the newest N valid snapshots (default: profile backup.keep_last)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_last: Option<u32>,
+    /// Show what would be kept and deleted, and why; delete nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProfileCommand {
+    /// Create a profile: nodes from talosctl when the cluster answers, else from flags
+    Init(ProfileInitArgs),
+    /// Print the profile with every path resolved
+    Show,
+    /// Check tools, credentials and that every control-plane node answers
+    Check,
+}
+
+#[derive(Debug, Args)]
+pub struct ProfileInitArgs {
+    /// Profile name (also the directory name under $TALOS_DR_HOME unless --config-dir is given)
+    pub name: String,
+    /// talosconfig to use (default: $TALOSCONFIG, then ~/.talos/config)
+    #[arg(long, value_name = "PATH")]
+    pub talosconfig: Option<PathBuf>,
+    /// kubeconfig to use for post-restore checks (default: <config_dir>/kubeconfig)
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// talosconfig context (default: its current context)
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Control-plane addresses, when talosctl cannot list the members (comma-separated)
+    #[arg(long, value_delimiter = ',', value_name = "IP,…")]
+    pub control_plane: Vec<String>,
+    /// Worker addresses, when talosctl cannot list the members (comma-separated)
+    #[arg(long, value_delimiter = ',', value_name = "IP,…")]
+    pub workers: Vec<String>,
+    /// Overwrite an existing profile.toml
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Parses `90s`, `2m`, `1h30m`, `1d` (also plain seconds).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    let span: jiff::Span = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a duration like 90s, 2m or 1h30m: {e}"))?;
+    let d = span
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(|e| e.to_string())?;
+    std::time::Duration::try_from(d).map_err(|_| format!("{s:?} must be positive"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90").unwrap().as_secs(), 90);
+        assert_eq!(parse_duration("2m").unwrap().as_secs(), 120);
+        assert_eq!(parse_duration("1h30m").unwrap().as_secs(), 5400);
+        assert_eq!(parse_duration("1d").unwrap().as_secs(), 86400);
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,329 @@
+//! `profile init|show|check`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::json;
+use talos_dr::exec;
+use talos_dr::profile::{self as prof, Backup, Node, ProfileFile, Role};
+use talos_dr::talos::{Member, Talosctl};
+use talos_dr::{Exit, UserError};
+
+use super::Ctx;
+use crate::cli::ProfileInitArgs;
+
+pub async fn init(ctx: &Ctx, args: ProfileInitArgs) -> anyhow::Result<Exit> {
+    prof::validate_profile_name(&args.name).map_err(UserError::usage)?;
+    let loc = prof::locate(Some(&args.name), ctx.global.config_dir.as_deref())
+        .map_err(|e| UserError::usage(e.to_string()))?;
+    let dir = &loc.config_dir;
+    let file_path = dir.join(prof::PROFILE_FILE);
+    if file_path.exists() && !args.force {
+        return Err(UserError::usage(format!("{} already exists", file_path.display()))
+            .hint("pass --force to overwrite it, or edit it by hand")
+            .into());
+    }
+    let talosconfig = pick_talosconfig(dir, args.talosconfig.as_deref())?;
+    let kubeconfig = match &args.kubeconfig {
+        Some(p) => absolute(p)?,
+        None => PathBuf::from("kubeconfig"),
+    };
+
+    let (nodes, source) = if args.control_plane.is_empty() {
+        let talos_path = if talosconfig.is_absolute() {
+            talosconfig.clone()
+        } else {
+            dir.join(&talosconfig)
+        };
+        let members = discover(&talos_path, args.context.clone()).await.map_err(|e| {
+            UserError::precondition(format!(
+                "could not list the cluster members with talosctl: {e}"
+            ))
+            .hint("pass the nodes yourself: --control-plane 10.0.0.11,10.0.0.12 --workers 10.0.0.21")
+        })?;
+        (nodes_from_members(&members, ctx), "talosctl get members")
+    } else {
+        let mut nodes: Vec<Node> = args
+            .control_plane
+            .iter()
+            .map(|a| node(a, Role::ControlPlane, None))
+            .collect();
+        nodes.extend(args.workers.iter().map(|a| node(a, Role::Worker, None)));
+        (nodes, "--control-plane/--workers")
+    };
+
+    let file = ProfileFile {
+        name: args.name.clone(),
+        talosconfig,
+        kubeconfig,
+        context: args.context.clone(),
+        nodes,
+        backup: Backup::default(),
+        proxmox: None,
+    };
+    let text = prof::render(&file);
+    // Validate what we are about to write, exactly as `load` will read it.
+    prof::parse(&text).map_err(|m| UserError::usage(format!("generated profile is invalid: {m}")))?;
+    talos_dr::fsutil::create_private_dir(dir)?;
+    talos_dr::fsutil::create_private_dir(&dir.join(&file.backup.dir))?;
+    talos_dr::fsutil::write_atomic(&file_path, text.as_bytes(), 0o644)?;
+
+    let cp = file.nodes.iter().filter(|n| n.role == Role::ControlPlane).count();
+    ctx.printer.text(&format!(
+        "created {}\n  {} control-plane and {} worker nodes (from {source})\n  talosconfig: {}\nnext: `talos-dr -p {} profile check`, then `talos-dr -p {} snapshot`\n",
+        file_path.display(),
+        cp,
+        file.nodes.len() - cp,
+        file.talosconfig.display(),
+        args.name,
+        args.name
+    ));
+    ctx.printer.json(&json!({
+        "created": file_path,
+        "config_dir": dir,
+        "nodes_from": source,
+        "profile": file,
+    }));
+    Ok(Exit::Success)
+}
+
+fn node(address: &str, role: Role, hostname: Option<String>) -> Node {
+    Node {
+        address: address.trim().to_owned(),
+        role,
+        hostname,
+        vm: None,
+    }
+}
+
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    })
+}
+
+/// `--talosconfig`, else one already in the profile directory, else $TALOSCONFIG, else
+/// ~/.talos/config. Paths outside the profile directory are stored absolute.
+fn pick_talosconfig(dir: &Path, given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let candidate = match given {
+        Some(p) => absolute(p)?,
+        None if dir.join("talosconfig").is_file() => return Ok(PathBuf::from("talosconfig")),
+        None => match std::env::var_os("TALOSCONFIG").filter(|v| !v.is_empty()) {
+            Some(v) => PathBuf::from(v),
+            None => std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join(".talos/config"))
+                .unwrap_or_default(),
+        },
+    };
+    if !candidate.is_file() {
+        return Err(UserError::usage(format!(
+            "no talosconfig found at {}",
+            candidate.display()
+        ))
+        .hint("pass --talosconfig PATH (the file `talosctl gen config` or Omni gave you)")
+        .into());
+    }
+    Ok(candidate)
+}
+
+async fn discover(talosconfig: &Path, context: Option<String>) -> anyhow::Result<Vec<Member>> {
+    let bin = exec::resolve_tool("talosctl", exec::ENV_TALOSCTL)?;
+    let talos = Talosctl::new(bin, talosconfig.to_path_buf(), context);
+    let info = talos.config_info().await?;
+    let mut last_err = anyhow::anyhow!("the talosconfig context lists no endpoints");
+    for endpoint in info.endpoints.iter().chain(info.nodes.iter()) {
+        match talos.members(endpoint).await {
+            Ok(m) if !m.is_empty() => return Ok(m),
+            Ok(_) => last_err = anyhow::anyhow!("{endpoint} reported no members"),
+            Err(e) => last_err = e.into(),
+        }
+    }
+    Err(last_err)
+}
+
+fn nodes_from_members(members: &[Member], ctx: &Ctx) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    for m in members {
+        let Some(address) = m.addresses.first() else {
+            continue;
+        };
+        if m.machine_type == "init" {
+            ctx.reporter.warn(&format!(
+                "node {address} has machine type `init`, which etcd recovery does not support; convert it to `controlplane` (talos.md §3C)"
+            ));
+        }
+        let role = if m.is_control_plane() {
+            Role::ControlPlane
+        } else {
+            Role::Worker
+        };
+        nodes.push(node(address, role, Some(m.hostname.clone())));
+    }
+    // Control plane first, then workers, each sorted by address for a stable file.
+    nodes.sort_by(|a, b| {
+        (a.role != Role::ControlPlane, &a.address).cmp(&(b.role != Role::ControlPlane, &b.address))
+    });
+    nodes
+}
+
+pub fn show(ctx: &Ctx) -> anyhow::Result<Exit> {
+    let p = ctx.profile()?;
+    ctx.printer.text(&format!(
+        "profile {} ({})\n  talosconfig  {}\n  kubeconfig   {}\n  backups      {}\n  runs         {}\n\n{}",
+        p.name(),
+        p.config_dir.display(),
+        p.talosconfig().display(),
+        p.kubeconfig().display(),
+        p.backup_dir().display(),
+        p.runs_dir().display(),
+        prof::render(&p.file)
+    ));
+    ctx.printer.json(&json!({
+        "config_dir": p.config_dir,
+        "paths": {
+            "talosconfig": p.talosconfig(),
+            "kubeconfig": p.kubeconfig(),
+            "backups": p.backup_dir(),
+            "runs": p.runs_dir(),
+        },
+        "profile": p.file,
+    }));
+    Ok(Exit::Success)
+}
+
+#[derive(serde::Serialize)]
+struct Check {
+    name: String,
+    ok: bool,
+    /// A failed warning does not fail the command.
+    warning_only: bool,
+    detail: String,
+}
+
+pub async fn check(ctx: &Ctx) -> anyhow::Result<Exit> {
+    let p = ctx.profile()?;
+    let mut checks = Vec::new();
+    let mut push = |name: &str, ok: bool, warning_only: bool, detail: String| {
+        checks.push(Check {
+            name: name.to_owned(),
+            ok,
+            warning_only,
+            detail,
+        });
+    };
+    let mut exit = Exit::Success;
+
+    let talos = match exec::resolve_tool("talosctl", exec::ENV_TALOSCTL) {
+        Ok(bin) => {
+            let t = Talosctl::new(bin.clone(), p.talosconfig(), p.file.context.clone());
+            match t.client_version().await {
+                Ok(v) => push("talosctl", true, false, format!("{v} ({})", bin.display())),
+                Err(e) => push("talosctl", false, false, e.to_string()),
+            }
+            Some(t)
+        }
+        Err(e) => {
+            exit = Exit::Usage;
+            push("talosctl", false, false, e.to_string());
+            None
+        }
+    };
+    match exec::resolve_tool("kubectl", exec::ENV_KUBECTL) {
+        Ok(bin) => {
+            let out = exec::run(
+                &bin,
+                &["version".into(), "--client".into(), "-o".into(), "json".into()],
+                &[],
+                Duration::from_secs(20),
+            )
+            .await;
+            let version = out.ok().and_then(|o| {
+                serde_json::from_str::<serde_json::Value>(&o.stdout)
+                    .ok()
+                    .and_then(|v| v["clientVersion"]["gitVersion"].as_str().map(str::to_owned))
+            });
+            match version {
+                Some(v) => push("kubectl", true, true, format!("{v} ({})", bin.display())),
+                None => push("kubectl", false, true, "found but `kubectl version --client` failed".into()),
+            }
+        }
+        Err(e) => push("kubectl", false, true, format!("{e} (needed only to verify a restore)")),
+    }
+    let tc = p.talosconfig();
+    let tc_ok = std::fs::File::open(&tc).is_ok();
+    if !tc_ok {
+        exit = Exit::Usage;
+    }
+    push(
+        "talosconfig",
+        tc_ok,
+        false,
+        if tc_ok {
+            format!("{} is readable", tc.display())
+        } else {
+            format!("{} cannot be read", tc.display())
+        },
+    );
+    let kc = p.kubeconfig();
+    let kc_ok = kc.is_file();
+    push(
+        "kubeconfig",
+        kc_ok,
+        true,
+        if kc_ok {
+            format!("{} exists", kc.display())
+        } else {
+            format!("{} is missing (needed only to verify a restore)", kc.display())
+        },
+    );
+    let backups = p.backup_dir();
+    let writable = talos_dr::fsutil::create_private_dir(&backups).is_ok()
+        && tempfile::tempfile_in(&backups).is_ok();
+    push(
+        "backup directory",
+        writable,
+        false,
+        format!("{} {}", backups.display(), if writable { "is writable" } else { "is not writable" }),
+    );
+    if let (Some(t), true) = (&talos, tc_ok) {
+        for node in p.control_plane() {
+            match t.server_version(&node.address).await {
+                Ok(v) => push(&format!("node {}", node.address), true, false, format!("answers, Talos {v}")),
+                Err(e) => {
+                    if exit == Exit::Success {
+                        exit = Exit::Precondition;
+                    }
+                    push(&format!("node {}", node.address), false, false, e.to_string());
+                }
+            }
+        }
+    }
+    if exit == Exit::Success && !writable {
+        exit = Exit::Precondition;
+    }
+
+    let mut rows = Vec::new();
+    for c in &checks {
+        let mark = match (c.ok, c.warning_only) {
+            (true, _) => "ok",
+            (false, true) => "warn",
+            (false, false) => "FAIL",
+        };
+        rows.push(vec![mark.to_owned(), c.name.clone(), c.detail.clone()]);
+    }
+    let verdict = if exit == Exit::Success {
+        "profile is ready".to_owned()
+    } else {
+        "profile has problems (see FAIL lines)".to_owned()
+    };
+    ctx.printer.text(&format!(
+        "profile {} ({})\n{}{verdict}\n",
+        p.name(),
+        p.config_dir.display(),
+        talos_dr::table::render(&rows)
+    ));
+    ctx.printer.json(&json!({ "ok": exit == Exit::Success, "checks": checks }));
+    Ok(exit)
+}

@@ -1,0 +1,181 @@
+//! Test environment: a temp profile, the simulated cluster, and a `talosctl` shim on PATH.
+
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use talos_dr::sim::state::{self, Cluster};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_talos-dr");
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+}
+
+pub struct Env {
+    pub tmp: tempfile::TempDir,
+    pub bin_dir: PathBuf,
+    pub config_dir: PathBuf,
+    pub state: PathBuf,
+}
+
+impl Env {
+    /// Three control-plane nodes and two workers, all healthy, streaming `small.snapshot`.
+    pub fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let bin_dir = tmp.path().join("bin");
+        std::fs::create_dir_all(&bin_dir).unwrap();
+        let shim = bin_dir.join("talosctl");
+        std::fs::write(&shim, format!("#!/bin/sh\nexec '{BIN}' __sim talosctl \"$@\"\n")).unwrap();
+        std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        let state = tmp.path().join("cluster.json");
+        Cluster::example(Some(fixture("snapshots/small.snapshot")))
+            .save(&state)
+            .unwrap();
+
+        let config_dir = tmp.path().join("profile");
+        std::fs::create_dir_all(&config_dir).unwrap();
+        let cluster = Cluster::load(&state).unwrap();
+        let endpoints: Vec<&str> = cluster
+            .nodes
+            .iter()
+            .filter(|n| n.machine_type == "controlplane")
+            .map(|n| n.address.as_str())
+            .collect();
+        let talosconfig = serde_json::json!({
+            "context": "lab",
+            "contexts": { "lab": { "endpoints": endpoints, "ca": "x", "crt": "x", "key": "x" } }
+        });
+        std::fs::write(config_dir.join("talosconfig"), talosconfig.to_string()).unwrap();
+        let mut toml = String::from("name = \"lab\"\n");
+        for n in &cluster.nodes {
+            toml.push_str(&format!(
+                "\n[[nodes]]\naddress = \"{}\"\nrole = \"{}\"\n",
+                n.address, n.machine_type
+            ));
+        }
+        std::fs::write(config_dir.join("profile.toml"), toml).unwrap();
+        Self {
+            tmp,
+            bin_dir,
+            config_dir,
+            state,
+        }
+    }
+
+    pub fn cmd(&self) -> assert_cmd::Command {
+        assert_cmd::Command::from_std(self.std_cmd())
+    }
+
+    pub fn std_cmd(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(BIN);
+        let path = format!(
+            "{}:{}",
+            self.bin_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        c.env("PATH", path)
+            .env("TALOS_DR_SIM_STATE", &self.state)
+            .env("TALOS_DR_CONFIG_DIR", &self.config_dir)
+            .env("HOME", self.tmp.path())
+            .env("NO_COLOR", "1")
+            .env_remove("TALOS_DR_PROFILE")
+            .env_remove("TALOS_DR_HOME")
+            .env_remove("TALOS_DR_TALOSCTL")
+            .env_remove("TALOSCONFIG")
+            .env_remove("RUST_LOG");
+        c
+    }
+
+    pub fn backups(&self) -> PathBuf {
+        self.config_dir.join("etcd-backups")
+    }
+
+    /// Every file name in the backup directory, sorted.
+    pub fn backup_files(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.backups())
+            .map(|r| {
+                r.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    pub fn edit_cluster(&self, f: impl FnOnce(&mut Cluster)) {
+        let mut c = Cluster::load(&self.state).unwrap();
+        f(&mut c);
+        c.save(&self.state).unwrap();
+    }
+
+    /// The argv of every simulated talosctl call so far.
+    pub fn calls(&self) -> Vec<Vec<String>> {
+        state::read_calls(&self.state).unwrap()
+    }
+
+    /// Calls whose words (after the global flags) start with `words`.
+    pub fn calls_of(&self, words: &[&str]) -> Vec<Vec<String>> {
+        self.calls()
+            .into_iter()
+            .filter(|argv| {
+                let rest = strip_globals(argv);
+                rest.len() >= words.len() && rest.iter().zip(words).all(|(a, b)| a == b)
+            })
+            .collect()
+    }
+}
+
+/// Drops `--talosconfig X`, `--context X`, `-n X` so tests can match the command words.
+pub fn strip_globals(argv: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut it = argv.iter();
+    while let Some(a) = it.next() {
+        if matches!(a.as_str(), "--talosconfig" | "--context" | "-n" | "--nodes") {
+            it.next();
+        } else {
+            out.push(a.clone());
+        }
+    }
+    out
+}
+
+/// The value after `-n` (all of them).
+pub fn node_args(argv: &[String]) -> Vec<String> {
+    argv.windows(2)
+        .filter(|w| w[0] == "-n" || w[0] == "--nodes")
+        .map(|w| w[1].clone())
+        .collect()
+}
+
+/// Writes a copy of `src` into the backup dir under a scheduled name, with a sidecar.
+pub fn plant_snapshot(env: &Env, src: &Path, taken_at: jiff::Timestamp, valid: bool) -> PathBuf {
+    use talos_dr::snapshot::{store, verify};
+    let dir = env.backups();
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(store::file_name(taken_at));
+    std::fs::copy(src, &path).unwrap();
+    let report = verify::verify_file(&path).unwrap();
+    let mut sc = store::Sidecar::from_report(&report, taken_at, &store::file_name(taken_at));
+    sc.valid = valid && report.valid;
+    store::write_sidecar(&path, &sc).unwrap();
+    path
+}
+
+pub fn sha256_hex(path: &Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+pub fn stdout_json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}

@@ -1,0 +1,4 @@
+//! One integration-test binary (ripgrep/uv style): modules per area.
+
+mod common;
+mod snapshot_cli;
