@@ -469,14 +469,14 @@ fn choose_meta(file: &File, body_len: u64, a: &mut Analysis) -> io::Result<Optio
         (Ok(a0), Ok(a1)) => Some(if a1.txid > a0.txid { a1 } else { a0 }),
         (Ok(a0), Err(e1)) => {
             a.notes.push(format!(
-                "meta page 1 is damaged ({}); etcd would use meta page 0",
+                "meta page 1 is damaged; etcd would use meta page 0 (meta page 1: {})",
                 e1.describe()
             ));
             Some(a0)
         }
         (Err(e0), Ok(a1)) => {
             a.notes.push(format!(
-                "meta page 0 is damaged ({}); etcd would fall back to meta page 1",
+                "meta page 0 is damaged; etcd would fall back to meta page 1 (meta page 0: {})",
                 e0.describe()
             ));
             Some(a1)
@@ -597,7 +597,7 @@ impl<'f> Walker<'f> {
 
     fn origin(&self, o: Origin) -> String {
         match o {
-            Origin::Meta => "the meta page".to_string(),
+            Origin::Meta => "the meta page's root bucket".to_string(),
             Origin::Branch(p) => format!("branch on page {p}"),
             Origin::Bucket(p) if self.bucket_name.is_empty() => format!("bucket on page {p}"),
             Origin::Bucket(p) => format!("bucket {} on page {p}", self.bucket_name),
