@@ -2,3 +2,4 @@
 
 mod common;
 mod snapshot_cli;
+mod verify;
