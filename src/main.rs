@@ -60,7 +60,9 @@ fn main() -> ExitCode {
 }
 
 fn sim(args: &[String]) -> ExitCode {
-    let (tool, rest) = args.split_first().map_or(("", &[][..]), |(t, r)| (t.as_str(), r));
+    let (tool, rest) = args
+        .split_first()
+        .map_or(("", &[][..]), |(t, r)| (t.as_str(), r));
     let code = match tool {
         "talosctl" => talos_dr::sim::talosctl::main(
             rest,
@@ -96,8 +98,9 @@ fn setup_tracing(verbose: u8, quiet: bool) {
         (_, 2) => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("talos_dr={default},{default}")));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("talos_dr={default},{default}"))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

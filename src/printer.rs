@@ -32,8 +32,8 @@ impl Printer {
             if let serde_json::Value::Object(map) = value {
                 doc.extend(map.clone());
             }
-            let mut text = serde_json::to_string_pretty(&serde_json::Value::Object(doc))
-                .unwrap_or_default();
+            let mut text =
+                serde_json::to_string_pretty(&serde_json::Value::Object(doc)).unwrap_or_default();
             text.push('\n');
             write_stdout(text.as_bytes());
         }

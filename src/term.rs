@@ -143,7 +143,10 @@ impl Reporter for TermReporter {
                 what,
                 error,
                 delay_ms,
-            } => self.line(&format!("↻ {what}: {error}; retrying in {}", secs(delay_ms))),
+            } => self.line(&format!(
+                "↻ {what}: {error}; retrying in {}",
+                secs(delay_ms)
+            )),
             Event::Info { message } => self.line(&message),
             Event::Warning { message } => self.line(&format!("warning: {message}")),
         }

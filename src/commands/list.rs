@@ -98,9 +98,17 @@ fn render(dir: &std::path::Path, rows: &[Row]) -> String {
     }
     let now = jiff::Timestamp::now();
     let mut table = vec![
-        ["TIME (UTC)", "AGE", "SIZE", "REVISION", "KEYS", "VERIFIED", "FILE"]
-            .map(str::to_owned)
-            .to_vec(),
+        [
+            "TIME (UTC)",
+            "AGE",
+            "SIZE",
+            "REVISION",
+            "KEYS",
+            "VERIFIED",
+            "FILE",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
     ];
     for r in rows {
         table.push(vec![
@@ -113,9 +121,5 @@ fn render(dir: &std::path::Path, rows: &[Row]) -> String {
             r.entry.name.clone(),
         ]);
     }
-    format!(
-        "{}\n{}",
-        dir.display(),
-        talos_dr::table::render(&table)
-    )
+    format!("{}\n{}", dir.display(), talos_dr::table::render(&table))
 }

@@ -76,7 +76,11 @@ impl Ctx {
             .hint("copy it there, or point `talosconfig` in profile.toml at it")
             .into());
         }
-        Ok(Talosctl::new(bin, talosconfig, profile.file.context.clone()))
+        Ok(Talosctl::new(
+            bin,
+            talosconfig,
+            profile.file.context.clone(),
+        ))
     }
 }
 

@@ -19,9 +19,11 @@ pub async fn init(ctx: &Ctx, args: ProfileInitArgs) -> anyhow::Result<Exit> {
     let dir = &loc.config_dir;
     let file_path = dir.join(prof::PROFILE_FILE);
     if file_path.exists() && !args.force {
-        return Err(UserError::usage(format!("{} already exists", file_path.display()))
-            .hint("pass --force to overwrite it, or edit it by hand")
-            .into());
+        return Err(
+            UserError::usage(format!("{} already exists", file_path.display()))
+                .hint("pass --force to overwrite it, or edit it by hand")
+                .into(),
+        );
     }
     let talosconfig = pick_talosconfig(dir, args.talosconfig.as_deref())?;
     let kubeconfig = match &args.kubeconfig {
@@ -63,12 +65,17 @@ pub async fn init(ctx: &Ctx, args: ProfileInitArgs) -> anyhow::Result<Exit> {
     };
     let text = prof::render(&file);
     // Validate what we are about to write, exactly as `load` will read it.
-    prof::parse(&text).map_err(|m| UserError::usage(format!("generated profile is invalid: {m}")))?;
+    prof::parse(&text)
+        .map_err(|m| UserError::usage(format!("generated profile is invalid: {m}")))?;
     talos_dr::fsutil::create_private_dir(dir)?;
     talos_dr::fsutil::create_private_dir(&dir.join(&file.backup.dir))?;
     talos_dr::fsutil::write_atomic(&file_path, text.as_bytes(), 0o644)?;
 
-    let cp = file.nodes.iter().filter(|n| n.role == Role::ControlPlane).count();
+    let cp = file
+        .nodes
+        .iter()
+        .filter(|n| n.role == Role::ControlPlane)
+        .count();
     ctx.printer.text(&format!(
         "created {}\n  {} control-plane and {} worker nodes (from {source})\n  talosconfig: {}\nnext: `talos-dr -p {} profile check`, then `talos-dr -p {} snapshot`\n",
         file_path.display(),
@@ -118,12 +125,11 @@ fn pick_talosconfig(dir: &Path, given: Option<&Path>) -> anyhow::Result<PathBuf>
         },
     };
     if !candidate.is_file() {
-        return Err(UserError::usage(format!(
-            "no talosconfig found at {}",
-            candidate.display()
-        ))
-        .hint("pass --talosconfig PATH (the file `talosctl gen config` or Omni gave you)")
-        .into());
+        return Err(
+            UserError::usage(format!("no talosconfig found at {}", candidate.display()))
+                .hint("pass --talosconfig PATH (the file `talosctl gen config` or Omni gave you)")
+                .into(),
+        );
     }
     Ok(candidate)
 }
@@ -234,7 +240,12 @@ pub async fn check(ctx: &Ctx) -> anyhow::Result<Exit> {
         Ok(bin) => {
             let out = exec::run(
                 &bin,
-                &["version".into(), "--client".into(), "-o".into(), "json".into()],
+                &[
+                    "version".into(),
+                    "--client".into(),
+                    "-o".into(),
+                    "json".into(),
+                ],
                 &[],
                 Duration::from_secs(20),
             )
@@ -246,10 +257,20 @@ pub async fn check(ctx: &Ctx) -> anyhow::Result<Exit> {
             });
             match version {
                 Some(v) => push("kubectl", true, true, format!("{v} ({})", bin.display())),
-                None => push("kubectl", false, true, "found but `kubectl version --client` failed".into()),
+                None => push(
+                    "kubectl",
+                    false,
+                    true,
+                    "found but `kubectl version --client` failed".into(),
+                ),
             }
         }
-        Err(e) => push("kubectl", false, true, format!("{e} (needed only to verify a restore)")),
+        Err(e) => push(
+            "kubectl",
+            false,
+            true,
+            format!("{e} (needed only to verify a restore)"),
+        ),
     }
     let tc = p.talosconfig();
     let tc_ok = std::fs::File::open(&tc).is_ok();
@@ -275,7 +296,10 @@ pub async fn check(ctx: &Ctx) -> anyhow::Result<Exit> {
         if kc_ok {
             format!("{} exists", kc.display())
         } else {
-            format!("{} is missing (needed only to verify a restore)", kc.display())
+            format!(
+                "{} is missing (needed only to verify a restore)",
+                kc.display()
+            )
         },
     );
     let backups = p.backup_dir();
@@ -285,17 +309,35 @@ pub async fn check(ctx: &Ctx) -> anyhow::Result<Exit> {
         "backup directory",
         writable,
         false,
-        format!("{} {}", backups.display(), if writable { "is writable" } else { "is not writable" }),
+        format!(
+            "{} {}",
+            backups.display(),
+            if writable {
+                "is writable"
+            } else {
+                "is not writable"
+            }
+        ),
     );
     if let (Some(t), true) = (&talos, tc_ok) {
         for node in p.control_plane() {
             match t.server_version(&node.address).await {
-                Ok(v) => push(&format!("node {}", node.address), true, false, format!("answers, Talos {v}")),
+                Ok(v) => push(
+                    &format!("node {}", node.address),
+                    true,
+                    false,
+                    format!("answers, Talos {v}"),
+                ),
                 Err(e) => {
                     if exit == Exit::Success {
                         exit = Exit::Precondition;
                     }
-                    push(&format!("node {}", node.address), false, false, e.to_string());
+                    push(
+                        &format!("node {}", node.address),
+                        false,
+                        false,
+                        e.to_string(),
+                    );
                 }
             }
         }
@@ -324,6 +366,7 @@ pub async fn check(ctx: &Ctx) -> anyhow::Result<Exit> {
         p.config_dir.display(),
         talos_dr::table::render(&rows)
     ));
-    ctx.printer.json(&json!({ "ok": exit == Exit::Success, "checks": checks }));
+    ctx.printer
+        .json(&json!({ "ok": exit == Exit::Success, "checks": checks }));
     Ok(exit)
 }

@@ -76,10 +76,7 @@ pub fn render(outcome: &PruneOutcome, dry_run: bool) -> String {
             "dry run: {deleting} would be deleted, {kept} kept; nothing was changed\n"
         ));
     } else {
-        s.push_str(&format!(
-            "{} deleted, {kept} kept\n",
-            outcome.deleted.len()
-        ));
+        s.push_str(&format!("{} deleted, {kept} kept\n", outcome.deleted.len()));
     }
     for e in &outcome.errors {
         s.push_str(&format!("error: could not delete {e}\n"));

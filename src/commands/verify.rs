@@ -47,7 +47,11 @@ fn render(r: &Report) -> String {
         Trailer::Missing => "no sha256 trailer",
         Trailer::Mismatch => "sha256 trailer MISMATCH",
     };
-    s.push_str(&format!("  size {} ({} bytes), {trailer}\n", human_bytes(r.size), r.size));
+    s.push_str(&format!(
+        "  size {} ({} bytes), {trailer}\n",
+        human_bytes(r.size),
+        r.size
+    ));
     if let Some(st) = &r.status {
         s.push_str(&format!(
             "  hash {} ({:08x}), revision {}, total keys {}, total size {}\n",

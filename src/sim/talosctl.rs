@@ -534,8 +534,9 @@ fn write_part(ctx: &Ctx, node: &Node, part: &Path) -> Result<u64, String> {
             .map_err(|e| format!("simulator: reading {}: {e}", source.display()))?;
     }
     if faults.snapshot_bitflip && data.len() > 64 * 1024 {
-        // Inside the body, past the meta pages: only the sha256 trailer can notice.
-        let i = data.len() / 2;
+        // The last byte of the body (slack or value bytes, never a page header): bbolt's
+        // structure stays intact, so only the sha256 trailer can notice.
+        let i = data.len() - 33;
         data[i] ^= 0x01;
     }
     if faults.snapshot_delay_ms > 0 {

@@ -1,7 +1,7 @@
 //! etcd snapshot files: verification, storage layout, retention, and taking a new one.
 
-pub mod retention;
 pub mod prune;
+pub mod retention;
 pub mod store;
 pub mod take;
 pub mod verify;

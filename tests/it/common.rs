@@ -10,7 +10,9 @@ use talos_dr::sim::state::{self, Cluster};
 pub const BIN: &str = env!("CARGO_BIN_EXE_talos-dr");
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
 }
 
 pub struct Env {
@@ -27,7 +29,11 @@ impl Env {
         let bin_dir = tmp.path().join("bin");
         std::fs::create_dir_all(&bin_dir).unwrap();
         let shim = bin_dir.join("talosctl");
-        std::fs::write(&shim, format!("#!/bin/sh\nexec '{BIN}' __sim talosctl \"$@\"\n")).unwrap();
+        std::fs::write(
+            &shim,
+            format!("#!/bin/sh\nexec '{BIN}' __sim talosctl \"$@\"\n"),
+        )
+        .unwrap();
         std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
 
         let state = tmp.path().join("cluster.json");

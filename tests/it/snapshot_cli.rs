@@ -22,7 +22,12 @@ fn snapshot_files(env: &Env) -> Vec<String> {
 fn snapshot_happy_path_stores_a_verified_private_file_with_sidecar() {
     let env = Env::new();
     let out = env.cmd().args(["-o", "json", "snapshot"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc = stdout_json(&out);
     assert_eq!(doc["schema"], 1);
 
@@ -30,12 +35,18 @@ fn snapshot_happy_path_stores_a_verified_private_file_with_sidecar() {
     let files = env.backup_files();
     assert_eq!(files.len(), 2, "{files:?}");
     let name = &files[0];
-    assert!(talos_dr::snapshot::store::parse_name(name).is_some(), "{name}");
+    assert!(
+        talos_dr::snapshot::store::parse_name(name).is_some(),
+        "{name}"
+    );
     assert_eq!(files[1], format!("{name}.json"));
     let path = env.backups().join(name);
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-    assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(small()).unwrap());
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        std::fs::read(small()).unwrap()
+    );
 
     // The sidecar tells the truth about the file.
     let sidecar: serde_json::Value =
@@ -76,7 +87,10 @@ fn unhealthy_cluster_takes_no_snapshot_and_exits_4() {
     assert!(env.calls_of(&["etcd", "snapshot"]).is_empty());
 
     // --skip-health takes it anyway.
-    env.cmd().args(["snapshot", "--skip-health"]).assert().code(0);
+    env.cmd()
+        .args(["snapshot", "--skip-health"])
+        .assert()
+        .code(0);
     assert_eq!(snapshot_files(&env).len(), 1);
 }
 
@@ -84,7 +98,10 @@ fn unhealthy_cluster_takes_no_snapshot_and_exits_4() {
 fn first_answering_control_plane_node_is_used() {
     let env = Env::new();
     env.edit_cluster(|c| c.nodes[0].reachable = false);
-    env.cmd().args(["snapshot", "--skip-health"]).assert().code(0);
+    env.cmd()
+        .args(["snapshot", "--skip-health"])
+        .assert()
+        .code(0);
     let snaps = env.calls_of(&["etcd", "snapshot"]);
     assert_eq!(node_args(&snaps[0]), vec!["10.5.0.12"]);
 }
@@ -110,7 +127,9 @@ fn zero_byte_result_stores_nothing() {
         .arg("snapshot")
         .assert()
         .code(1)
-        .stderr(predicate::str::contains("sha256 checksum not found (size 0)"));
+        .stderr(predicate::str::contains(
+            "sha256 checksum not found (size 0)",
+        ));
     assert!(env.backup_files().is_empty());
 }
 
@@ -120,7 +139,12 @@ fn corrupted_stream_is_rejected_and_never_pushes_out_good_snapshots() {
     let now = Timestamp::now();
     // Three good snapshots, all past retention: the newest keep_last (3) must stay.
     for days in [10, 11, 12] {
-        plant_snapshot(&env, &small(), now - SignedDuration::from_hours(24 * days), true);
+        plant_snapshot(
+            &env,
+            &small(),
+            now - SignedDuration::from_hours(24 * days),
+            true,
+        );
     }
     env.edit_cluster(|c| c.faults.snapshot_bitflip = true);
     env.cmd()
@@ -150,13 +174,24 @@ fn snapshot_prunes_after_success_keeping_the_newest_valid() {
     std::fs::write(env.backups().join("notes.txt"), "keep me").unwrap();
     std::fs::write(env.backups().join("etcd-manual.snapshot"), "x").unwrap();
 
-    env.cmd().arg("snapshot").assert().code(0).stdout(predicate::str::contains("2 deleted"));
+    env.cmd()
+        .arg("snapshot")
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("2 deleted"));
     let files = snapshot_files(&env);
     // New one + the 8- and 9-day-old ones (keep_last = 3), plus the foreign file.
     assert_eq!(files.len(), 4, "{files:?}");
     assert!(planted[0].exists() && planted[1].exists());
     assert!(!planted[2].exists() && !planted[3].exists());
-    assert!(!env.backups().join(format!("{}.json", planted[3].file_name().unwrap().to_string_lossy())).exists());
+    assert!(
+        !env.backups()
+            .join(format!(
+                "{}.json",
+                planted[3].file_name().unwrap().to_string_lossy()
+            ))
+            .exists()
+    );
     assert!(env.backups().join("notes.txt").exists());
     assert!(env.backups().join("etcd-manual.snapshot").exists());
 
@@ -169,7 +204,12 @@ fn prune_dry_run_explains_and_deletes_nothing() {
     let env = Env::new();
     let now = Timestamp::now();
     for days in [1, 20, 21, 22] {
-        plant_snapshot(&env, &small(), now - SignedDuration::from_hours(24 * days), true);
+        plant_snapshot(
+            &env,
+            &small(),
+            now - SignedDuration::from_hours(24 * days),
+            true,
+        );
     }
     let before = env.backup_files();
     env.cmd()
@@ -192,7 +232,10 @@ fn prune_dry_run_explains_and_deletes_nothing() {
     assert_eq!(snapshot_files(&env).len(), 2);
 
     // keep_last = 0 would delete everything: refused by the parser.
-    env.cmd().args(["prune", "--keep-last", "0"]).assert().code(2);
+    env.cmd()
+        .args(["prune", "--keep-last", "0"])
+        .assert()
+        .code(2);
 }
 
 #[test]
@@ -201,15 +244,30 @@ fn invalid_snapshots_do_not_count_towards_keep_last() {
     let now = Timestamp::now();
     let good: Vec<_> = [30, 31]
         .iter()
-        .map(|d| plant_snapshot(&env, &small(), now - SignedDuration::from_hours(24 * d), true))
+        .map(|d| {
+            plant_snapshot(
+                &env,
+                &small(),
+                now - SignedDuration::from_hours(24 * d),
+                true,
+            )
+        })
         .collect();
     // Three newer but damaged files (truncated), without trustworthy sidecars.
     for d in [20, 21, 22] {
-        let p = plant_snapshot(&env, &small(), now - SignedDuration::from_hours(24 * d), true);
+        let p = plant_snapshot(
+            &env,
+            &small(),
+            now - SignedDuration::from_hours(24 * d),
+            true,
+        );
         let bytes = std::fs::read(&p).unwrap();
         std::fs::write(&p, &bytes[..50_000]).unwrap();
     }
-    env.cmd().args(["prune", "--keep-last", "2"]).assert().code(0);
+    env.cmd()
+        .args(["prune", "--keep-last", "2"])
+        .assert()
+        .code(0);
     assert!(good.iter().all(|p| p.exists()));
     assert_eq!(snapshot_files(&env).len(), 2);
 }
@@ -218,21 +276,27 @@ fn invalid_snapshots_do_not_count_towards_keep_last() {
 fn overlapping_runs_are_refused_with_exit_4() {
     let env = Env::new();
     env.edit_cluster(|c| c.faults.snapshot_delay_ms = 2500);
-    let mut first = env.std_cmd()
+    let mut first = env
+        .std_cmd()
         .args(["snapshot", "--skip-health"])
         .spawn()
         .unwrap();
     // Wait until the first run is streaming (it holds the lock by then).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while env.calls_of(&["etcd", "snapshot"]).is_empty() {
-        assert!(std::time::Instant::now() < deadline, "first run never started");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first run never started"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     env.cmd()
         .args(["snapshot", "--skip-health"])
         .assert()
         .code(4)
-        .stderr(predicate::str::contains("another talos-dr run holds the lock"))
+        .stderr(predicate::str::contains(
+            "another talos-dr run holds the lock",
+        ))
         .stderr(predicate::str::contains("running `snapshot`"));
     assert_eq!(first.wait().unwrap().code(), Some(0));
     assert_eq!(snapshot_files(&env).len(), 1);
@@ -360,7 +424,9 @@ fn profile_init_discovers_nodes_through_talosctl() {
         .arg(env.config_dir.join("talosconfig"))
         .assert()
         .code(0)
-        .stdout(predicate::str::contains("3 control-plane and 2 worker nodes"));
+        .stdout(predicate::str::contains(
+            "3 control-plane and 2 worker nodes",
+        ));
     let text = std::fs::read_to_string(home.join("lab/profile.toml")).unwrap();
     let p = talos_dr::profile::parse(&text).unwrap();
     assert_eq!(p.nodes.len(), 5);
@@ -399,7 +465,16 @@ fn profile_init_falls_back_to_flags_when_the_cluster_is_unreachable() {
     env.cmd()
         .arg("--config-dir")
         .arg(&dir)
-        .args(["profile", "init", "lab", "--control-plane", "10.0.0.1,10.0.0.2", "--workers", "10.0.0.9", "--talosconfig"])
+        .args([
+            "profile",
+            "init",
+            "lab",
+            "--control-plane",
+            "10.0.0.1,10.0.0.2",
+            "--workers",
+            "10.0.0.9",
+            "--talosconfig",
+        ])
         .arg(&tc)
         .assert()
         .code(0);
