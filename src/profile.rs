@@ -320,7 +320,7 @@ pub fn render(file: &ProfileFile) -> String {
     if let Some(ctx) = &file.context {
         out.push_str(&format!("context = {}\n", toml_str(ctx)));
     }
-    for node in &file.nodes {
+    for (i, node) in file.nodes.iter().enumerate() {
         out.push_str("\n[[nodes]]\n");
         out.push_str(&format!("address = {}\n", toml_str(&node.address)));
         let role = match node.role {
@@ -337,9 +337,10 @@ pub fn render(file: &ProfileFile) -> String {
                 toml_str(&vm.node),
                 vm.vmid
             )),
-            None => out.push_str(
-                "# vm = { node = \"pve1\", vmid = 101 }   # `talos-dr profile discover` fills this\n",
+            None if i == 0 => out.push_str(
+                "# vm = { node = \"pve1\", vmid = 101 }   # the Proxmox VM behind this node\n",
             ),
+            None => {}
         }
     }
     out.push_str("\n[backup]\n");
