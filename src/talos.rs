@@ -260,6 +260,106 @@ impl Talosctl {
     }
 }
 
+impl Talosctl {
+    /// Wipes EPHEMERAL (which holds /var/lib/etcd) and reboots; keeps STATE (the machine config).
+    /// `--graceful=false` because a graceful reset needs etcd quorum to leave the cluster.
+    pub async fn reset_ephemeral(&self, node: &str, timeout: Duration) -> Result<(), TalosError> {
+        self.call(Some(node), &RESET_ARGS, timeout).await.map(|_| ())
+    }
+
+    /// `bootstrap --recover-from=FILE` on exactly one node. Exits 0 *before* the restore runs on
+    /// the node: the caller must watch `service etcd` afterwards.
+    pub async fn bootstrap_recover(
+        &self,
+        node: &str,
+        snapshot: &Path,
+        skip_hash_check: bool,
+        timeout: Duration,
+    ) -> Result<String, TalosError> {
+        let from = format!("--recover-from={}", snapshot.display());
+        let mut rest = vec!["bootstrap", from.as_str()];
+        if skip_hash_check {
+            rest.push("--recover-skip-hash-check");
+        }
+        Ok(self.call(Some(node), &rest, timeout).await?.stdout)
+    }
+
+    /// `etcd members` as seen by `node`'s local etcd.
+    pub async fn etcd_members(&self, node: &str) -> Result<Vec<EtcdMember>, TalosError> {
+        let out = self
+            .call(Some(node), &["etcd", "members"], self.timeout)
+            .await?;
+        Ok(parse_etcd_members(&out.stdout))
+    }
+
+    /// Machine type per node (`controlplane`, `worker`, `init`), asking each node directly.
+    pub async fn machine_types(
+        &self,
+        nodes: &[String],
+    ) -> Result<Vec<(String, String)>, TalosError> {
+        let out = self
+            .call(
+                Some(&nodes.join(",")),
+                &["get", "machinetype", "-o", "json"],
+                self.timeout,
+            )
+            .await?;
+        let mut types = Vec::new();
+        for value in serde_json::Deserializer::from_str(&out.stdout).into_iter::<serde_json::Value>() {
+            let value = value.map_err(|e| TalosError::Parse {
+                command: "talosctl get machinetype -o json".into(),
+                reason: e.to_string(),
+            })?;
+            types.push((
+                value["node"].as_str().unwrap_or_default().to_owned(),
+                value["spec"].as_str().unwrap_or_default().to_owned(),
+            ));
+        }
+        Ok(types)
+    }
+
+    /// The exact argv (after `talosctl`) a call would use, for plans and dry runs.
+    pub fn render(&self, node: Option<&str>, rest: &[&str]) -> String {
+        let nodes: Vec<&str> = node.into_iter().collect();
+        exec::display_command(&self.bin, &self.args(&nodes, rest))
+    }
+}
+
+/// The reset flags of the recovery procedure (talos.md §3D, §11.11).
+pub const RESET_ARGS: [&str; 4] = [
+    "reset",
+    "--graceful=false",
+    "--reboot",
+    "--system-labels-to-wipe=EPHEMERAL",
+];
+
+/// One row of `talosctl etcd members`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdMember {
+    pub id: String,
+    pub hostname: String,
+    pub peer_urls: String,
+    pub learner: bool,
+}
+
+pub fn parse_etcd_members(stdout: &str) -> Vec<EtcdMember> {
+    stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("NODE"))
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split("  ").map(str::trim).filter(|c| !c.is_empty()).collect();
+            // NODE ID HOSTNAME PEER-URLS CLIENT-URLS LEARNER
+            (cols.len() >= 6).then(|| EtcdMember {
+                id: cols[1].to_owned(),
+                hostname: cols[2].to_owned(),
+                peer_urls: cols[3].to_owned(),
+                learner: cols[5] == "true",
+            })
+        })
+        .collect()
+}
+
 /// Drops talosctl's usage text (printed after errors mentioning "flag"/"command") and blank lines.
 pub fn clean_stderr(stderr: &str) -> String {
     let mut lines = Vec::new();
@@ -436,6 +536,16 @@ mod tests {
             parse_client_version("Client:\n\tTalos v1.9.5\n").as_deref(),
             Some("v1.9.5")
         );
+    }
+
+    #[test]
+    fn parses_etcd_members_table() {
+        let t = "NODE           ID                 HOSTNAME   PEER URLS                   CLIENT URLS                 LEARNER\n192.168.4.10   9806a7859559874a   cp0        https://192.168.4.10:2380   https://192.168.4.10:2379   false\n";
+        let m = parse_etcd_members(t);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].id, "9806a7859559874a");
+        assert_eq!(m[0].hostname, "cp0");
+        assert!(!m[0].learner);
     }
 
     #[test]

@@ -16,6 +16,43 @@ pub struct Cluster {
     pub snapshot_source: Option<PathBuf>,
     #[serde(default)]
     pub faults: Faults,
+    #[serde(default)]
+    pub timing: Timing,
+    /// Every node `bootstrap` was accepted on, in order (more than one = split cluster).
+    #[serde(default)]
+    pub bootstrapped: Vec<String>,
+}
+
+/// How long simulated transitions take.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Timing {
+    /// reset → etcd `Preparing` (the node reboots).
+    pub reset_ms: u64,
+    /// bootstrap → etcd `Running` on the bootstrap node.
+    pub bootstrap_ms: u64,
+    /// then → the other control-plane nodes join.
+    pub join_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            reset_ms: 300,
+            bootstrap_ms: 300,
+            join_ms: 300,
+        }
+    }
+}
+
+/// A state change that happens by itself at `at_ms` (Unix milliseconds).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Transition {
+    pub at_ms: i64,
+    pub state: String,
+    pub health: String,
+    pub event: String,
+    #[serde(default)]
+    pub data_empty: Option<bool>,
 }
 
 fn default_version() -> String {
@@ -45,6 +82,20 @@ pub struct Etcd {
     /// Newest first: `(state, message)`.
     #[serde(default)]
     pub events: Vec<(String, String)>,
+    /// `/var/lib/etcd` is empty (after an EPHEMERAL wipe); bootstrap needs this.
+    #[serde(default)]
+    pub data_empty: bool,
+    #[serde(default)]
+    pub pending: Vec<Transition>,
+}
+
+impl Etcd {
+    pub fn set(&mut self, state: &str, health: &str, event: &str) {
+        self.state = state.into();
+        self.health = health.into();
+        self.events.insert(0, (state.into(), event.into()));
+        self.events.truncate(6);
+    }
 }
 
 impl Default for Etcd {
@@ -59,6 +110,8 @@ impl Default for Etcd {
                     "Started task etcd (PID 2345) for container etcd".into(),
                 ),
             ],
+            data_empty: false,
+            pending: Vec::new(),
         }
     }
 }
@@ -81,6 +134,15 @@ pub struct Faults {
     /// Milliseconds the snapshot stream takes (for overlap tests).
     #[serde(default)]
     pub snapshot_delay_ms: u64,
+    /// These nodes never reach `Preparing` after a reset.
+    #[serde(default)]
+    pub never_preparing: Vec<String>,
+    /// The restore fails on the node after `bootstrap` returned 0 (etcd goes `Failed`).
+    #[serde(default)]
+    pub bootstrap_failure: Option<String>,
+    /// Milliseconds `bootstrap` takes before it returns (for crash-in-flight tests).
+    #[serde(default)]
+    pub bootstrap_delay_ms: u64,
 }
 
 impl Cluster {
@@ -124,7 +186,64 @@ impl Cluster {
             nodes,
             snapshot_source,
             faults: Faults::default(),
+            timing: Timing::default(),
+            bootstrapped: Vec::new(),
         }
+    }
+
+    pub fn node_mut(&mut self, address: &str) -> Option<&mut Node> {
+        self.nodes.iter_mut().find(|n| n.address == address)
+    }
+
+    /// Applies every transition that is due; returns whether anything changed.
+    pub fn advance(&mut self, now_ms: i64) -> bool {
+        let mut changed = false;
+        for node in &mut self.nodes {
+            node.etcd.pending.sort_by_key(|t| t.at_ms);
+            while node.etcd.pending.first().is_some_and(|t| t.at_ms <= now_ms) {
+                let t = node.etcd.pending.remove(0);
+                node.etcd.set(&t.state, &t.health, &t.event);
+                if let Some(e) = t.data_empty {
+                    node.etcd.data_empty = e;
+                }
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Load, advance the clock, let `f` change the cluster, save — under an exclusive lock, as
+    /// several simulated calls may run at once.
+    pub fn update<T>(path: &Path, f: impl FnOnce(&mut Cluster) -> T) -> std::io::Result<T> {
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(lock_path(path))?;
+        lock.lock()?;
+        let mut c = Cluster::load(path)?;
+        c.advance(jiff::Timestamp::now().as_millisecond());
+        let out = f(&mut c);
+        c.save(path)?;
+        lock.unlock()?;
+        Ok(out)
+    }
+}
+
+fn lock_path(state: &Path) -> PathBuf {
+    let mut p = state.as_os_str().to_owned();
+    p.push(".lock");
+    PathBuf::from(p)
+}
+
+/// A transition `after_ms` from now.
+pub fn later(after_ms: u64, state: &str, health: &str, event: &str) -> Transition {
+    Transition {
+        at_ms: jiff::Timestamp::now().as_millisecond() + i64::try_from(after_ms).unwrap_or(0),
+        state: state.into(),
+        health: health.into(),
+        event: event.into(),
+        data_empty: None,
     }
 }
 
