@@ -1,0 +1,1 @@
+//! Per-VM preflight (`vm-check`).

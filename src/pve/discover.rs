@@ -1,0 +1,1 @@
+//! Mapping cluster nodes to VMs (`profile discover`).
