@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rstest::rstest;
+use talos_dr::pve::check::{CheckOptions, check_vm, check_vms, ensure_ok};
+use talos_dr::pve::discover::{MatchMethod, NodeIdentity, map_nodes};
 use talos_dr::pve::types::VmRef;
 use talos_dr::pve::{
     ApiToken, PollConfig, PveClient, PveError, RetryConfig, SnapshotName, SnapshotRequest, TlsMode,
@@ -1148,4 +1150,178 @@ async fn every_request_matches_the_api_schema() {
         })
         .collect();
     assert_eq!(covered, all);
+}
+
+// ---- vm-check ----------------------------------------------------------------------------------
+
+async fn mount_vm(server: &MockServer, node: &str, vmid: u32, status: &str, feature: &str) {
+    let base = format!("/api2/json/nodes/{node}/qemu/{vmid}");
+    Mock::given(method("GET"))
+        .and(path(format!("{base}/status/current")))
+        .respond_with(json(status))
+        .mount(server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("{base}/feature")))
+        .respond_with(json(feature))
+        .mount(server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("{base}/config")))
+        .respond_with(json("config"))
+        .mount(server)
+        .await;
+}
+
+#[tokio::test]
+async fn vm_check_passes_for_a_healthy_vm() {
+    let server = MockServer::start().await;
+    mount_vm(&server, "pve1", 101, "status_current", "feature_snapshot").await;
+    let (c, _) = client(&server);
+    let check = check_vm(&c, &vm(), CheckOptions::default()).await;
+    assert!(check.ok, "{:?}", check.problems);
+    assert_eq!(check.snapshot_feature, Some(true));
+    assert_eq!(check.status.as_deref(), Some("running"));
+    assert!(ensure_ok(&[check]).is_ok());
+}
+
+#[tokio::test]
+async fn vm_checks_report_every_problem_of_every_vm() {
+    let server = MockServer::start().await;
+    mount_vm(
+        &server,
+        "pve1",
+        101,
+        "status_current_locked",
+        "feature_snapshot_no",
+    )
+    .await;
+    mount_vm(
+        &server,
+        "pve2",
+        102,
+        "status_current_stopped",
+        "feature_snapshot",
+    )
+    .await;
+    // VM 103 is expected on pve1 but lives on pve3.
+    Mock::given(method("GET"))
+        .and(path("/api2/json/nodes/pve1/qemu/103/status/current"))
+        .respond_with(err_json(500, "error_500_config_missing"))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api2/json/cluster/resources"))
+        .respond_with(json("cluster_resources_vm"))
+        .mount(&server)
+        .await;
+    let (c, _) = client(&server);
+    let vms = [
+        VmRef::new("pve1", 101),
+        VmRef::new("pve2", 102),
+        VmRef::new("pve1", 103),
+    ];
+    let checks = check_vms(&c, &vms, CheckOptions::default(), 2).await;
+    assert_eq!(
+        checks.iter().map(|c| c.vm.vmid).collect::<Vec<_>>(),
+        [101, 102, 103]
+    );
+    assert!(checks.iter().all(|c| !c.ok));
+
+    let p101 = checks[0].problems.join("\n");
+    assert!(p101.contains("VM 101 is locked (backup)"), "{p101}");
+    assert!(
+        p101.contains("VM 101: snapshot feature not available"),
+        "{p101}"
+    );
+    assert!(p101.contains("scsi0=local-lvm:vm-101-disk-0"), "{p101}");
+    assert_eq!(checks[0].lock.as_deref(), Some("backup"));
+
+    assert!(checks[1].problems[0].contains("VM 102 is not running (status stopped"));
+    assert!(
+        checks[2].problems[0].contains("VM 103 does not exist on node pve1: it is on node pve3"),
+        "{:?}",
+        checks[2].problems
+    );
+    // 500 "does not exist" is not retried.
+    assert_eq!(
+        count(
+            &server,
+            "GET",
+            "/api2/json/nodes/pve1/qemu/103/status/current"
+        )
+        .await,
+        1
+    );
+
+    let err = ensure_ok(&checks).unwrap_err().to_string();
+    for vmid in ["VM 101", "VM 102", "VM 103"] {
+        assert!(err.contains(vmid), "{err}");
+    }
+    // The results serialise for `-o json`.
+    let js = serde_json::to_value(&checks).unwrap();
+    assert_eq!(js[0]["vm"]["vmid"], 101);
+}
+
+// ---- discovery ---------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn discover_by_name_needs_no_agent_calls() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api2/json/cluster/resources"))
+        .respond_with(json("cluster_resources_vm"))
+        .mount(&server)
+        .await;
+    let (c, _) = client(&server);
+    let nodes = [NodeIdentity {
+        address: "10.0.0.11".into(),
+        hostname: Some("talos-cp-1".into()),
+    }];
+    let m = map_nodes(&c, &nodes).await.unwrap();
+    assert_eq!(m[0].method, MatchMethod::Name);
+    assert_eq!(m[0].vm, Some(vm()));
+    assert_eq!(server.received_requests().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn discover_by_agent_address_then_cloud_init() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api2/json/cluster/resources"))
+        .respond_with(json("cluster_resources_vm"))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("{VM_BASE}/agent/network-get-interfaces")))
+        .respond_with(json("agent_interfaces"))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("{VM_BASE}/config")))
+        .respond_with(json("config"))
+        .mount(&server)
+        .await;
+    let (c, _) = client(&server);
+    let nodes = [
+        NodeIdentity {
+            address: "10.0.0.11".into(),
+            hostname: Some("cp-a".into()),
+        },
+        // A CNI address of VM 101 must not map a node.
+        NodeIdentity {
+            address: "10.244.0.193".into(),
+            hostname: None,
+        },
+    ];
+    let m = map_nodes(&c, &nodes).await.unwrap();
+    assert_eq!(m[0].method, MatchMethod::GuestAgent, "{}", m[0].reason);
+    assert_eq!(m[0].vm, Some(vm()));
+    assert_eq!(m[1].vm, None, "{}", m[1].reason);
+    // The offline node's VM (103, status unknown) and the LXC guest are never queried.
+    let reqs = server.received_requests().await.unwrap();
+    assert!(
+        reqs.iter()
+            .all(|r| !r.url.path().contains("/103/") && !r.url.path().contains("/200/"))
+    );
 }
