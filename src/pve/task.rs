@@ -278,7 +278,7 @@ impl PveClient {
             .retry(backoff)
             .sleep(tokio::time::sleep)
             .when(|p| !matches!(p, Poll::Fatal(_)))
-            .notify(|p, _delay| match p {
+            .notify(|p, delay| match p {
                 Poll::Running(s) => reporter.report(Event::WaitProgress {
                     key: key.to_owned(),
                     message: format!("task {} {}", s.task_type, s.status),
@@ -292,7 +292,7 @@ impl PveClient {
                 Poll::Transient(e) => reporter.report(Event::Retry {
                     what: format!("status of task {}", upid.task_type),
                     error: e.to_string(),
-                    delay_ms: ms(_delay),
+                    delay_ms: ms(delay),
                 }),
                 Poll::Fatal(_) => {}
             });
