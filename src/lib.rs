@@ -9,6 +9,7 @@
 //! (talosctl), [`kube`] (kubectl) and [`pve`] (the Proxmox VE API), which makes each stage testable
 //! against the simulator in [`sim`].
 
+pub mod engine;
 pub mod error;
 pub mod exec;
 pub mod fsutil;
@@ -17,6 +18,7 @@ pub mod profile;
 pub mod pve;
 pub mod sim;
 pub mod snapshot;
+pub mod stages;
 pub mod table;
 pub mod talos;
 pub mod ui;

@@ -100,12 +100,7 @@ pub enum Role {
 }
 
 /// The Proxmox VM behind a node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VmLocation {
-    pub node: String,
-    pub vmid: u32,
-}
+pub use crate::pve::VmRef as VmLocation;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

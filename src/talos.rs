@@ -264,7 +264,9 @@ impl Talosctl {
     /// Wipes EPHEMERAL (which holds /var/lib/etcd) and reboots; keeps STATE (the machine config).
     /// `--graceful=false` because a graceful reset needs etcd quorum to leave the cluster.
     pub async fn reset_ephemeral(&self, node: &str, timeout: Duration) -> Result<(), TalosError> {
-        self.call(Some(node), &RESET_ARGS, timeout).await.map(|_| ())
+        self.call(Some(node), &RESET_ARGS, timeout)
+            .await
+            .map(|_| ())
     }
 
     /// `bootstrap --recover-from=FILE` on exactly one node. Exits 0 *before* the restore runs on
@@ -305,7 +307,9 @@ impl Talosctl {
             )
             .await?;
         let mut types = Vec::new();
-        for value in serde_json::Deserializer::from_str(&out.stdout).into_iter::<serde_json::Value>() {
+        for value in
+            serde_json::Deserializer::from_str(&out.stdout).into_iter::<serde_json::Value>()
+        {
             let value = value.map_err(|e| TalosError::Parse {
                 command: "talosctl get machinetype -o json".into(),
                 reason: e.to_string(),
@@ -348,7 +352,11 @@ pub fn parse_etcd_members(stdout: &str) -> Vec<EtcdMember> {
         .skip_while(|l| !l.starts_with("NODE"))
         .skip(1)
         .filter_map(|line| {
-            let cols: Vec<&str> = line.split("  ").map(str::trim).filter(|c| !c.is_empty()).collect();
+            let cols: Vec<&str> = line
+                .split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect();
             // NODE ID HOSTNAME PEER-URLS CLIENT-URLS LEARNER
             (cols.len() >= 6).then(|| EtcdMember {
                 id: cols[1].to_owned(),

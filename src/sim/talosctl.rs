@@ -86,7 +86,9 @@ fn run(
     if words.first() == Some(&"version") && words.contains(&"--client") {
         return version_client(&words, out);
     }
-    let cluster = Cluster::load(state_path).map_err(|e| format!("simulator state: {e}"))?;
+    // Every call first lets simulated time pass (reboots finish, etcd starts…).
+    let cluster =
+        Cluster::update(state_path, |c| c.clone()).map_err(|e| format!("simulator state: {e}"))?;
     let tc_path = p
         .talosconfig
         .clone()
@@ -139,6 +141,9 @@ fn run(
         ["etcd", "snapshot", path] => etcd_snapshot(&ctx, path, out),
         ["etcd", "snapshot", ..] => Err("accepts 1 arg(s), received 0".into()),
         ["service", "etcd"] | ["services", "etcd"] => service_etcd(&ctx, out, err),
+        ["reset", flags @ ..] => reset(&ctx, state_path, flags, err),
+        ["bootstrap", flags @ ..] => bootstrap(&ctx, state_path, flags, out),
+        ["etcd", "members"] => etcd_members(&ctx, out, err),
         _ => Err(format!(
             "simulator: unsupported command: talosctl {}",
             words.join(" ")
@@ -582,4 +587,226 @@ fn service_etcd(ctx: &Ctx, out: &mut dyn Write, err: &mut dyn Write) -> Result<(
     }
     let _ = out.write_all(tabwriter::render(&rows).as_bytes());
     multi_node_result(ctx, failures, err, "error getting service")
+}
+
+fn reset(ctx: &Ctx, state_path: &Path, flags: &[&str], err: &mut dyn Write) -> Result<(), String> {
+    // The simulator models only the recovery form of reset; anything else is refused loudly so
+    // a test notices a wrong flag.
+    let expected = [
+        "--graceful=false",
+        "--reboot",
+        "--system-labels-to-wipe=EPHEMERAL",
+    ];
+    let mut sorted: Vec<&str> = flags.to_vec();
+    sorted.sort_unstable();
+    let mut want = expected.to_vec();
+    want.sort_unstable();
+    if sorted != want {
+        return Err(format!(
+            "simulator: only `reset {}` is simulated, got `reset {}`",
+            expected.join(" "),
+            flags.join(" ")
+        ));
+    }
+    for address in &ctx.nodes {
+        lookup(ctx, address)?;
+    }
+    let timing = ctx.cluster.timing.clone();
+    let never = ctx.cluster.faults.never_preparing.clone();
+    Cluster::update(state_path, |c| {
+        for address in &ctx.nodes {
+            if let Some(n) = c.node_mut(address) {
+                n.etcd.pending.clear();
+                n.etcd.set("Stopping", "?", "Stopping task etcd");
+                n.etcd.data_empty = true;
+                let mut waiting = state::later(
+                    timing.reset_ms / 2,
+                    "Waiting",
+                    "?",
+                    "Waiting for service \"cri\" to be \"up\", time sync",
+                );
+                waiting.data_empty = Some(true);
+                n.etcd.pending.push(waiting);
+                if !never.contains(address) {
+                    n.etcd.pending.push(state::later(
+                        timing.reset_ms,
+                        "Preparing",
+                        "?",
+                        "Running pre state",
+                    ));
+                }
+            }
+        }
+    })
+    .map_err(|e| format!("simulator state: {e}"))?;
+    // Non-TTY progress, one line per update, on stderr (talos.md §4).
+    for address in &ctx.nodes {
+        let _ = writeln!(err, "{address:?}: waiting for actor ID");
+        let _ = writeln!(err, "{address:?}: events check condition met");
+        let _ = writeln!(err, "{address:?}: unavailable, retrying...");
+        let _ = writeln!(err, "{address:?}: post check passed");
+    }
+    Ok(())
+}
+
+fn bootstrap(
+    ctx: &Ctx,
+    state_path: &Path,
+    flags: &[&str],
+    out: &mut dyn Write,
+) -> Result<(), String> {
+    let node = single_node(ctx, "bootstrap")?.clone();
+    let mut from = None;
+    let mut skip_hash = false;
+    for f in flags {
+        if let Some(v) = f.strip_prefix("--recover-from=") {
+            from = Some(v.to_owned());
+        } else if *f == "--recover-skip-hash-check" {
+            skip_hash = true;
+        } else {
+            return Err(format!("unknown flag: {f}"));
+        }
+    }
+    let Some(from) = from else {
+        return Err("simulator: only `bootstrap --recover-from=FILE` is simulated".into());
+    };
+    let path = PathBuf::from(&from);
+    std::fs::metadata(&path).map_err(|_| format!("stat {from}: no such file or directory"))?;
+    let report =
+        crate::snapshot::verify::verify_file(&path).map_err(|e| format!("open {from}: {e}"))?;
+    let status = report.status.ok_or("invalid database")?;
+    let _ = writeln!(
+        out,
+        "recovering from snapshot {from:?}: hash {:08x}, revision {}, total keys {}, total size {}",
+        status.hash, status.revision, status.total_key, status.total_size
+    );
+    if ctx.cluster.faults.bootstrap_delay_ms > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(
+            ctx.cluster.faults.bootstrap_delay_ms,
+        ));
+    }
+    let no_trailer = report.trailer == crate::snapshot::verify::Trailer::Missing;
+    let hash_failure = match report.trailer {
+        crate::snapshot::verify::Trailer::Mismatch if !skip_hash => {
+            Some("expected sha256 [...], got [...]".to_owned())
+        }
+        crate::snapshot::verify::Trailer::Missing if !skip_hash => {
+            Some("snapshot missing hash but --skip-hash-check=false".to_owned())
+        }
+        _ => None,
+    };
+    let _ = no_trailer;
+    Cluster::update(state_path, |c| -> Result<(), String> {
+        let timing = c.timing.clone();
+        let failure = c
+            .faults
+            .bootstrap_failure
+            .clone()
+            .or_else(|| hash_failure.clone());
+        let cp: Vec<String> = c
+            .nodes
+            .iter()
+            .filter(|n| n.machine_type != "worker" && n.address != node.address)
+            .map(|n| n.address.clone())
+            .collect();
+        let n = c.node_mut(&node.address).ok_or("unknown node")?;
+        if n.machine_type == "worker" {
+            return Err("error executing bootstrap: rpc error: code = FailedPrecondition desc = bootstrap can only be performed on a control plane node".into());
+        }
+        if n.etcd.state != "Preparing" {
+            return Err("error executing bootstrap: rpc error: code = FailedPrecondition desc = bootstrap is not available yet".into());
+        }
+        if !n.etcd.data_empty {
+            return Err("error executing bootstrap: rpc error: code = AlreadyExists desc = etcd data directory is not empty".into());
+        }
+        n.etcd.data_empty = false;
+        match failure {
+            Some(msg) => n.etcd.pending.push(state::later(
+                timing.bootstrap_ms,
+                "Failed",
+                "?",
+                &format!("Failed to run pre stage: error recovering from the snapshot: {msg}"),
+            )),
+            None => {
+                n.etcd.pending.push(state::later(
+                    timing.bootstrap_ms / 2,
+                    "Running",
+                    "?",
+                    "Started task etcd (PID 4242) for container etcd",
+                ));
+                n.etcd
+                    .pending
+                    .push(state::later(timing.bootstrap_ms, "Running", "OK", "Health check successful"));
+                for other in &cp {
+                    if let Some(o) = c.node_mut(other)
+                        && o.etcd.state == "Preparing"
+                    {
+                        o.etcd.data_empty = false;
+                        o.etcd.pending.push(state::later(
+                            timing.bootstrap_ms + timing.join_ms,
+                            "Running",
+                            "OK",
+                            "Health check successful",
+                        ));
+                    }
+                }
+                // From now on the cluster serves the restored data.
+                c.snapshot_source = Some(path.clone());
+            }
+        }
+        c.bootstrapped.push(node.address.clone());
+        Ok(())
+    })
+    .map_err(|e| format!("simulator state: {e}"))?
+}
+
+fn etcd_members(ctx: &Ctx, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), String> {
+    let mut rows = vec![
+        [
+            "NODE",
+            "ID",
+            "HOSTNAME",
+            "PEER URLS",
+            "CLIENT URLS",
+            "LEARNER",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
+    let mut failures = Vec::new();
+    for address in &ctx.nodes {
+        let node = match lookup(ctx, address) {
+            Ok(n) if n.etcd.state == "Running" => n,
+            Ok(_) => {
+                failures.push(format!(
+                    "{address}: rpc error: code = Unavailable desc = connection error: desc = \"transport: Error while dialing: dial tcp 127.0.0.1:2379: connect: connection refused\""
+                ));
+                continue;
+            }
+            Err(e) => {
+                failures.push(format!("{address}: {e}"));
+                continue;
+            }
+        };
+        let _ = node;
+        for m in ctx
+            .cluster
+            .nodes
+            .iter()
+            .filter(|m| m.machine_type != "worker" && m.etcd.state == "Running")
+        {
+            rows.push(vec![
+                address.clone(),
+                format!("{:016x}", fnv(&m.hostname)),
+                m.hostname.clone(),
+                format!("https://{}:2380", m.address),
+                format!("https://{}:2379", m.address),
+                "false".into(),
+            ]);
+        }
+    }
+    if rows.len() > 1 {
+        let _ = out.write_all(tabwriter::render(&rows).as_bytes());
+    }
+    multi_node_result(ctx, failures, err, "error getting members")
 }

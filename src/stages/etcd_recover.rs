@@ -1,0 +1,389 @@
+//! `etcd-recover`: the real Talos recovery procedure (talos.md §3), made crash-safe.
+//!
+//! 1. Reset EPHEMERAL on every control-plane node whose etcd is not already `Preparing`.
+//! 2. Wait until every control-plane node shows etcd `Preparing`.
+//! 3. `bootstrap --recover-from` on exactly one node — the intent is journaled *before* the call,
+//!    so a crash while it is in flight can never lead to a second bootstrap (which would split the
+//!    cluster).
+//! 4. Wait for that node's etcd to be `Running`/`OK` (bootstrap returns before the restore runs;
+//!    `Failed` ends the stage with the node's last event), then for the others to join.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use serde_json::{Value, json};
+
+use super::{Poller, StageCtx, StageOutcome};
+use crate::engine::playbook::StageKind;
+use crate::error::UserError;
+use crate::talos::ServiceStatus;
+use crate::ui::{self, Event};
+
+const RESET_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// Refusals that come back before the Bootstrap RPC did anything: safe to try again later.
+const NOT_YET: [&str; 2] = ["bootstrap is not available yet", "time is not in sync yet"];
+
+pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
+    let cp = ctx.profile().control_plane_addresses();
+    let file = ctx.snapshot_path()?;
+    let skip_hash = ctx.outputs_of(StageKind::Preflight)["skip_hash_check"] == true;
+    let wait_budget = Duration::from_secs(ctx.inputs.wait_timeout_s.unwrap_or(15 * 60));
+    let prior = ctx.own_outputs();
+
+    let bootstrap_issued = prior["bootstrap"].is_object() && prior["bootstrap"]["refused"] != true;
+    if bootstrap_issued {
+        ctx.reporter.info(&format!(
+            "bootstrap was already issued on {} ({}); checking etcd instead of bootstrapping again",
+            prior["bootstrap"]["node"].as_str().unwrap_or("?"),
+            prior["bootstrap"]["issued_at"].as_str().unwrap_or("?"),
+        ));
+    } else {
+        reset_all(ctx, &cp, &prior).await?;
+        wait_all(ctx, &cp, wait_budget, "Preparing", |s| s.is_preparing()).await?;
+        bootstrap_once(ctx, &cp[0], &file, skip_hash).await?;
+    }
+
+    let outputs = ctx.own_outputs();
+    let node = outputs["bootstrap"]["node"]
+        .as_str()
+        .unwrap_or(&cp[0])
+        .to_owned();
+    wait_bootstrap_node(ctx, &node, wait_budget).await?;
+    let others: Vec<String> = cp.iter().filter(|n| **n != node).cloned().collect();
+    wait_all(
+        ctx,
+        &others,
+        wait_budget,
+        "Running",
+        ServiceStatus::is_running_ok,
+    )
+    .await?;
+    let members = wait_members(ctx, &node, cp.len(), wait_budget).await?;
+    ctx.record("members", json!(members))?;
+    Ok(StageOutcome::Done(json!({ "members": members })))
+}
+
+async fn reset_all(ctx: &StageCtx<'_>, cp: &[String], prior: &Value) -> anyhow::Result<()> {
+    let talos = ctx.talos();
+    let mut resets: BTreeMap<String, Value> = prior["resets"]
+        .as_object()
+        .map(|m| m.clone().into_iter().collect())
+        .unwrap_or_default();
+    for node in cp {
+        let status = talos.service_etcd(node).await.map_err(|e| {
+            UserError::precondition(format!("control-plane node {node} does not answer: {e}"))
+        })?;
+        let earlier = resets.get(node).cloned().unwrap_or(Value::Null);
+        if status.is_preparing() {
+            if earlier.is_null() {
+                resets.insert(node.clone(), json!({ "skipped": "etcd already Preparing" }));
+                ctx.record("resets", json!(resets))?;
+            }
+            continue;
+        }
+        // Issued before a crash and the node is rebooting: let it finish instead of resetting again.
+        if earlier["issued_at"].is_string() && !status.is_running_ok() {
+            continue;
+        }
+        resets.insert(node.clone(), json!({ "issued_at": Timestamp::now() }));
+        ctx.record("resets", json!(resets))?;
+        ctx.reporter.report(Event::WaitStarted {
+            key: format!("reset {node}"),
+            message: format!("resetting EPHEMERAL on {node} (etcd was {})", status.state),
+        });
+        let t = Instant::now();
+        let r = talos.reset_ephemeral(node, RESET_TIMEOUT).await;
+        ctx.reporter.report(Event::WaitFinished {
+            key: format!("reset {node}"),
+            ok: r.is_ok(),
+            message: format!("reset {node}"),
+            elapsed_ms: ui::ms(t.elapsed()),
+        });
+        ctx.journal.event("external_call", json!({ "node": node, "call": talos.render(Some(node), &crate::talos::RESET_ARGS), "ok": r.is_ok() }));
+        r.map_err(|e| UserError::failed(format!("reset of {node} failed: {e}")))?;
+        resets.insert(
+            node.clone(),
+            json!({ "issued_at": resets[node]["issued_at"], "done_at": Timestamp::now() }),
+        );
+        ctx.record("resets", json!(resets))?;
+    }
+    Ok(())
+}
+
+/// Waits until every node in `nodes` satisfies `ok`; the error names the nodes that did not.
+async fn wait_all(
+    ctx: &StageCtx<'_>,
+    nodes: &[String],
+    budget: Duration,
+    what: &str,
+    ok: fn(&ServiceStatus) -> bool,
+) -> anyhow::Result<()> {
+    let talos = ctx.talos();
+    let started = Instant::now();
+    for n in nodes {
+        ctx.reporter.report(Event::WaitStarted {
+            key: format!("etcd {n}"),
+            message: format!("waiting for etcd on {n} to be {what}"),
+        });
+    }
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    let mut done: Vec<String> = Vec::new();
+    let mut poller = Poller::new(budget, ctx.inputs.poll_max());
+    loop {
+        for n in nodes
+            .iter()
+            .filter(|n| !done.contains(n))
+            .cloned()
+            .collect::<Vec<_>>()
+        {
+            let text = match talos.service_etcd(&n).await {
+                Ok(s) if ok(&s) => {
+                    ctx.reporter.report(Event::WaitFinished {
+                        key: format!("etcd {n}"),
+                        ok: true,
+                        message: format!("etcd on {n} is {what}"),
+                        elapsed_ms: ui::ms(started.elapsed()),
+                    });
+                    done.push(n);
+                    continue;
+                }
+                Ok(s) => format!("{} ({})", s.state, s.last_event().unwrap_or("-")),
+                Err(e) => format!("not answering: {}", e.stderr().lines().next().unwrap_or("")),
+            };
+            if last.get(&n) != Some(&text) {
+                ctx.reporter.report(Event::WaitProgress {
+                    key: format!("etcd {n}"),
+                    message: format!("etcd on {n}: {text}"),
+                    elapsed_ms: ui::ms(started.elapsed()),
+                });
+            }
+            last.insert(n, text);
+        }
+        if done.len() == nodes.len() {
+            return Ok(());
+        }
+        if !poller.wait().await {
+            break;
+        }
+    }
+    let stuck: Vec<String> = nodes
+        .iter()
+        .filter(|n| !done.contains(n))
+        .map(|n| format!("{n}: {}", last.get(n).map_or("unknown", String::as_str)))
+        .collect();
+    for n in nodes.iter().filter(|n| !done.contains(n)) {
+        ctx.reporter.report(Event::WaitFinished {
+            key: format!("etcd {n}"),
+            ok: false,
+            message: format!("etcd on {n} is not {what}"),
+            elapsed_ms: ui::ms(started.elapsed()),
+        });
+    }
+    Err(UserError::failed(format!(
+        "etcd did not reach {what} within {}s on:\n  {}",
+        budget.as_secs(),
+        stuck.join("\n  ")
+    ))
+    .hint("check the node console or `talosctl -n NODE dmesg`; then `talos-dr resume` continues from here")
+    .into())
+}
+
+async fn bootstrap_once(
+    ctx: &StageCtx<'_>,
+    node: &str,
+    file: &std::path::Path,
+    skip_hash: bool,
+) -> anyhow::Result<()> {
+    let talos = ctx.talos();
+    let mut refusals = 0u32;
+    loop {
+        // The intent goes to disk before the call: from here on, a resume never bootstraps again.
+        ctx.record(
+            "bootstrap",
+            json!({ "node": node, "issued_at": Timestamp::now(), "file": file, "skip_hash_check": skip_hash }),
+        )?;
+        ctx.journal.event(
+            "external_call",
+            json!({ "node": node, "call": "bootstrap --recover-from" }),
+        );
+        ctx.reporter.info(&format!(
+            "bootstrapping etcd on {node} from {}",
+            file.display()
+        ));
+        match talos
+            .bootstrap_recover(node, file, skip_hash, BOOTSTRAP_TIMEOUT)
+            .await
+        {
+            Ok(stdout) => {
+                let mut b = ctx.own_outputs()["bootstrap"].clone();
+                b["returned_at"] = json!(Timestamp::now());
+                b["stdout"] = json!(stdout.trim());
+                ctx.record("bootstrap", b)?;
+                return Ok(());
+            }
+            Err(e) => {
+                let text = e.stderr().to_owned();
+                let definitive = is_refusal_before_bootstrap(&text);
+                if definitive {
+                    let mut b = ctx.own_outputs()["bootstrap"].clone();
+                    b["refused"] = json!(true);
+                    b["error"] = json!(text);
+                    ctx.record("bootstrap", b)?;
+                }
+                if definitive && NOT_YET.iter().any(|m| text.contains(m)) && refusals < 6 {
+                    refusals += 1;
+                    ctx.reporter.report(Event::Retry {
+                        what: format!("bootstrap on {node}"),
+                        error: text.lines().next().unwrap_or_default().to_owned(),
+                        delay_ms: 5_000,
+                    });
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    continue;
+                }
+                let advice = if definitive {
+                    "the node refused before anything happened; fix the cause and `talos-dr resume`"
+                } else {
+                    "it is unknown whether the node started the restore, so talos-dr will not bootstrap again; check `talosctl -n NODE service etcd`, then `talos-dr resume` (it only waits and checks)"
+                };
+                return Err(
+                    UserError::failed(format!("bootstrap on {node} failed: {e}"))
+                        .hint(advice.replace("NODE", node))
+                        .into(),
+                );
+            }
+        }
+    }
+}
+
+/// Errors that prove the Bootstrap RPC did not start a restore: local checks before any upload,
+/// and the server's precondition refusals.
+fn is_refusal_before_bootstrap(stderr: &str) -> bool {
+    if !stderr.contains("error executing bootstrap") {
+        // stat/open/integrity/upload errors happen before the Bootstrap RPC is sent.
+        return !stderr.trim().is_empty();
+    }
+    stderr.contains("code = FailedPrecondition") || stderr.contains("code = AlreadyExists")
+}
+
+async fn wait_bootstrap_node(
+    ctx: &StageCtx<'_>,
+    node: &str,
+    budget: Duration,
+) -> anyhow::Result<()> {
+    let talos = ctx.talos();
+    let key = format!("etcd {node}");
+    ctx.reporter.report(Event::WaitStarted {
+        key: key.clone(),
+        message: format!("waiting for the restored etcd on {node} to be Running"),
+    });
+    let started = Instant::now();
+    let mut last = String::new();
+    let mut poller = Poller::new(budget, ctx.inputs.poll_max());
+    let outcome: Option<Result<(), String>> = loop {
+        match talos.service_etcd(node).await {
+            Ok(s) if s.is_running_ok() => break Some(Ok(())),
+            Ok(s) if s.state == "Failed" => {
+                break Some(Err(s.last_event().unwrap_or("no event").to_owned()));
+            }
+            Ok(s) => {
+                let text = format!(
+                    "{} {} ({})",
+                    s.state,
+                    s.health,
+                    s.last_event().unwrap_or("-")
+                );
+                if last != text {
+                    ctx.reporter.report(Event::WaitProgress {
+                        key: format!("etcd {node}"),
+                        message: format!("etcd on {node}: {text}"),
+                        elapsed_ms: ui::ms(started.elapsed()),
+                    });
+                    last = text;
+                }
+            }
+            Err(_) => {}
+        }
+        if !poller.wait().await {
+            break None;
+        }
+    };
+    let (ok, message) = match &outcome {
+        Some(Ok(())) => (true, format!("etcd on {node} is Running and healthy")),
+        Some(Err(_)) => (false, format!("etcd on {node} failed")),
+        None => (false, format!("etcd on {node} is not Running yet")),
+    };
+    ctx.reporter.report(Event::WaitFinished {
+        key,
+        ok,
+        message,
+        elapsed_ms: ui::ms(started.elapsed()),
+    });
+    match outcome {
+        Some(Ok(())) => Ok(()),
+        Some(Err(event)) => Err(UserError::failed(format!(
+            "etcd on {node} failed after bootstrap: {event}"
+        ))
+        .hint(format!("see `talosctl -n {node} dmesg`; a hash error means the snapshot file is damaged — pick another and start a new restore"))
+        .into()),
+        None => Err(UserError::failed(format!(
+            "etcd on {node} is still {last} {}s after bootstrap was issued; talos-dr never bootstraps twice (that would split the cluster)",
+            budget.as_secs()
+        ))
+        .hint(format!("check `talosctl -n {node} service etcd`; `talos-dr resume` waits again"))
+        .into()),
+    }
+}
+
+async fn wait_members(
+    ctx: &StageCtx<'_>,
+    node: &str,
+    expected: usize,
+    budget: Duration,
+) -> anyhow::Result<Vec<crate::talos::EtcdMember>> {
+    let talos = ctx.talos();
+    let mut seen = 0;
+    let mut poller = Poller::new(budget, ctx.inputs.poll_max());
+    let found = loop {
+        if let Ok(m) = talos.etcd_members(node).await {
+            seen = m.iter().filter(|x| !x.learner).count();
+            if seen >= expected {
+                break Some(m);
+            }
+        }
+        if !poller.wait().await {
+            break None;
+        }
+    };
+    found.ok_or_else(|| {
+        UserError::failed(format!(
+            "`etcd members` on {node} lists {seen} of {expected} control-plane members"
+        ))
+        .hint("the other nodes may still be joining; `talos-dr resume` waits again")
+        .into()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_refusal_before_bootstrap as refused;
+
+    #[test]
+    fn only_proven_refusals_allow_another_bootstrap() {
+        assert!(refused(
+            "error executing bootstrap: rpc error: code = FailedPrecondition desc = bootstrap is not available yet"
+        ));
+        assert!(refused(
+            "error executing bootstrap: rpc error: code = AlreadyExists desc = etcd data directory is not empty"
+        ));
+        assert!(refused("stat ./db.snapshot: no such file or directory"));
+        assert!(!refused(
+            "error executing bootstrap: rpc error: code = Unavailable desc = connection reset"
+        ));
+        assert!(!refused(
+            "error executing bootstrap: rpc error: code = DeadlineExceeded desc = context deadline exceeded"
+        ));
+        assert!(!refused(""));
+    }
+}
