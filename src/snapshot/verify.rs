@@ -21,6 +21,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -84,8 +85,10 @@ const NO_FREELIST: u64 = u64::MAX;
 /// The smallest and largest page sizes bbolt's meta-1 probe considers (1 KiB << 0..=14).
 const MIN_PAGE_SIZE: u64 = 1 << 10;
 const MAX_PAGE_SIZE: u64 = 1 << 24;
-/// Streaming read size of the hashing thread; large reads keep syscall overhead negligible.
-const READ_BUF: usize = 2 << 20;
+/// Streaming read size and buffer count of the hashing pipeline: big enough that syscalls
+/// are negligible, small enough that a chunk is still in cache when it is hashed.
+const READ_BUF: usize = 1 << 20;
+const READ_BUFS: usize = 3;
 /// Largest page run (page + overflow) loaded into memory. etcd values are limited by
 /// `--max-request-bytes` (1.5 MiB by default), so real leaves are far smaller; a bigger claim
 /// comes from a damaged header and must not turn into a huge allocation.
@@ -164,35 +167,64 @@ struct Digests {
     body: Option<[u8; 32]>,
 }
 
-/// Streams `len` bytes of `file` through sha256 with one reused buffer.
+/// Streams `len` bytes of `file` through sha256 in constant memory.
+///
+/// A reader thread fills a small ring of reused buffers while this thread hashes, so copying
+/// from the page cache overlaps with SHA-256 instead of adding to it.
 fn hash_stream(file: &File, len: u64, body_len: Option<u64>) -> io::Result<Digests> {
-    let mut buf = vec![0u8; READ_BUF];
-    let mut hasher = Sha256::new();
-    let mut body = None;
-    let mut off = 0u64;
-    loop {
-        let want = (len - off).min(READ_BUF as u64) as usize;
-        // The body digest is the hasher state at `body_len`, finalised on a copy, so the file is
-        // hashed once although two digests come out of it.
-        if let Some(cut_at) = body_len.filter(|b| body.is_none() && *b <= off + want as u64) {
-            let cut = (cut_at - off) as usize;
-            read_fully(file, &mut buf[..cut], off)?;
-            hasher.update(&buf[..cut]);
-            body = Some(hasher.clone().finalize().into());
-            read_fully(file, &mut buf[cut..want], cut_at)?;
-            hasher.update(&buf[cut..want]);
-        } else {
-            read_fully(file, &mut buf[..want], off)?;
-            hasher.update(&buf[..want]);
-        }
-        off += want as u64;
-        if off >= len {
-            break;
-        }
+    let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(READ_BUFS);
+    let (free_tx, free_rx) = mpsc::sync_channel::<Vec<u8>>(READ_BUFS);
+    for _ in 0..READ_BUFS {
+        // Cannot fail: the receiver is alive and the channel holds READ_BUFS buffers.
+        let _ = free_tx.send(vec![0u8; READ_BUF]);
     }
-    Ok(Digests {
-        whole: hasher.finalize().into(),
-        body,
+    std::thread::scope(|s| {
+        let reader = s.spawn(move || -> io::Result<()> {
+            let mut off = 0u64;
+            while off < len {
+                let mut want = (len - off).min(READ_BUF as u64);
+                // End a chunk exactly at the trailer so the hasher can take the body digest.
+                if let Some(b) = body_len.filter(|b| off < *b && *b < off + want) {
+                    want = b - off;
+                }
+                let want = want as usize;
+                let Ok(mut buf) = free_rx.recv() else {
+                    return Ok(());
+                };
+                read_fully(file, &mut buf[..want], off)?;
+                off += want as u64;
+                if full_tx.send((buf, want)).is_err() {
+                    return Ok(());
+                }
+            }
+            Ok(())
+        });
+        let mut hasher = Sha256::new();
+        // The body digest is the hasher state at `body_len`, finalised on a copy, so the file
+        // is hashed once although two digests come out of it.
+        let mut body = (body_len == Some(0)).then(|| hasher.clone().finalize().into());
+        let mut off = 0u64;
+        for (buf, n) in full_rx {
+            hasher.update(&buf[..n]);
+            off += n as u64;
+            if body.is_none() && body_len == Some(off) {
+                body = Some(hasher.clone().finalize().into());
+            }
+            // Never blocks: there are only READ_BUFS buffers in circulation.
+            let _ = free_tx.send(buf);
+        }
+        reader
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("file reader thread failed")))?;
+        if off != len {
+            return Err(io::Error::other(
+                "the file changed while it was being verified",
+            ));
+        }
+        Ok(Digests {
+            whole: hasher.finalize().into(),
+            body,
+        })
     })
 }
 
