@@ -21,6 +21,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -84,8 +85,10 @@ const NO_FREELIST: u64 = u64::MAX;
 /// The smallest and largest page sizes bbolt's meta-1 probe considers (1 KiB << 0..=14).
 const MIN_PAGE_SIZE: u64 = 1 << 10;
 const MAX_PAGE_SIZE: u64 = 1 << 24;
-/// Streaming read size of the hashing thread; large reads keep syscall overhead negligible.
-const READ_BUF: usize = 2 << 20;
+/// Streaming read size and buffer count of the hashing pipeline: big enough that syscalls
+/// are negligible, small enough that a chunk is still in cache when it is hashed.
+const READ_BUF: usize = 1 << 20;
+const READ_BUFS: usize = 3;
 /// Largest page run (page + overflow) loaded into memory. etcd values are limited by
 /// `--max-request-bytes` (1.5 MiB by default), so real leaves are far smaller; a bigger claim
 /// comes from a damaged header and must not turn into a huge allocation.
@@ -164,35 +167,64 @@ struct Digests {
     body: Option<[u8; 32]>,
 }
 
-/// Streams `len` bytes of `file` through sha256 with one reused buffer.
+/// Streams `len` bytes of `file` through sha256 in constant memory.
+///
+/// A reader thread fills a small ring of reused buffers while this thread hashes, so copying
+/// from the page cache overlaps with SHA-256 instead of adding to it.
 fn hash_stream(file: &File, len: u64, body_len: Option<u64>) -> io::Result<Digests> {
-    let mut buf = vec![0u8; READ_BUF];
-    let mut hasher = Sha256::new();
-    let mut body = None;
-    let mut off = 0u64;
-    loop {
-        let want = (len - off).min(READ_BUF as u64) as usize;
-        // The body digest is the hasher state at `body_len`, finalised on a copy, so the file is
-        // hashed once although two digests come out of it.
-        if let Some(cut_at) = body_len.filter(|b| body.is_none() && *b <= off + want as u64) {
-            let cut = (cut_at - off) as usize;
-            read_fully(file, &mut buf[..cut], off)?;
-            hasher.update(&buf[..cut]);
-            body = Some(hasher.clone().finalize().into());
-            read_fully(file, &mut buf[cut..want], cut_at)?;
-            hasher.update(&buf[cut..want]);
-        } else {
-            read_fully(file, &mut buf[..want], off)?;
-            hasher.update(&buf[..want]);
-        }
-        off += want as u64;
-        if off >= len {
-            break;
-        }
+    let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(READ_BUFS);
+    let (free_tx, free_rx) = mpsc::sync_channel::<Vec<u8>>(READ_BUFS);
+    for _ in 0..READ_BUFS {
+        // Cannot fail: the receiver is alive and the channel holds READ_BUFS buffers.
+        let _ = free_tx.send(vec![0u8; READ_BUF]);
     }
-    Ok(Digests {
-        whole: hasher.finalize().into(),
-        body,
+    std::thread::scope(|s| {
+        let reader = s.spawn(move || -> io::Result<()> {
+            let mut off = 0u64;
+            while off < len {
+                let mut want = (len - off).min(READ_BUF as u64);
+                // End a chunk exactly at the trailer so the hasher can take the body digest.
+                if let Some(b) = body_len.filter(|b| off < *b && *b < off + want) {
+                    want = b - off;
+                }
+                let want = want as usize;
+                let Ok(mut buf) = free_rx.recv() else {
+                    return Ok(());
+                };
+                read_fully(file, &mut buf[..want], off)?;
+                off += want as u64;
+                if full_tx.send((buf, want)).is_err() {
+                    return Ok(());
+                }
+            }
+            Ok(())
+        });
+        let mut hasher = Sha256::new();
+        // The body digest is the hasher state at `body_len`, finalised on a copy, so the file
+        // is hashed once although two digests come out of it.
+        let mut body = (body_len == Some(0)).then(|| hasher.clone().finalize().into());
+        let mut off = 0u64;
+        for (buf, n) in full_rx {
+            hasher.update(&buf[..n]);
+            off += n as u64;
+            if body.is_none() && body_len == Some(off) {
+                body = Some(hasher.clone().finalize().into());
+            }
+            // Never blocks: there are only READ_BUFS buffers in circulation.
+            let _ = free_tx.send(buf);
+        }
+        reader
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("file reader thread failed")))?;
+        if off != len {
+            return Err(io::Error::other(
+                "the file changed while it was being verified",
+            ));
+        }
+        Ok(Digests {
+            whole: hasher.finalize().into(),
+            body,
+        })
     })
 }
 
@@ -317,15 +349,20 @@ fn analyze(file: &File, size: u64, body_len: u64) -> io::Result<Analysis> {
     }
     let mut walker = Walker::new(file, ps, meta.pgid, body_len / ps);
     if meta.freelist != NO_FREELIST {
-        walker.check_freelist(meta.freelist);
+        walker.check_freelist(meta.freelist)?;
     }
     walker.walk(meta.root)?;
     structure_ok &= walker.problems.is_empty();
     if structure_ok && !(walker.saw_key && walker.saw_meta) {
-        walker.problems.push(
-            "this is a bbolt database but not etcd's: it has no `key` and `meta` buckets"
-                .to_string(),
-        );
+        let missing = match (walker.saw_key, walker.saw_meta) {
+            (false, false) => "`key` and `meta` buckets",
+            (false, true) => "`key` bucket",
+            _ => "`meta` bucket",
+        };
+        walker.problems.push(format!(
+            "this is a bbolt database but not etcd's: its root (page {}) has no {missing}",
+            meta.root
+        ));
         structure_ok = false;
     }
     for p in walker.problems.list.drain(..) {
@@ -511,6 +548,7 @@ fn choose_meta(file: &File, body_len: u64, a: &mut Analysis) -> io::Result<Optio
 #[derive(Debug, Clone, Copy)]
 enum Origin {
     Meta,
+    Freelist,
     Branch(u64),
     Bucket(u64),
 }
@@ -598,16 +636,17 @@ impl<'f> Walker<'f> {
     fn origin(&self, o: Origin) -> String {
         match o {
             Origin::Meta => "the meta page's root bucket".to_string(),
+            Origin::Freelist => "the meta page's freelist".to_string(),
             Origin::Branch(p) => format!("branch on page {p}"),
             Origin::Bucket(p) if self.bucket_name.is_empty() => format!("bucket on page {p}"),
             Origin::Bucket(p) => format!("bucket {} on page {p}", self.bucket_name),
         }
     }
 
-    fn check_freelist(&mut self, pgid: u64) {
-        if self.load(0, pgid, Origin::Meta, FREELIST).is_ok() {
-            // etcd never persists a freelist; its ids are not cross-checked.
-        }
+    /// etcd never persists a freelist (`NoFreelistSync`); if a file has one, its page is checked
+    /// and claimed, but the free ids in it are not cross-checked.
+    fn check_freelist(&mut self, pgid: u64) -> io::Result<()> {
+        self.load(0, pgid, Origin::Freelist, FREELIST).map(drop)
     }
 
     /// Reads page `pgid` (and its overflow pages) into the buffer of `level` after checking
@@ -735,7 +774,6 @@ impl<'f> Walker<'f> {
     }
 
     /// Loads a tree page as level `level` and pushes its frame.
-    #[allow(clippy::too_many_arguments)]
     fn push_page(
         &mut self,
         level: usize,
@@ -1295,42 +1333,140 @@ mod tests {
         assert_eq!(list[MAX_PROBLEMS], "and 7 more problems");
     }
 
-    #[test]
-    fn a_page_reached_twice_is_reported_not_hashed_twice() {
-        // Duplicate child pointer: the same leaf reached from two branch elements must be
-        // reported, not hashed twice (which would silently change the status).
-        let mut data = std::fs::read(fixture("small-raw.db")).unwrap();
-        let root = le_u64(&data, PAGE_HEADER + 16) as usize;
-        // Find bucket `key`'s root page (a branch page in this fixture) in the root leaf.
-        let page = &data[root * 4096..(root + 1) * 4096];
-        let count = le_u16(page, 10) as usize;
-        let key_root = (0..count)
+    /// Byte offsets in `small-raw.db` that the structural damage cases aim at.
+    struct Spots {
+        /// Root leaf element of a bucket, and where its name starts.
+        root_entry: fn(&[u8], &[u8]) -> (usize, usize),
+        /// Bucket `key`'s root page (a branch page) and its first leaf.
+        branch: usize,
+        leaf: usize,
+    }
+
+    fn root_entry(data: &[u8], name: &[u8]) -> (usize, usize) {
+        let root = le_u64(data, PAGE_HEADER + 16) as usize * 4096;
+        let count = le_u16(data, root + 10) as usize;
+        (0..count)
             .find_map(|i| {
-                let e = PAGE_HEADER + i * ELEMENT;
-                let k = e + le_u32(page, e + 4) as usize;
-                let klen = le_u32(page, e + 8) as usize;
-                (&page[k..k + klen] == b"key").then(|| le_u64(page, k + klen) as usize)
+                let e = root + PAGE_HEADER + i * ELEMENT;
+                let k = e + le_u32(data, e + 4) as usize;
+                let klen = le_u32(data, e + 8) as usize;
+                (&data[k..k + klen] == name).then_some((e, k))
             })
-            .unwrap();
-        let branch = key_root * 4096;
-        assert_eq!(le_u16(&data, branch + 8), BRANCH, "fixture layout changed");
-        let first_child = le_u64(&data, branch + PAGE_HEADER + 8);
-        data[branch + PAGE_HEADER + ELEMENT + 8..][..8].copy_from_slice(&first_child.to_le_bytes());
+            .expect("bucket in the root page")
+    }
+
+    fn spots(data: &[u8]) -> Spots {
+        let (_, k) = root_entry(data, b"key");
+        let branch = le_u64(data, k + 3) as usize * 4096;
+        assert_eq!(le_u16(data, branch + 8), BRANCH, "fixture layout changed");
+        let leaf = le_u64(data, branch + PAGE_HEADER + 8) as usize * 4096;
+        assert_eq!(le_u16(data, leaf + 8), LEAF, "fixture layout changed");
+        Spots {
+            root_entry,
+            branch,
+            leaf,
+        }
+    }
+
+    fn put_u64(data: &mut [u8], off: usize, v: u64) {
+        data[off..off + 8].copy_from_slice(&v.to_le_bytes());
+    }
+
+    #[rstest]
+    #[case::leaf_reached_twice("is reached twice", |d: &mut Vec<u8>, s: &Spots| {
+        // Duplicate child pointer: reported, not hashed twice (that would change the status).
+        let first = le_u64(d, s.branch + PAGE_HEADER + 8);
+        put_u64(d, s.branch + PAGE_HEADER + ELEMENT + 8, first);
+    })]
+    #[case::keys_swapped("keys out of order on page", |d: &mut Vec<u8>, s: &Spots| {
+        let e0 = s.leaf + PAGE_HEADER;
+        let e1 = e0 + ELEMENT;
+        let k0 = e0 + le_u32(d, e0 + 4) as usize;
+        let k1 = e1 + le_u32(d, e1 + 4) as usize;
+        let first: Vec<u8> = d[k0..k0 + 17].to_vec();
+        d.copy_within(k1..k1 + 17, k0);
+        d[k1..k1 + 17].copy_from_slice(&first);
+    })]
+    #[case::element_offset_past_page("past the end of the page", |d: &mut Vec<u8>, s: &Spots| {
+        d[s.leaf + PAGE_HEADER + 4..][..4].copy_from_slice(&70_000u32.to_le_bytes());
+    })]
+    #[case::element_count_too_big("more than fit in it", |d: &mut Vec<u8>, s: &Spots| {
+        d[s.leaf + 10..s.leaf + 12].copy_from_slice(&0xffffu16.to_le_bytes());
+    })]
+    #[case::child_is_a_meta_page("which is a meta page", |d: &mut Vec<u8>, s: &Spots| {
+        put_u64(d, s.branch + PAGE_HEADER + 8, 1);
+    })]
+    #[case::not_etcd("not etcd's: its root (page 27) has no `key` bucket", |d: &mut Vec<u8>, s: &Spots| {
+        let (_, k) = (s.root_entry)(d, b"key");
+        d[k + 2] = b'z'; // `kez` still sorts between `cluster` and `lease`
+    })]
+    #[case::root_entry_not_a_bucket("is a plain key, not a bucket", |d: &mut Vec<u8>, s: &Spots| {
+        let (e, _) = (s.root_entry)(d, b"meta");
+        d[e] &= !1;
+    })]
+    #[case::freelist_past_end("the meta page's freelist points to page 9999, past the end", |d: &mut Vec<u8>, _: &Spots| {
+        for m in [PAGE_HEADER, 4096 + PAGE_HEADER] {
+            put_u64(d, m + 32, 9999);
+            let sum = fnv1a64(&d[m..m + 56]);
+            put_u64(d, m + 56, sum);
+        }
+    })]
+    fn structural_damage_is_reported(
+        #[case] words: &str,
+        #[case] damage: fn(&mut Vec<u8>, &Spots),
+    ) {
+        let mut data = std::fs::read(fixture("small-raw.db")).unwrap();
+        let at = spots(&data);
+        damage(&mut data, &at);
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("dup.db");
+        let path = dir.path().join("damaged.db");
         std::fs::write(&path, &data).unwrap();
 
         let report = verify_file(&path).unwrap();
         assert!(!report.valid);
-        assert_eq!(report.status, None);
+        assert_eq!(report.status, None, "no status from a damaged tree");
         assert!(
-            report
-                .problems
-                .iter()
-                .any(|p| p.contains(&format!("page {first_child} is reached twice"))),
-            "problems: {:?}",
+            report.problems.iter().any(|p| p.contains(words)),
+            "expected {words:?} in {:?}",
             report.problems
         );
+        assert!(
+            report.problems.iter().all(|p| p.contains("page")),
+            "every problem names its page: {:?}",
+            report.problems
+        );
+    }
+
+    #[test]
+    fn random_damage_never_panics_and_is_always_caught_by_the_trailer() {
+        let original = std::fs::read(fixture("small.snapshot")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mutant.snapshot");
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        for round in 0..300 {
+            let mut data = original.clone();
+            // Aim mostly at page headers and element arrays, where the walker's bounds checks
+            // live; sometimes anywhere.
+            for _ in 0..1 + next(6) {
+                let at = if next(4) == 0 {
+                    next(data.len() - 32)
+                } else {
+                    next(28) * 4096 + next(256)
+                };
+                data[at] ^= 1 << next(8);
+            }
+            std::fs::write(&path, &data).unwrap();
+            let report = verify_file(&path).unwrap();
+            assert!(!report.valid, "round {round}: a modified snapshot passed");
+            assert_eq!(report.trailer, Trailer::Mismatch, "round {round}");
+            assert!(report.problems.len() <= MAX_PROBLEMS + 1, "round {round}");
+        }
     }
 
     #[test]
