@@ -1,5 +1,6 @@
 //! One integration-test binary (ripgrep/uv style): modules per area.
 
 mod common;
+mod kube;
 mod snapshot_cli;
 mod verify;
