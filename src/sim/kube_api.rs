@@ -23,6 +23,8 @@ use tokio::task::JoinHandle;
 
 use super::state::{self, Cluster, Kube, Node, Pod};
 
+mod table;
+
 /// When every object pretends to have been created (fixed, so bodies are reproducible).
 const CREATED: &str = "2025-01-06T09:00:00Z";
 /// A request head larger than this is refused (kubectl's are well under 1 KiB).
@@ -34,8 +36,14 @@ pub async fn serve(state_path: PathBuf) -> io::Result<(SocketAddr, JoinHandle<()
     let addr = listener.local_addr()?;
     let handle = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::debug!(error = %e, "sim kube-api accept");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
             };
             let state_path = state_path.clone();
             tokio::spawn(async move {
@@ -83,10 +91,17 @@ async fn handle_connection(stream: TcpStream, state_path: &Path) -> io::Result<(
     let head = tokio::time::timeout(Duration::from_secs(10), read_head(&mut reader))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request head timed out"))??;
-    let (status, body) = match head.split_whitespace().collect::<Vec<_>>().as_slice() {
+    let (status, body) = match head.line.split_whitespace().collect::<Vec<_>>().as_slice() {
         ["GET", target, version] if version.starts_with("HTTP/1.") => {
             let path = target.split_once('?').map_or(*target, |(p, _)| p);
-            route(path, state_path)
+            let (status, body) = route(path, state_path);
+            // Plain `kubectl get` asks for a server-side Table; `-o json` does not.
+            let wants_table = head.accept.contains("as=Table");
+            if status == 200 && wants_table {
+                (status, table::to_table(&body).unwrap_or(body))
+            } else {
+                (status, body)
+            }
         }
         [_, _, _] => (
             405,
@@ -108,9 +123,15 @@ async fn handle_connection(stream: TcpStream, state_path: &Path) -> io::Result<(
     stream.shutdown().await
 }
 
-/// Reads the request line and headers; returns the request line.
-async fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<String> {
+struct Head {
+    line: String,
+    accept: String,
+}
+
+/// Reads the request line and headers; keeps the request line and `Accept`.
+async fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Head> {
     let mut request_line = String::new();
+    let mut accept = String::new();
     let mut total = 0;
     let mut line = String::new();
     loop {
@@ -126,7 +147,14 @@ async fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<String> {
         if request_line.is_empty() {
             request_line = line.trim_end().to_owned();
         } else if line.trim_end().is_empty() {
-            return Ok(request_line);
+            return Ok(Head {
+                line: request_line,
+                accept,
+            });
+        } else if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("accept")
+        {
+            accept = value.trim().to_owned();
         }
     }
 }

@@ -320,3 +320,64 @@ async fn kubectl_stderr_is_shown_when_the_server_is_down() {
     );
     assert!(text.contains("refused"), "{text}");
 }
+
+#[tokio::test]
+async fn plain_kubectl_get_prints_the_usual_columns() {
+    let sim = Sim::start().await;
+    sim.env.edit_cluster(|c| {
+        c.nodes[4].reachable = false;
+        c.kube.pods_crashloop = vec!["kube-apiserver-talos-cp-1".into()];
+    });
+    let out = sim.raw(&["get", "nodes"]).await;
+    assert!(out.success(), "{}", out.stderr);
+    assert_eq!(out.stderr, "");
+    let lines: Vec<Vec<&str>> = out
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines[0], ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]);
+    assert_eq!(lines[1][..3], ["talos-cp-1", "Ready", "control-plane"]);
+    assert_eq!(lines[1][4], "v1.32.3");
+    assert_eq!(lines[5][..3], ["talos-worker-2", "NotReady", "<none>"]);
+
+    let out = sim.raw(&["get", "pods", "-A", "-o", "wide"]).await;
+    assert!(out.success(), "{}", out.stderr);
+    assert_eq!(out.stderr, "");
+    let header: Vec<&str> = out
+        .stdout
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header[..7],
+        [
+            "NAMESPACE",
+            "NAME",
+            "READY",
+            "STATUS",
+            "RESTARTS",
+            "AGE",
+            "IP"
+        ]
+    );
+    let apiserver = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("kube-apiserver-talos-cp-1"))
+        .unwrap();
+    let cells: Vec<&str> = apiserver.split_whitespace().collect();
+    assert_eq!(
+        cells[..5],
+        [
+            "kube-system",
+            "kube-apiserver-talos-cp-1",
+            "0/1",
+            "CrashLoopBackOff",
+            "5"
+        ]
+    );
+    assert!(apiserver.contains("10.5.0.11") && apiserver.contains("talos-cp-1"));
+}
