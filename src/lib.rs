@@ -13,6 +13,7 @@ pub mod engine;
 pub mod error;
 pub mod exec;
 pub mod fsutil;
+pub mod kube;
 pub mod lock;
 pub mod profile;
 pub mod pve;

@@ -6,7 +6,11 @@
 //! two-line shim named `talosctl` first on `PATH`. Every call is appended to
 //! `<state>.calls.jsonl`, so tests can assert exactly which commands ran. Faults are injected by
 //! editing the state file.
+//!
+//! [`kube_api`] serves the same cluster as a minimal Kubernetes API over plain HTTP, for the
+//! real `kubectl`; its faults live in the state file's `kube` section.
 
+pub mod kube_api;
 pub mod state;
 pub mod talosctl;
 

@@ -21,6 +21,9 @@ pub struct Cluster {
     /// Every node `bootstrap` was accepted on, in order (more than one = split cluster).
     #[serde(default)]
     pub bootstrapped: Vec<String>,
+    /// What the simulated Kubernetes API serves; optional in the file (defaults apply).
+    #[serde(default)]
+    pub kube: Kube,
 }
 
 /// How long simulated transitions take.
@@ -145,6 +148,169 @@ pub struct Faults {
     pub bootstrap_delay_ms: u64,
 }
 
+/// The Kubernetes side of the simulated cluster ([`crate::sim::kube_api`]).
+///
+/// Nodes are not listed here: they follow [`Cluster::nodes`] (name = hostname, InternalIP =
+/// address). A node is Ready unless it is unreachable, its etcd is not Running (control planes),
+/// or it is named in `nodes_not_ready`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Kube {
+    /// Kubelet and API server version.
+    #[serde(default = "default_kube_version")]
+    pub version: String,
+    /// The pods to serve; `None` means the standard set ([`Kube::standard_pods`]).
+    #[serde(default)]
+    pub pods: Option<Vec<Pod>>,
+    /// Fault: these pods (`namespace/name` or bare `name`) are Pending in `ContainerCreating`.
+    #[serde(default)]
+    pub pods_pending: Vec<String>,
+    /// Fault: these pods are Running but crash-looping (`CrashLoopBackOff`, not ready).
+    #[serde(default)]
+    pub pods_crashloop: Vec<String>,
+    /// Fault: these nodes (hostname or address) report `Ready=False` (`KubeletNotReady`).
+    #[serde(default)]
+    pub nodes_not_ready: Vec<String>,
+}
+
+fn default_kube_version() -> String {
+    "v1.32.3".into()
+}
+
+impl Default for Kube {
+    fn default() -> Self {
+        Self {
+            version: default_kube_version(),
+            pods: None,
+            pods_pending: Vec::new(),
+            pods_crashloop: Vec::new(),
+            nodes_not_ready: Vec::new(),
+        }
+    }
+}
+
+/// One simulated pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    /// Hostname of the node it runs on; `None` while unscheduled.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// `Running`, `Pending`, `Succeeded` or `Failed`.
+    #[serde(default = "default_phase")]
+    pub phase: String,
+    #[serde(default)]
+    pub restarts: u32,
+}
+
+fn default_phase() -> String {
+    "Running".into()
+}
+
+impl Kube {
+    /// What a fresh Talos cluster runs: control-plane static pods, flannel and kube-proxy on
+    /// every node, CoreDNS, plus a small app and a finished Job so summaries have something to
+    /// count.
+    pub fn standard_pods(nodes: &[Node]) -> Vec<Pod> {
+        let pod = |ns: &str, name: String, node: &str| Pod {
+            namespace: ns.into(),
+            name,
+            node: Some(node.to_owned()),
+            phase: default_phase(),
+            restarts: 0,
+        };
+        let mut pods = Vec::new();
+        for n in nodes {
+            if n.machine_type != "worker" {
+                for c in [
+                    "kube-apiserver",
+                    "kube-controller-manager",
+                    "kube-scheduler",
+                ] {
+                    pods.push(pod(
+                        "kube-system",
+                        format!("{c}-{}", n.hostname),
+                        &n.hostname,
+                    ));
+                }
+            }
+        }
+        for (i, n) in nodes.iter().enumerate() {
+            // Stable five-letter suffixes, like a DaemonSet's, so names stay the same per run.
+            pods.push(pod(
+                "kube-system",
+                format!("kube-flannel-{}", suffix(i, 0)),
+                &n.hostname,
+            ));
+            pods.push(pod(
+                "kube-system",
+                format!("kube-proxy-{}", suffix(i, 1)),
+                &n.hostname,
+            ));
+        }
+        // Deployments land on workers when there are any.
+        let workers: Vec<&Node> = nodes
+            .iter()
+            .filter(|n| n.machine_type == "worker")
+            .collect();
+        let pool: Vec<&Node> = if workers.is_empty() {
+            nodes.iter().collect()
+        } else {
+            workers
+        };
+        if let Some(first) = pool.first() {
+            let at = |i: usize| pool[i % pool.len()].hostname.as_str();
+            for i in 0..2 {
+                pods.push(pod(
+                    "kube-system",
+                    format!("coredns-578d4f8ffc-{}", suffix(i, 2)),
+                    at(i),
+                ));
+                pods.push(pod(
+                    "default",
+                    format!("web-7c5ddbdf54-{}", suffix(i, 3)),
+                    at(i + 1),
+                ));
+            }
+            let mut job = pod(
+                "default",
+                format!("db-migrate-{}", suffix(0, 4)),
+                &first.hostname,
+            );
+            job.phase = "Succeeded".into();
+            pods.push(job);
+        }
+        pods
+    }
+
+    /// The configured pods, or the standard set for `nodes`.
+    pub fn effective_pods(&self, nodes: &[Node]) -> Vec<Pod> {
+        self.pods
+            .clone()
+            .unwrap_or_else(|| Self::standard_pods(nodes))
+    }
+}
+
+fn suffix(i: usize, salt: usize) -> String {
+    const LETTERS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    // FNV-1a over (i, salt): cheap, stable, and different for every pair we use.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in [i as u8, salt as u8] {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (0..5)
+        .map(|k| LETTERS[((h >> (k * 8)) % LETTERS.len() as u64) as usize] as char)
+        .collect()
+}
+
+/// Whether `pattern` (`namespace/name` or bare `name`) names this pod.
+pub fn pod_matches(pattern: &str, pod: &Pod) -> bool {
+    match pattern.split_once('/') {
+        Some((ns, name)) => ns == pod.namespace && name == pod.name,
+        None => pattern == pod.name,
+    }
+}
+
 impl Cluster {
     pub fn node(&self, address: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.address == address)
@@ -188,6 +354,7 @@ impl Cluster {
             faults: Faults::default(),
             timing: Timing::default(),
             bootstrapped: Vec::new(),
+            kube: Kube::default(),
         }
     }
 

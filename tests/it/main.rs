@@ -1,6 +1,7 @@
 //! One integration-test binary (ripgrep/uv style): modules per area.
 
 mod common;
+mod kube;
 mod pve;
 mod snapshot_cli;
 mod verify;

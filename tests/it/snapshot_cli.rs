@@ -194,9 +194,19 @@ fn snapshot_prunes_after_success_keeping_the_newest_valid() {
     );
     assert!(env.backups().join("notes.txt").exists());
     assert!(env.backups().join("etcd-manual.snapshot").exists());
+}
 
-    // --no-prune leaves everything.
+#[test]
+fn no_prune_leaves_old_snapshots() {
+    let env = Env::new();
+    let now = Timestamp::now();
+    let old: Vec<_> = [20, 21, 22, 23]
+        .iter()
+        .map(|d| plant_snapshot(&env, &small(), now - SignedDuration::from_hours(24 * d), true))
+        .collect();
     env.cmd().args(["snapshot", "--no-prune"]).assert().code(0);
+    assert!(old.iter().all(|p| p.exists()));
+    assert_eq!(snapshot_files(&env).len(), 5);
 }
 
 #[test]

@@ -1,0 +1,613 @@
+//! A minimal simulated Kubernetes API server that the real `kubectl` (1.32) can talk to.
+//!
+//! Plain HTTP/1.1 on `127.0.0.1` (random port), one request per connection. It serves exactly
+//! what `kubectl get nodes|pods [-A] -o json` needs: legacy discovery (`/api`, `/apis`,
+//! `/api/v1`) and `v1` `NodeList` / `PodList` bodies built from the simulated cluster in the
+//! state file. The file is re-read for every request, so tests flip faults while it runs.
+//!
+//! Discovery is answered with plain `application/json` although kubectl asks for aggregated
+//! discovery first; kubectl then falls back to the legacy documents without complaint.
+//!
+//! Like a real API server whose etcd is gone, resource requests get `503 ServiceUnavailable`
+//! while no control-plane node has etcd Running; discovery keeps answering.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use super::state::{self, Cluster, Kube, Node, Pod};
+
+mod table;
+
+/// When every object pretends to have been created (fixed, so bodies are reproducible).
+const CREATED: &str = "2025-01-06T09:00:00Z";
+/// A request head larger than this is refused (kubectl's are well under 1 KiB).
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Starts the server; it runs until the returned task is aborted (which closes the listener).
+pub async fn serve(state_path: PathBuf) -> io::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let addr = listener.local_addr()?;
+    let handle = tokio::spawn(async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::debug!(error = %e, "sim kube-api accept");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let state_path = state_path.clone();
+            tokio::spawn(async move {
+                if let Err(e) = handle_connection(stream, &state_path).await {
+                    tracing::debug!(error = %e, "sim kube-api connection");
+                }
+            });
+        }
+    });
+    Ok((addr, handle))
+}
+
+/// A kubeconfig (YAML) for a server at `addr`, with a dummy bearer token.
+pub fn kubeconfig_yaml(addr: SocketAddr) -> String {
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: talos-dr-sim
+  cluster:
+    server: http://{addr}
+contexts:
+- name: admin@talos-dr-sim
+  context:
+    cluster: talos-dr-sim
+    namespace: default
+    user: admin@talos-dr-sim
+current-context: admin@talos-dr-sim
+users:
+- name: admin@talos-dr-sim
+  user:
+    token: sim-token-not-a-secret
+"
+    )
+}
+
+/// Writes [`kubeconfig_yaml`] to `path` (mode 0600, as kubeconfigs hold credentials).
+pub fn write_kubeconfig(path: &Path, addr: SocketAddr) -> io::Result<()> {
+    crate::fsutil::write_atomic(path, kubeconfig_yaml(addr).as_bytes(), 0o600)
+}
+
+async fn handle_connection(stream: TcpStream, state_path: &Path) -> io::Result<()> {
+    let mut reader = BufReader::new(stream);
+    // A client that connects and says nothing must not pin a task forever.
+    let head = tokio::time::timeout(Duration::from_secs(10), read_head(&mut reader))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request head timed out"))??;
+    let (status, body) = match head.line.split_whitespace().collect::<Vec<_>>().as_slice() {
+        ["GET", target, version] if version.starts_with("HTTP/1.") => {
+            let path = target.split_once('?').map_or(*target, |(p, _)| p);
+            let (status, body) = route(path, state_path);
+            // Plain `kubectl get` asks for a server-side Table; `-o json` does not.
+            let wants_table = head.accept.contains("as=Table");
+            if status == 200 && wants_table {
+                (status, table::to_table(&body).unwrap_or(body))
+            } else {
+                (status, body)
+            }
+        }
+        [_, _, _] => (
+            405,
+            status_body(405, "MethodNotAllowed", "the simulator only serves GET"),
+        ),
+        _ => (
+            400,
+            status_body(400, "BadRequest", "malformed request line"),
+        ),
+    };
+    let body = body.to_string();
+    let response = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nCache-Control: no-cache, private\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        reason_phrase(status),
+        body.len()
+    );
+    let mut stream = reader.into_inner();
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+struct Head {
+    line: String,
+    accept: String,
+}
+
+/// Reads the request line and headers; keeps the request line and `Accept`.
+async fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Head> {
+    let mut request_line = String::new();
+    let mut accept = String::new();
+    let mut total = 0;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line).await?;
+        total += n;
+        if n == 0 || total > MAX_HEAD {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "incomplete request head",
+            ));
+        }
+        if request_line.is_empty() {
+            request_line = line.trim_end().to_owned();
+        } else if line.trim_end().is_empty() {
+            return Ok(Head {
+                line: request_line,
+                accept,
+            });
+        } else if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("accept")
+        {
+            accept = value.trim().to_owned();
+        }
+    }
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// Answers one GET `path` (query already stripped).
+fn route(path: &str, state_path: &Path) -> (u16, Value) {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["api"] => (200, api_versions()),
+        ["apis"] => (
+            200,
+            json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}),
+        ),
+        ["api", "v1"] => (200, api_resources()),
+        ["version"] => (200, version_info(state_path)),
+        ["api", "v1", rest @ ..] => match Cluster::load(state_path) {
+            Err(e) => (
+                500,
+                status_body(500, "InternalError", &format!("simulator state: {e}")),
+            ),
+            Ok(cluster) if !etcd_available(&cluster) => (
+                503,
+                status_body(503, "ServiceUnavailable", "etcdserver: request timed out"),
+            ),
+            Ok(cluster) => resource(rest, &cluster),
+        },
+        _ => not_found(path),
+    }
+}
+
+fn resource(rest: &[&str], cluster: &Cluster) -> (u16, Value) {
+    match rest {
+        ["nodes"] => (200, node_list(cluster)),
+        ["nodes", name] => match cluster.nodes.iter().find(|n| n.hostname == *name) {
+            Some(node) => (200, node_json(cluster, node)),
+            None => (
+                404,
+                status_body(404, "NotFound", &format!("nodes \"{name}\" not found")),
+            ),
+        },
+        ["pods"] => (200, pod_list(cluster, None)),
+        ["namespaces", ns, "pods"] => (200, pod_list(cluster, Some(ns))),
+        _ => not_found(&format!("/api/v1/{}", rest.join("/"))),
+    }
+}
+
+fn not_found(path: &str) -> (u16, Value) {
+    (
+        404,
+        status_body(
+            404,
+            "NotFound",
+            &format!("the server could not find the requested resource ({path})"),
+        ),
+    )
+}
+
+/// A `meta/v1 Status` error body, which kubectl turns into `Error from server (Reason): message`.
+fn status_body(code: u16, reason: &str, message: &str) -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    })
+}
+
+fn api_versions() -> Value {
+    json!({
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:6443"}],
+    })
+}
+
+fn api_resources() -> Value {
+    let verbs = json!(["get", "list", "watch"]);
+    json!({
+        "kind": "APIResourceList",
+        "groupVersion": "v1",
+        "resources": [
+            {"name": "nodes", "singularName": "node", "namespaced": false, "kind": "Node",
+             "verbs": verbs, "shortNames": ["no"]},
+            {"name": "pods", "singularName": "pod", "namespaced": true, "kind": "Pod",
+             "verbs": verbs, "shortNames": ["po"], "categories": ["all"]},
+        ],
+    })
+}
+
+fn version_info(state_path: &Path) -> Value {
+    let version = Cluster::load(state_path)
+        .map(|c| c.kube.version)
+        .unwrap_or_else(|_| Kube::default().version);
+    let minor = version.split('.').nth(1).unwrap_or("0").to_owned();
+    json!({
+        "major": "1",
+        "minor": minor,
+        "gitVersion": version,
+        "platform": "linux/amd64",
+    })
+}
+
+/// The API server can read etcd when some control-plane node is up with etcd Running.
+fn etcd_available(cluster: &Cluster) -> bool {
+    cluster
+        .nodes
+        .iter()
+        .any(|n| is_control_plane(n) && n.reachable && n.etcd.state == "Running")
+}
+
+fn is_control_plane(node: &Node) -> bool {
+    node.machine_type != "worker"
+}
+
+/// Why a node is not Ready, as the node's `Ready` condition would say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Readiness {
+    Ready,
+    /// `Ready=False` with a reason and message from the kubelet.
+    NotReady(String),
+    /// `Ready=Unknown`: the kubelet stopped reporting.
+    Unknown,
+}
+
+fn readiness(kube: &Kube, node: &Node) -> Readiness {
+    if !node.reachable {
+        Readiness::Unknown
+    } else if kube
+        .nodes_not_ready
+        .iter()
+        .any(|n| *n == node.hostname || *n == node.address)
+    {
+        Readiness::NotReady("container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: cni plugin not initialized".into())
+    } else if is_control_plane(node) && node.etcd.state != "Running" {
+        Readiness::NotReady(format!(
+            "kubelet cannot reach a healthy kube-apiserver: etcd is {} on this node",
+            node.etcd.state
+        ))
+    } else {
+        Readiness::Ready
+    }
+}
+
+/// `GET /api/v1/nodes` for the simulated cluster.
+pub fn node_list(cluster: &Cluster) -> Value {
+    let items: Vec<Value> = cluster
+        .nodes
+        .iter()
+        .map(|n| node_json(cluster, n))
+        .collect();
+    json!({
+        "kind": "NodeList",
+        "apiVersion": "v1",
+        "metadata": {"resourceVersion": "4242"},
+        "items": items,
+    })
+}
+
+fn node_json(cluster: &Cluster, node: &Node) -> Value {
+    let now = jiff::Timestamp::now().to_string();
+    let readiness = readiness(&cluster.kube, node);
+    let pressure = |kind: &str, reason_ok: &str, msg_ok: &str| {
+        if readiness == Readiness::Unknown {
+            condition(
+                kind,
+                "Unknown",
+                "NodeStatusUnknown",
+                "Kubelet stopped posting node status.",
+                CREATED,
+            )
+        } else {
+            condition(kind, "False", reason_ok, msg_ok, &now)
+        }
+    };
+    let ready = match &readiness {
+        Readiness::Ready => condition(
+            "Ready",
+            "True",
+            "KubeletReady",
+            "kubelet is posting ready status",
+            &now,
+        ),
+        Readiness::NotReady(message) => {
+            condition("Ready", "False", "KubeletNotReady", message, &now)
+        }
+        Readiness::Unknown => condition(
+            "Ready",
+            "Unknown",
+            "NodeStatusUnknown",
+            "Kubelet stopped posting node status.",
+            CREATED,
+        ),
+    };
+    let mut labels = json!({
+        "beta.kubernetes.io/arch": "amd64",
+        "beta.kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+        "kubernetes.io/hostname": node.hostname,
+        "kubernetes.io/os": "linux",
+    });
+    let mut taints = Vec::new();
+    if is_control_plane(node) {
+        labels["node-role.kubernetes.io/control-plane"] = json!("");
+        taints
+            .push(json!({"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}));
+    }
+    match readiness {
+        Readiness::Unknown => {
+            taints.push(json!({"key": "node.kubernetes.io/unreachable", "effect": "NoSchedule"}))
+        }
+        Readiness::NotReady(_) => {
+            taints.push(json!({"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}))
+        }
+        Readiness::Ready => {}
+    }
+    let index = cluster
+        .nodes
+        .iter()
+        .position(|n| n.hostname == node.hostname)
+        .unwrap_or(0);
+    json!({
+        "kind": "Node",
+        "apiVersion": "v1",
+        "metadata": {
+            "name": node.hostname,
+            "uid": format!("5f0c3c1e-0000-4000-8000-{index:012}"),
+            "resourceVersion": "4242",
+            "creationTimestamp": CREATED,
+            "labels": labels,
+            "annotations": {"talos.dev/owned-labels": "[\"node-role.kubernetes.io/control-plane\"]"},
+        },
+        "spec": {"podCIDR": format!("10.244.{index}.0/24"), "podCIDRs": [format!("10.244.{index}.0/24")], "taints": taints},
+        "status": {
+            "capacity": {"cpu": "4", "memory": "8131400Ki", "pods": "110"},
+            "allocatable": {"cpu": "3950m", "memory": "7795528Ki", "pods": "110"},
+            "conditions": [
+                pressure("MemoryPressure", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+                pressure("DiskPressure", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+                pressure("PIDPressure", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+                ready,
+            ],
+            "addresses": [
+                {"type": "InternalIP", "address": node.address},
+                {"type": "Hostname", "address": node.hostname},
+            ],
+            "nodeInfo": {
+                "architecture": "amd64",
+                "bootID": format!("b00710d0-0000-4000-8000-{index:012}"),
+                "containerRuntimeVersion": "containerd://2.0.2",
+                "kernelVersion": "6.12.18-talos",
+                "kubeProxyVersion": cluster.kube.version,
+                "kubeletVersion": cluster.kube.version,
+                "machineID": format!("{index:032x}"),
+                "operatingSystem": "linux",
+                "osImage": format!("Talos ({})", cluster.talos_version),
+                "systemUUID": format!("4c4c4544-0000-4000-8000-{index:012}"),
+            },
+        },
+    })
+}
+
+fn condition(kind: &str, status: &str, reason: &str, message: &str, heartbeat: &str) -> Value {
+    json!({
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastHeartbeatTime": heartbeat,
+        "lastTransitionTime": CREATED,
+    })
+}
+
+/// `GET /api/v1/pods` (or one namespace's) for the simulated cluster, faults applied.
+pub fn pod_list(cluster: &Cluster, namespace: Option<&str>) -> Value {
+    let items: Vec<Value> = cluster
+        .kube
+        .effective_pods(&cluster.nodes)
+        .iter()
+        .filter(|p| namespace.is_none_or(|ns| p.namespace == ns))
+        .map(|p| pod_json(cluster, p))
+        .collect();
+    json!({
+        "kind": "PodList",
+        "apiVersion": "v1",
+        "metadata": {"resourceVersion": "4242"},
+        "items": items,
+    })
+}
+
+fn pod_json(cluster: &Cluster, pod: &Pod) -> Value {
+    let kube = &cluster.kube;
+    let node = pod
+        .node
+        .as_deref()
+        .and_then(|h| cluster.nodes.iter().find(|n| n.hostname == h));
+    let node_ready = node.is_some_and(|n| readiness(kube, n) == Readiness::Ready);
+    let pending = kube.pods_pending.iter().any(|p| state::pod_matches(p, pod));
+    let crashloop = kube
+        .pods_crashloop
+        .iter()
+        .any(|p| state::pod_matches(p, pod));
+    let phase = if pending {
+        "Pending"
+    } else {
+        pod.phase.as_str()
+    };
+    let container = pod
+        .name
+        .split('-')
+        .next()
+        .unwrap_or(pod.name.as_str())
+        .to_owned();
+    let mut restarts = pod.restarts;
+    // What the container is doing, and whether it (and so the pod) is ready.
+    let (state, ready) = match phase {
+        "Pending" => (json!({"waiting": {"reason": "ContainerCreating"}}), false),
+        "Succeeded" => (
+            json!({"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": CREATED, "finishedAt": CREATED}}),
+            false,
+        ),
+        "Failed" => (
+            json!({"terminated": {"exitCode": 1, "reason": "Error", "startedAt": CREATED, "finishedAt": CREATED}}),
+            false,
+        ),
+        _ if crashloop => {
+            restarts = restarts.max(5);
+            (
+                json!({"waiting": {"reason": "CrashLoopBackOff", "message": format!("back-off 2m40s restarting failed container={container} pod={}", pod.name)}}),
+                false,
+            )
+        }
+        // The node controller marks pods on a node that stopped reporting as not ready.
+        _ => (json!({"running": {"startedAt": CREATED}}), node_ready),
+    };
+    let ready_str = if ready { "True" } else { "False" };
+    let mut ready_condition =
+        json!({"type": "Ready", "status": ready_str, "lastTransitionTime": CREATED});
+    if !ready && phase != "Succeeded" {
+        ready_condition["reason"] = json!("ContainersNotReady");
+        ready_condition["message"] =
+            json!(format!("containers with unready status: [{container}]"));
+    }
+    let mut status = json!({
+        "phase": phase,
+        "conditions": [
+            {"type": "PodScheduled", "status": if node.is_some() { "True" } else { "False" }, "lastTransitionTime": CREATED},
+            ready_condition,
+        ],
+        "containerStatuses": [{
+            "name": container,
+            "image": format!("registry.k8s.io/{container}:sim"),
+            "imageID": "",
+            "ready": ready,
+            "restartCount": restarts,
+            "started": ready,
+            "state": state,
+        }],
+        "qosClass": "Burstable",
+        "startTime": CREATED,
+    });
+    if let Some(n) = node {
+        status["hostIP"] = json!(n.address);
+    }
+    let mut spec = json!({"containers": [{"name": container, "image": format!("registry.k8s.io/{container}:sim")}]});
+    if let Some(n) = &pod.node {
+        spec["nodeName"] = json!(n);
+    }
+    json!({
+        "kind": "Pod",
+        "apiVersion": "v1",
+        "metadata": {
+            "name": pod.name,
+            "namespace": pod.namespace,
+            "uid": format!("9d0d0000-0000-4000-8000-{:012x}", fnv(&format!("{}/{}", pod.namespace, pod.name)) & 0xffff_ffff_ffff),
+            "resourceVersion": "4242",
+            "creationTimestamp": CREATED,
+        },
+        "spec": spec,
+        "status": status,
+    })
+}
+
+/// A tiny stable hash for reproducible UIDs.
+fn fnv(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_node_is_unknown_and_its_pods_not_ready() {
+        let mut c = Cluster::example(None);
+        c.nodes[4].reachable = false;
+        let nodes = node_list(&c);
+        let ready = &nodes["items"][4]["status"]["conditions"][3];
+        assert_eq!(ready["type"], "Ready");
+        assert_eq!(ready["status"], "Unknown");
+        let pods = pod_list(&c, None);
+        let on_w2: Vec<&Value> = pods["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["spec"]["nodeName"] == "talos-worker-2")
+            .collect();
+        assert!(!on_w2.is_empty());
+        assert!(
+            on_w2
+                .iter()
+                .all(|p| p["status"]["containerStatuses"][0]["ready"] == false)
+        );
+    }
+
+    #[test]
+    fn api_is_unavailable_without_a_running_etcd() {
+        let mut c = Cluster::example(None);
+        assert!(etcd_available(&c));
+        for n in c.nodes.iter_mut() {
+            n.etcd.state = "Preparing".into();
+        }
+        assert!(!etcd_available(&c));
+    }
+
+    #[test]
+    fn standard_pods_have_unique_names() {
+        let c = Cluster::example(None);
+        let pods = c.kube.effective_pods(&c.nodes);
+        let mut names: Vec<String> = pods
+            .iter()
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+            .collect();
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), n);
+        assert!(pods.iter().any(|p| p.phase == "Succeeded"));
+    }
+}
