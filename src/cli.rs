@@ -83,6 +83,29 @@ pub enum Command {
     List(ListArgs),
     /// Delete snapshots past retention (the newest keep_last valid ones always stay)
     Prune(PruneArgs),
+    /// Restore etcd from a snapshot on every control-plane node (playbook `restore`)
+    ///
+    /// Stages: preflight (snapshot verifies, nodes answer, no `init` node), pre-restore-snapshot
+    /// (saves the current state if etcd still answers), proxmox-check (VM checks and VM
+    /// snapshots, with [proxmox]), etcd-recover (reset EPHEMERAL on every control-plane node,
+    /// wait for etcd Preparing, `talosctl bootstrap --recover-from` on exactly one node, wait
+    /// for Running), post-verify (talosctl health, kubectl nodes and pods), report. A checkpoint
+    /// is written after every stage; `talos-dr resume` continues an interrupted run.
+    Restore(RestoreArgs),
+    /// A disaster-recovery drill: the restore stages, each confirmed, with a written report
+    Drill(RestoreArgs),
+    /// Continue an interrupted or failed run from its checkpoint
+    Resume(ResumeArgs),
+    /// List, inspect or abandon playbook runs (checkpoints)
+    Runs {
+        #[command(subcommand)]
+        command: Option<RunsCommand>,
+    },
+    /// List playbooks, or show the exact commands a playbook will run for this profile
+    Playbooks {
+        #[command(subcommand)]
+        command: Option<PlaybooksCommand>,
+    },
     /// Create, show and check cluster profiles
     #[command(subcommand)]
     Profile(ProfileCommand),
@@ -116,6 +139,58 @@ pub struct SnapshotArgs {
     /// How long `talosctl health` may wait for the cluster (e.g. 2m, 90s)
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     pub health_timeout: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The etcd snapshot to restore (a file made by `talos-dr snapshot` or `talosctl etcd snapshot`)
+    #[arg(long, value_name = "FILE")]
+    pub snapshot: std::path::PathBuf,
+    /// Snapshot the control-plane VMs first, whatever `proxmox.snapshot_before_restore` says
+    #[arg(long, conflicts_with = "no_vm_snapshot")]
+    pub vm_snapshot: bool,
+    /// Do not snapshot the control-plane VMs first
+    #[arg(long)]
+    pub no_vm_snapshot: bool,
+    /// Print every command and API call the run would make, and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How long to wait for etcd to reach Preparing / Running on every node
+    #[arg(long, default_value = "15m", value_parser = parse_duration)]
+    pub wait_timeout: std::time::Duration,
+    /// `talosctl health --wait-timeout` after the restore
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub health_timeout: std::time::Duration,
+    /// Longest pause between two status polls (tests shorten it)
+    #[arg(long, default_value = "5s", value_parser = parse_duration, hide = true)]
+    pub poll_max: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// The run to continue (default: the newest unfinished run of the profile)
+    pub run_id: Option<String>,
+    /// Resume even though the playbook changed since the run started
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// All runs of the profile, newest first
+    List,
+    /// One run: every stage with its status, timing, error and outputs
+    Show { run_id: String },
+    /// Give up on a run: `resume` will no longer pick it
+    Abandon { run_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlaybooksCommand {
+    /// The playbooks and what they are for
+    List,
+    /// The stages of a playbook and the exact commands each will run for this profile
+    Show { name: String },
 }
 
 #[derive(Debug, Args)]

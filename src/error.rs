@@ -78,12 +78,24 @@ impl fmt::Display for UserError {
 
 impl std::error::Error for UserError {}
 
-/// Finds the exit code and hints for an error chain: the first [`UserError`] decides.
+/// Finds the exit code and hints for an error chain: the outermost [`UserError`] decides the
+/// code; hints are collected from every level, innermost (most specific) first.
 pub fn classify(err: &anyhow::Error) -> (Exit, Vec<String>) {
-    for cause in err.chain() {
-        if let Some(u) = cause.downcast_ref::<UserError>() {
-            return (u.exit, u.hints.clone());
+    let mut exit = None;
+    let mut hints: Vec<String> = Vec::new();
+    // `downcast_ref` on the anyhow error also sees a UserError attached with `.context(…)`,
+    // which the chain's items do not expose.
+    let top = err.downcast_ref::<UserError>();
+    for u in top
+        .into_iter()
+        .chain(err.chain().filter_map(|c| c.downcast_ref::<UserError>()))
+    {
+        exit.get_or_insert(u.exit);
+        for h in u.hints.iter().rev() {
+            if !hints.contains(h) {
+                hints.insert(0, h.clone());
+            }
         }
     }
-    (Exit::Failed, Vec::new())
+    (exit.unwrap_or(Exit::Failed), hints)
 }

@@ -2,8 +2,11 @@
 
 mod completions;
 mod list;
+mod playbook_run;
+mod playbooks;
 mod profile;
 mod prune;
+mod runs;
 mod snapshot;
 mod verify;
 
@@ -24,7 +27,6 @@ pub struct Ctx {
     pub global: GlobalArgs,
     pub printer: Printer,
     pub reporter: Arc<dyn Reporter>,
-    #[allow(dead_code)] // read by the commands that confirm destructive steps
     pub prompter: Box<dyn Prompter>,
 }
 
@@ -109,6 +111,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Verify(args) => verify::run(&ctx, &args),
         Command::List(args) => list::run(&ctx, &args),
         Command::Prune(args) => prune::run(&ctx, &args),
+        Command::Restore(args) => playbook_run::restore(&ctx, "restore", args).await,
+        Command::Drill(args) => playbook_run::restore(&ctx, "drill", args).await,
+        Command::Resume(args) => playbook_run::resume(&ctx, args).await,
+        Command::Runs { command } => runs::run(&ctx, command),
+        Command::Playbooks { command } => playbooks::run(&ctx, command),
         Command::Profile(ProfileCommand::Init(args)) => profile::init(&ctx, args).await,
         Command::Profile(ProfileCommand::Show) => profile::show(&ctx),
         Command::Profile(ProfileCommand::Check) => profile::check(&ctx).await,

@@ -11,6 +11,10 @@ pub async fn run(ctx: &Ctx, args: crate::cli::SnapshotArgs) -> anyhow::Result<Ex
     let profile = ctx.profile()?;
     let talos = ctx.talosctl(&profile)?;
     let _lock = prune::lock(&profile, "snapshot")?;
+    if args.skip_health {
+        ctx.reporter
+            .warn("skipping the cluster health check (--skip-health)");
+    }
     let opts = TakeOptions {
         node: args.node.clone(),
         output: args.output_file.clone(),

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::checkpoint::{Journal, RunStatus, StageStatus};
 use super::playbook::{Confirm, Playbook, When};
-use crate::error::{Exit, UserError};
+use crate::error::UserError;
 use crate::stages::{self, Inputs, Services, StageCtx, StageOutcome};
 use crate::ui::{self, Event, Prompter, Reporter};
 
@@ -185,9 +185,6 @@ impl Runner<'_> {
                     return Err(e.context(format!("stage {} failed", spec.id)));
                 }
             }
-            if std::env::var(ENV_CRASH_AFTER).is_ok_and(|v| v == spec.id) {
-                std::process::abort();
-            }
         }
         Ok(())
     }
@@ -252,11 +249,9 @@ impl Runner<'_> {
                     .map(str::to_owned)
             }),
         });
+        if std::env::var(ENV_CRASH_AFTER).is_ok_and(|v| v == id) {
+            std::process::abort();
+        }
         Ok(())
     }
-}
-
-/// Exit code for a failed run: the stage's own classification, else 1.
-pub fn exit_for(err: &anyhow::Error) -> Exit {
-    crate::error::classify(err).0
 }

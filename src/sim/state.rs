@@ -21,6 +21,9 @@ pub struct Cluster {
     /// Every node `bootstrap` was accepted on, in order (more than one = split cluster).
     #[serde(default)]
     pub bootstrapped: Vec<String>,
+    /// etcd state of every control-plane node at the moment of each accepted bootstrap.
+    #[serde(default)]
+    pub bootstrap_saw: Vec<std::collections::BTreeMap<String, String>>,
     /// What the simulated Kubernetes API serves; optional in the file (defaults apply).
     #[serde(default)]
     pub kube: Kube,
@@ -354,6 +357,7 @@ impl Cluster {
             faults: Faults::default(),
             timing: Timing::default(),
             bootstrapped: Vec::new(),
+            bootstrap_saw: Vec::new(),
             kube: Kube::default(),
         }
     }

@@ -685,7 +685,6 @@ fn bootstrap(
             ctx.cluster.faults.bootstrap_delay_ms,
         ));
     }
-    let no_trailer = report.trailer == crate::snapshot::verify::Trailer::Missing;
     let hash_failure = match report.trailer {
         crate::snapshot::verify::Trailer::Mismatch if !skip_hash => {
             Some("expected sha256 [...], got [...]".to_owned())
@@ -695,7 +694,6 @@ fn bootstrap(
         }
         _ => None,
     };
-    let _ = no_trailer;
     Cluster::update(state_path, |c| -> Result<(), String> {
         let timing = c.timing.clone();
         let failure = c
@@ -708,6 +706,12 @@ fn bootstrap(
             .iter()
             .filter(|n| n.machine_type != "worker" && n.address != node.address)
             .map(|n| n.address.clone())
+            .collect();
+        let saw = c
+            .nodes
+            .iter()
+            .filter(|n| n.machine_type != "worker")
+            .map(|n| (n.address.clone(), n.etcd.state.clone()))
             .collect();
         let n = c.node_mut(&node.address).ok_or("unknown node")?;
         if n.machine_type == "worker" {
@@ -755,6 +759,7 @@ fn bootstrap(
             }
         }
         c.bootstrapped.push(node.address.clone());
+        c.bootstrap_saw.push(saw);
         Ok(())
     })
     .map_err(|e| format!("simulator state: {e}"))?

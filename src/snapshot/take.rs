@@ -94,9 +94,7 @@ pub async fn take(
     let started = Instant::now();
     let (node, talos_version) = pick_node(profile, talos, opts.node.as_deref(), reporter).await?;
 
-    if opts.skip_health {
-        reporter.warn("skipping the cluster health check (--skip-health)");
-    } else {
+    if !opts.skip_health {
         reporter.report(Event::WaitStarted {
             key: "health".into(),
             message: format!("checking cluster health from {node}"),

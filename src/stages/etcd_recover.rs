@@ -71,6 +71,7 @@ async fn reset_all(ctx: &StageCtx<'_>, cp: &[String], prior: &Value) -> anyhow::
         .as_object()
         .map(|m| m.clone().into_iter().collect())
         .unwrap_or_default();
+    let mut to_reset = Vec::new();
     for node in cp {
         let status = talos.service_etcd(node).await.map_err(|e| {
             UserError::precondition(format!("control-plane node {node} does not answer: {e}"))
@@ -79,7 +80,6 @@ async fn reset_all(ctx: &StageCtx<'_>, cp: &[String], prior: &Value) -> anyhow::
         if status.is_preparing() {
             if earlier.is_null() {
                 resets.insert(node.clone(), json!({ "skipped": "etcd already Preparing" }));
-                ctx.record("resets", json!(resets))?;
             }
             continue;
         }
@@ -87,27 +87,52 @@ async fn reset_all(ctx: &StageCtx<'_>, cp: &[String], prior: &Value) -> anyhow::
         if earlier["issued_at"].is_string() && !status.is_running_ok() {
             continue;
         }
-        resets.insert(node.clone(), json!({ "issued_at": Timestamp::now() }));
-        ctx.record("resets", json!(resets))?;
+        resets.insert(
+            node.clone(),
+            json!({ "issued_at": Timestamp::now(), "etcd_was": status.state }),
+        );
+        to_reset.push(node.clone());
+    }
+    // Every intent is on disk before the first reset goes out.
+    ctx.record("resets", json!(resets))?;
+    // In parallel: each reset waits for its node's reboot, which takes minutes.
+    let started = Instant::now();
+    let calls = to_reset.iter().map(|node| async move {
         ctx.reporter.report(Event::WaitStarted {
             key: format!("reset {node}"),
-            message: format!("resetting EPHEMERAL on {node} (etcd was {})", status.state),
+            message: format!("resetting EPHEMERAL on {node} and waiting for its reboot"),
         });
-        let t = Instant::now();
         let r = talos.reset_ephemeral(node, RESET_TIMEOUT).await;
         ctx.reporter.report(Event::WaitFinished {
             key: format!("reset {node}"),
             ok: r.is_ok(),
             message: format!("reset {node}"),
-            elapsed_ms: ui::ms(t.elapsed()),
+            elapsed_ms: ui::ms(started.elapsed()),
         });
-        ctx.journal.event("external_call", json!({ "node": node, "call": talos.render(Some(node), &crate::talos::RESET_ARGS), "ok": r.is_ok() }));
-        r.map_err(|e| UserError::failed(format!("reset of {node} failed: {e}")))?;
-        resets.insert(
-            node.clone(),
-            json!({ "issued_at": resets[node]["issued_at"], "done_at": Timestamp::now() }),
+        ctx.journal.event(
+            "external_call",
+            json!({ "node": node, "call": talos.render(Some(node), &crate::talos::RESET_ARGS), "ok": r.is_ok() }),
         );
-        ctx.record("resets", json!(resets))?;
+        (node.clone(), r)
+    });
+    let mut failures = Vec::new();
+    for (node, r) in futures::future::join_all(calls).await {
+        match r {
+            Ok(()) => {
+                if let Some(v) = resets.get_mut(&node) {
+                    v["done_at"] = json!(Timestamp::now());
+                }
+            }
+            Err(e) => failures.push(format!("{node}: {e}")),
+        }
+    }
+    ctx.record("resets", json!(resets))?;
+    if !failures.is_empty() {
+        return Err(
+            UserError::failed(format!("reset failed on:\n  {}", failures.join("\n  ")))
+                .hint("fix the node and `talos-dr resume`; nodes already reset are not reset again")
+                .into(),
+        );
     }
     Ok(())
 }

@@ -28,8 +28,8 @@ pub struct Services {
     pub profile: Profile,
     pub talos: Talosctl,
     pub pve: Option<PveClient>,
-    /// kubectl and the kubeconfig, when the kubeconfig exists.
-    pub kubectl: Option<(PathBuf, PathBuf)>,
+    /// kubectl with the profile's kubeconfig, when that file exists.
+    pub kubectl: Option<crate::kube::Kubectl>,
 }
 
 /// What the user asked for; stored in the checkpoint so a resume runs with the same inputs.
@@ -169,6 +169,9 @@ pub fn describe(
             ),
             "skipped when no control-plane etcd answers".into(),
         ],
+        StageKind::ProxmoxCheck if profile.file.proxmox.is_none() => {
+            vec!["nothing: the profile has no [proxmox] section".into()]
+        }
         StageKind::ProxmoxCheck => {
             let mut v = Vec::new();
             for n in profile.control_plane() {

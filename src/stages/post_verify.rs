@@ -43,7 +43,7 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
         .into());
     }
     let kube = match &ctx.services.kubectl {
-        Some(_) => crate::stages::post_verify_kube::check(ctx).await?,
+        Some(k) => super::post_verify_kube::check(ctx, k).await?,
         None => {
             ctx.reporter.warn(&format!(
                 "no kubeconfig at {}: Kubernetes nodes and pods were not checked",

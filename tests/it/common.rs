@@ -16,6 +16,8 @@ pub fn fixture(name: &str) -> PathBuf {
 }
 
 pub struct Env {
+    /// Runs the simulated Kubernetes API, when started with [`Env::with_kube`].
+    pub runtime: Option<tokio::runtime::Runtime>,
     pub tmp: tempfile::TempDir,
     pub bin_dir: PathBuf,
     pub config_dir: PathBuf,
@@ -64,11 +66,46 @@ impl Env {
         }
         std::fs::write(config_dir.join("profile.toml"), toml).unwrap();
         Self {
+            runtime: None,
             tmp,
             bin_dir,
             config_dir,
             state,
         }
+    }
+
+    /// Also serves the simulated Kubernetes API and writes the profile's kubeconfig for it, so
+    /// the real kubectl runs in `post-verify`.
+    pub fn with_kube() -> Self {
+        let mut env = Self::new();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let state = env.state.clone();
+        let (addr, _handle) = rt.block_on(talos_dr::sim::kube_api::serve(state)).unwrap();
+        talos_dr::sim::kube_api::write_kubeconfig(&env.config_dir.join("kubeconfig"), addr)
+            .unwrap();
+        env.runtime = Some(rt);
+        env
+    }
+
+    /// etcd is lost on every control-plane node (the data directory is damaged: etcd fails).
+    pub fn disaster(&self) {
+        self.edit_cluster(|c| {
+            for n in c.nodes.iter_mut().filter(|n| n.machine_type != "worker") {
+                n.etcd.set(
+                    "Failed",
+                    "Fail",
+                    "Failed to run: etcd: failed to load the database (panic: invalid page type)",
+                );
+            }
+        });
+    }
+
+    pub fn cluster(&self) -> Cluster {
+        Cluster::load(&self.state).unwrap()
     }
 
     pub fn cmd(&self) -> assert_cmd::Command {

@@ -3,5 +3,6 @@
 mod common;
 mod kube;
 mod pve;
+mod restore;
 mod snapshot_cli;
 mod verify;

@@ -202,7 +202,14 @@ fn no_prune_leaves_old_snapshots() {
     let now = Timestamp::now();
     let old: Vec<_> = [20, 21, 22, 23]
         .iter()
-        .map(|d| plant_snapshot(&env, &small(), now - SignedDuration::from_hours(24 * d), true))
+        .map(|d| {
+            plant_snapshot(
+                &env,
+                &small(),
+                now - SignedDuration::from_hours(24 * d),
+                true,
+            )
+        })
         .collect();
     env.cmd().args(["snapshot", "--no-prune"]).assert().code(0);
     assert!(old.iter().all(|p| p.exists()));

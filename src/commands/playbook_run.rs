@@ -1,0 +1,317 @@
+//! `restore`, `drill` and `resume`: start or continue a playbook run, then summarise it.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+use talos_dr::engine::checkpoint::{self, Journal, RunState, RunStatus};
+use talos_dr::engine::playbook::{self, Playbook};
+use talos_dr::engine::run::Runner;
+use talos_dr::exec;
+use talos_dr::kube::Kubectl;
+use talos_dr::profile::Profile;
+use talos_dr::pve::PveClient;
+use talos_dr::stages::{self, Inputs, Services};
+use talos_dr::{Exit, UserError};
+
+use super::{Ctx, prune};
+use crate::cli::{RestoreArgs, ResumeArgs};
+
+pub async fn restore(ctx: &Ctx, name: &str, args: RestoreArgs) -> anyhow::Result<Exit> {
+    let profile = ctx.profile()?;
+    let snapshot = std::path::absolute(&args.snapshot)?;
+    if !snapshot.is_file() {
+        return Err(
+            UserError::usage(format!("{} does not exist", snapshot.display()))
+                .hint("list your snapshots with `talos-dr list`")
+                .into(),
+        );
+    }
+    let inputs = Inputs {
+        snapshot: Some(snapshot),
+        vm_snapshot: if args.vm_snapshot {
+            Some(true)
+        } else if args.no_vm_snapshot {
+            Some(false)
+        } else {
+            None
+        },
+        health_timeout_s: Some(args.health_timeout.as_secs()),
+        wait_timeout_s: Some(args.wait_timeout.as_secs()),
+        poll_max_ms: Some(u64::try_from(args.poll_max.as_millis()).unwrap_or(5_000)),
+    };
+    let pb = load_playbook(name, &profile)?;
+    let services = services(ctx, &profile)?;
+    if args.dry_run {
+        ctx.printer
+            .text(&render_plan(&pb, &profile, &services, &inputs, true));
+        ctx.printer.json(
+            &json!({ "dry_run": true, "plan": plan_json(&pb, &profile, &services, &inputs) }),
+        );
+        return Ok(Exit::Success);
+    }
+    let _lock = prune::lock(&profile, name)?;
+    let journal = Journal::create(
+        &profile.runs_dir(),
+        &pb,
+        profile.name(),
+        serde_json::to_value(&inputs)?,
+    )?;
+    ctx.reporter.info(&format!(
+        "run {} started; checkpoint {}",
+        journal.snapshot().run_id,
+        journal.dir().join("state.json").display()
+    ));
+    execute(ctx, &profile, &pb, &services, &journal).await
+}
+
+pub async fn resume(ctx: &Ctx, args: ResumeArgs) -> anyhow::Result<Exit> {
+    let profile = ctx.profile()?;
+    let runs_dir = profile.runs_dir();
+    let dir = match &args.run_id {
+        Some(id) => {
+            let d = runs_dir.join(id);
+            if !d.join("state.json").is_file() {
+                return Err(
+                    UserError::usage(format!("no run {id:?} in {}", runs_dir.display()))
+                        .hint("list runs with `talos-dr runs`")
+                        .into(),
+                );
+            }
+            d
+        }
+        None => checkpoint::list_runs(&runs_dir)
+            .into_iter()
+            .find(|(_, st)| st.as_ref().is_ok_and(|s| !s.status.is_finished()))
+            .map(|(d, _)| d)
+            .ok_or_else(|| {
+                UserError::usage("there is no unfinished run to resume")
+                    .hint("list runs with `talos-dr runs`")
+            })?,
+    };
+    let _lock = prune::lock(&profile, "resume")?;
+    let journal = Journal::open(&dir)?;
+    let st = journal.snapshot();
+    if st.status.is_finished() {
+        return Err(UserError::usage(format!(
+            "run {} is {:?} and cannot be resumed",
+            st.run_id, st.status
+        ))
+        .into());
+    }
+    let pb = load_playbook(&st.playbook, &profile)?;
+    if pb.fingerprint() != st.plan_fingerprint && !args.force {
+        return Err(UserError::usage(format!(
+            "playbook {} changed since run {} started, so its stages may not line up with the checkpoint",
+            st.playbook, st.run_id
+        ))
+        .hint("check `talos-dr playbooks show` and pass --force to resume anyway")
+        .into());
+    }
+    let services = services(ctx, &profile)?;
+    ctx.reporter
+        .info(&format!("resuming run {} ({})", st.run_id, dir.display()));
+    execute(ctx, &profile, &pb, &services, &journal).await
+}
+
+async fn execute(
+    ctx: &Ctx,
+    profile: &Profile,
+    pb: &Playbook,
+    services: &Services,
+    journal: &Journal,
+) -> anyhow::Result<Exit> {
+    let runner = Runner {
+        services,
+        reporter: ctx.reporter.clone(),
+        prompter: ctx.prompter.as_ref(),
+        playbook: pb,
+    };
+    let result = runner.execute(journal).await;
+    let st = journal.snapshot();
+    let report = talos_dr::stages::report::build(&st, profile.name());
+    ctx.printer.text(&summary(&st, &report, profile));
+    ctx.printer
+        .json(&json!({ "run_id": st.run_id, "status": st.status, "report": report }));
+    result.map(|()| Exit::Success).map_err(|e| {
+        let hint = format!(
+            "the checkpoint is saved: `talos-dr -p {} resume {}` continues from the failed stage",
+            profile.name(),
+            st.run_id
+        );
+        let (exit, _) = talos_dr::error::classify(&e);
+        if exit == Exit::Failed {
+            e.context(UserError::failed(format!("run {} failed", st.run_id)).hint(hint))
+        } else {
+            e
+        }
+    })
+}
+
+fn summary(st: &RunState, report: &Value, profile: &Profile) -> String {
+    let mut rows = vec![vec!["STAGE".to_owned(), "STATUS".into(), "TIME".into()]];
+    for s in report["stages"].as_array().into_iter().flatten() {
+        rows.push(vec![
+            s["id"].as_str().unwrap_or("?").to_owned(),
+            s["status"].as_str().unwrap_or("?").to_owned(),
+            s["elapsed_ms"]
+                .as_u64()
+                .map_or("-".into(), stages::report::secs),
+        ]);
+    }
+    let mut out = format!(
+        "run {} ({}): {}\n",
+        st.run_id,
+        st.playbook,
+        status_word(st.status)
+    );
+    out.push_str(&talos_dr::table::render(&rows));
+    if st.status == RunStatus::Succeeded {
+        out.push_str(&format!(
+            "recovery time: {}\n",
+            report["total_ms"]
+                .as_u64()
+                .map_or("-".into(), stages::report::secs)
+        ));
+    }
+    if let Some(p) = report["pre_restore_snapshot"].as_str() {
+        out.push_str(&format!("state before the restore: {p}\n"));
+    }
+    for u in report["undo"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        out.push_str(&format!("undo: {u}\n"));
+    }
+    let dir = profile.runs_dir().join(&st.run_id);
+    if dir.join("report.md").is_file() {
+        out.push_str(&format!("report: {}\n", dir.join("report.md").display()));
+    }
+    out
+}
+
+fn status_word(s: RunStatus) -> &'static str {
+    match s {
+        RunStatus::Running => "running",
+        RunStatus::Succeeded => "succeeded",
+        RunStatus::Failed => "FAILED",
+        RunStatus::Interrupted => "interrupted",
+        RunStatus::Abandoned => "abandoned",
+    }
+}
+
+pub fn load_playbook(name: &str, profile: &Profile) -> anyhow::Result<Playbook> {
+    playbook::load(name, &profile.config_dir).map_err(|e| UserError::usage(e.to_string()).into())
+}
+
+pub fn services(ctx: &Ctx, profile: &Profile) -> anyhow::Result<Services> {
+    let talos = ctx.talosctl(profile)?;
+    let pve = match &profile.file.proxmox {
+        Some(cfg) => Some(
+            PveClient::from_config(cfg, &profile.config_dir, ctx.reporter.clone()).map_err(
+                |e| UserError::usage(format!("[proxmox] in profile {}: {e}", profile.name())),
+            )?,
+        ),
+        None => None,
+    };
+    let kubectl = if profile.kubeconfig().is_file() {
+        exec::resolve_tool("kubectl", exec::ENV_KUBECTL)
+            .ok()
+            .map(|bin| Kubectl::new(bin, profile.kubeconfig()))
+    } else {
+        None
+    };
+    Ok(Services {
+        profile: profile.clone(),
+        talos,
+        pve,
+        kubectl,
+    })
+}
+
+pub fn render_plan(
+    pb: &Playbook,
+    profile: &Profile,
+    services: &Services,
+    inputs: &Inputs,
+    dry_run: bool,
+) -> String {
+    let mut out = format!(
+        "{}playbook {}: {}{}\n",
+        if dry_run {
+            "dry run — nothing will be changed\n"
+        } else {
+            ""
+        },
+        pb.name,
+        pb.summary,
+        if pb.destructive { " (destructive)" } else { "" }
+    );
+    for (i, s) in pb.stages.iter().enumerate() {
+        let mut flags = Vec::new();
+        if s.confirm != playbook::Confirm::No {
+            flags.push(format!("confirm: {:?}", s.confirm).to_lowercase());
+        }
+        if s.best_effort {
+            flags.push("best effort".into());
+        }
+        if let Some(t) = &s.timeout {
+            flags.push(format!("timeout {t}"));
+        }
+        if s.when == Some(playbook::When::Proxmox) {
+            flags.push(if profile.file.proxmox.is_some() {
+                "runs: profile has [proxmox]".into()
+            } else {
+                "skipped: no [proxmox] in the profile".to_owned()
+            });
+        }
+        out.push_str(&format!(
+            "\n{}. {} ({}){}\n   {}\n",
+            i + 1,
+            s.id,
+            s.kind.as_str(),
+            if flags.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", flags.join(", "))
+            },
+            stages::title(s.kind)
+        ));
+        for line in stages::describe(s.kind, profile, &services.talos, inputs) {
+            out.push_str(&format!("   $ {line}\n"));
+        }
+    }
+    out
+}
+
+pub fn plan_json(pb: &Playbook, profile: &Profile, services: &Services, inputs: &Inputs) -> Value {
+    json!({
+        "playbook": pb.name,
+        "summary": pb.summary,
+        "destructive": pb.destructive,
+        "fingerprint": pb.fingerprint(),
+        "stages": pb.stages.iter().map(|s| json!({
+            "id": s.id,
+            "kind": s.kind,
+            "confirm": s.confirm,
+            "timeout": s.timeout,
+            "best_effort": s.best_effort,
+            "when": s.when,
+            "calls": stages::describe(s.kind, profile, &services.talos, inputs),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn run_dir(profile: &Profile, id: &str) -> anyhow::Result<std::path::PathBuf> {
+    let d = profile.runs_dir().join(id);
+    if d.join("state.json").is_file() && Path::new(id).components().count() == 1 {
+        Ok(d)
+    } else {
+        Err(
+            UserError::usage(format!("no run {id:?} in {}", profile.runs_dir().display()))
+                .hint("list runs with `talos-dr runs`")
+                .into(),
+        )
+    }
+}
