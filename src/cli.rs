@@ -228,6 +228,13 @@ pub enum ProfileCommand {
     Show,
     /// Check tools, credentials and that every control-plane node answers
     Check,
+    /// Find the Proxmox VM behind each node (VM name = hostname, then guest-agent addresses,
+    /// then cloud-init ipconfig) and print the mapping with the reason for each
+    Discover {
+        /// Write the mapping into profile.toml (`vm = { node, vmid }` per node)
+        #[arg(long)]
+        write: bool,
+    },
 }
 
 #[derive(Debug, Args)]

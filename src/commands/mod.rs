@@ -119,6 +119,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Profile(ProfileCommand::Init(args)) => profile::init(&ctx, args).await,
         Command::Profile(ProfileCommand::Show) => profile::show(&ctx),
         Command::Profile(ProfileCommand::Check) => profile::check(&ctx).await,
+        Command::Profile(ProfileCommand::Discover { write }) => {
+            profile::discover_vms(&ctx, write).await
+        }
         Command::Completions { shell } => completions::run(shell),
         Command::Sim { .. } => unreachable!("handled before the runtime starts"),
     }

@@ -370,3 +370,138 @@ pub async fn check(ctx: &Ctx) -> anyhow::Result<Exit> {
         .json(&json!({ "ok": exit == Exit::Success, "checks": checks }));
     Ok(exit)
 }
+
+/// `profile discover [--write]`: map every node to its Proxmox VM and say why.
+pub async fn discover_vms(ctx: &Ctx, write: bool) -> anyhow::Result<Exit> {
+    use talos_dr::pve::PveClient;
+    use talos_dr::pve::discover::{self, MatchMethod, NodeIdentity};
+
+    let p = ctx.profile()?;
+    let Some(cfg) = &p.file.proxmox else {
+        return Err(UserError::usage(format!(
+            "profile {} has no [proxmox] section",
+            p.name()
+        ))
+        .hint("add [proxmox] with `endpoint` and `fingerprint` (or `ca_file`), and set PROXMOX_VE_API_TOKEN")
+        .into());
+    };
+    let client = PveClient::from_config(cfg, &p.config_dir, ctx.reporter.clone())
+        .map_err(|e| UserError::usage(format!("[proxmox] in profile {}: {e}", p.name())))?;
+    // Hostnames come from the profile; ask talosctl only when some are missing.
+    let mut identities: Vec<NodeIdentity> = p
+        .file
+        .nodes
+        .iter()
+        .map(|n| NodeIdentity {
+            address: n.address.clone(),
+            hostname: n.hostname.clone(),
+        })
+        .collect();
+    if identities.iter().any(|n| n.hostname.is_none())
+        && let Ok(t) = ctx.talosctl(&p)
+    {
+        for cp in p.control_plane() {
+            if let Ok(members) = t.members(&cp.address).await {
+                for id in identities.iter_mut().filter(|i| i.hostname.is_none()) {
+                    id.hostname = members
+                        .iter()
+                        .find(|m| m.addresses.contains(&id.address))
+                        .map(|m| m.hostname.clone());
+                }
+                break;
+            }
+        }
+    }
+    let mappings = discover::map_nodes(&client, &identities)
+        .await
+        .map_err(|e| UserError::precondition(format!("cannot read the Proxmox inventory: {e}")))?;
+
+    let mut rows = vec![
+        ["NODE", "HOSTNAME", "VM", "HOW", "WHY"]
+            .map(str::to_owned)
+            .to_vec(),
+    ];
+    for m in &mappings {
+        rows.push(vec![
+            m.address.clone(),
+            m.hostname.clone().unwrap_or_else(|| "-".into()),
+            m.vm.as_ref()
+                .map_or("-".into(), |v| format!("{}/{}", v.node, v.vmid)),
+            serde_json::to_value(m.method)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            m.reason.clone(),
+        ]);
+    }
+    let unmapped = mappings
+        .iter()
+        .filter(|m| m.method == MatchMethod::None)
+        .count();
+    let mut text = talos_dr::table::render(&rows);
+    if write {
+        let path = p.config_dir.join(prof::PROFILE_FILE);
+        let written = write_mappings(&path, &mappings)?;
+        text.push_str(&format!(
+            "wrote {written} VM mappings to {}\n",
+            path.display()
+        ));
+    } else if unmapped < mappings.len() {
+        text.push_str("pass --write to save the mapping in profile.toml\n");
+    }
+    if unmapped > 0 {
+        text.push_str(&format!(
+            "{unmapped} node(s) could not be mapped: name the VM after the node's hostname, or set `vm = {{ node = \"pve1\", vmid = 101 }}` by hand\n"
+        ));
+    }
+    ctx.printer.text(&text);
+    ctx.printer
+        .json(&json!({ "mappings": mappings, "written": write }));
+    Ok(if unmapped == 0 {
+        Exit::Success
+    } else {
+        Exit::Precondition
+    })
+}
+
+/// Sets `vm = { node, vmid }` on each mapped `[[nodes]]` entry, keeping the rest of the file
+/// (comments, order, formatting) as the user wrote it.
+fn write_mappings(
+    path: &Path,
+    mappings: &[talos_dr::pve::discover::Mapping],
+) -> anyhow::Result<usize> {
+    let text = std::fs::read_to_string(path)?;
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e| UserError::usage(format!("{}: {e}", path.display())))?;
+    let mut written = 0;
+    if let Some(nodes) = doc
+        .get_mut("nodes")
+        .and_then(toml_edit::Item::as_array_of_tables_mut)
+    {
+        for table in nodes.iter_mut() {
+            let address = table
+                .get("address")
+                .and_then(toml_edit::Item::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            if let Some(vm) = mappings
+                .iter()
+                .find(|m| m.address == address)
+                .and_then(|m| m.vm.as_ref())
+            {
+                let mut inline = toml_edit::InlineTable::new();
+                inline.insert("node", vm.node.as_str().into());
+                inline.insert("vmid", i64::from(vm.vmid).into());
+                table.insert("vm", toml_edit::value(inline));
+                written += 1;
+            }
+        }
+    }
+    let new_text = doc.to_string();
+    // Never write a profile that would not load.
+    prof::parse(&new_text)
+        .map_err(|m| UserError::failed(format!("the updated profile would be invalid: {m}")))?;
+    talos_dr::fsutil::write_atomic(path, new_text.as_bytes(), 0o644)?;
+    Ok(written)
+}
