@@ -109,6 +109,13 @@ pub enum Command {
     /// Create, show and check cluster profiles
     #[command(subcommand)]
     Profile(ProfileCommand),
+    /// See talos-dr work end to end on a built-in simulated cluster (nothing real is touched)
+    ///
+    /// Creates a throwaway profile for a simulated cluster (3 control-plane VMs, 2 workers) and
+    /// runs: snapshot, then a simulated disaster (etcd lost on every control-plane node), then
+    /// restore from the newest snapshot (--yes implied) and the recovery report. Needs no root,
+    /// no network, no etcd and no talosctl; uses the real kubectl when it is installed.
+    Demo(DemoArgs),
     /// Print shell completions
     Completions {
         #[arg(value_enum)]
@@ -164,6 +171,16 @@ pub struct RestoreArgs {
     /// Longest pause between two status polls (tests shorten it)
     #[arg(long, default_value = "5s", value_parser = parse_duration, hide = true)]
     pub poll_max: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Put the demo's files here (default: a new directory under the system temp dir)
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<std::path::PathBuf>,
+    /// Inject a fault to see how talos-dr fails (repeatable)
+    #[arg(long, value_enum)]
+    pub fault: Vec<talos_dr::sim::demo::Fault>,
 }
 
 #[derive(Debug, Args)]

@@ -69,6 +69,11 @@ fn sim(args: &[String]) -> ExitCode {
             &mut std::io::stdout().lock(),
             &mut std::io::stderr().lock(),
         ),
+        "kubectl" => talos_dr::sim::kubectl::main(
+            rest,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        ),
         other => {
             eprintln!("simulator: unknown tool {other:?}");
             2

@@ -1,6 +1,7 @@
 //! One file per subcommand; each is a thin adapter: arguments → library call → printer.
 
 mod completions;
+mod demo;
 mod list;
 mod playbook_run;
 mod playbooks;
@@ -122,6 +123,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Profile(ProfileCommand::Discover { write }) => {
             profile::discover_vms(&ctx, write).await
         }
+        Command::Demo(args) => demo::run(&ctx, args).await,
         Command::Completions { shell } => completions::run(shell),
         Command::Sim { .. } => unreachable!("handled before the runtime starts"),
     }

@@ -10,7 +10,9 @@
 //! [`kube_api`] serves the same cluster as a minimal Kubernetes API over plain HTTP, for the
 //! real `kubectl`; its faults live in the state file's `kube` section.
 
+pub mod demo;
 pub mod kube_api;
+pub mod kubectl;
 pub mod state;
 pub mod talosctl;
 

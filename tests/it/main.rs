@@ -1,6 +1,7 @@
 //! One integration-test binary (ripgrep/uv style): modules per area.
 
 mod common;
+mod demo;
 mod kube;
 mod pve;
 mod restore;

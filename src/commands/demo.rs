@@ -1,0 +1,220 @@
+//! `demo`: the whole product on a simulated cluster, in under a minute, with nothing installed.
+//!
+//! Every step runs the real `talos-dr` binary as a child process against the simulator, so what
+//! the user sees is exactly what a real run prints.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use serde_json::{Value, json};
+use talos_dr::sim::{self, demo};
+use talos_dr::{Exit, UserError, exec};
+
+use super::Ctx;
+use crate::cli::DemoArgs;
+
+struct Step {
+    title: String,
+    args: Vec<String>,
+}
+
+pub async fn run(ctx: &Ctx, args: DemoArgs) -> anyhow::Result<Exit> {
+    let exe = std::env::current_exe()?;
+    let dir = match &args.dir {
+        Some(d) => {
+            if d.join("profile").exists() {
+                return Err(UserError::usage(format!(
+                    "{} already holds a demo; pass a new or empty --dir",
+                    d.display()
+                ))
+                .into());
+            }
+            std::fs::create_dir_all(d)?;
+            std::path::absolute(d)?
+        }
+        None => tempfile::Builder::new()
+            .prefix("talos-dr-demo-")
+            .tempdir()?
+            .keep(),
+    };
+    let real_kubectl = exec::resolve_tool("kubectl", exec::ENV_KUBECTL).is_ok();
+    let env = demo::setup(&dir, &exe, real_kubectl, &args.fault)?;
+    let (kube_addr, kube_server) = sim::kube_api::serve(env.state.clone()).await?;
+    sim::kube_api::write_kubeconfig(&env.config_dir.join("kubeconfig"), kube_addr)?;
+
+    let say = |text: &str| ctx.printer.text(&format!("{text}\n"));
+    say(
+        "talos-dr demo — a SIMULATED cluster: 3 control-plane VMs and 2 workers. Nothing real is touched.",
+    );
+    say(&format!("  files:   {}", dir.display()));
+    say(&format!(
+        "  kubectl: {}",
+        if real_kubectl {
+            "the real kubectl, against a simulated Kubernetes API on 127.0.0.1"
+        } else {
+            "not installed here, so a simulated kubectl answers"
+        }
+    ));
+    if !args.fault.is_empty() {
+        say(&format!(
+            "  faults:  {}",
+            args.fault
+                .iter()
+                .map(|f| serde_json::to_value(f)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+
+    let mut results = Vec::new();
+    let mut exit = Exit::Success;
+    let steps_before = vec![Step {
+        title: "1/3 a scheduled backup: `talos-dr snapshot`".into(),
+        args: vec!["snapshot".into()],
+    }];
+    for step in &steps_before {
+        let (code, out) = run_step(ctx, &exe, &env, step).await?;
+        results.push(json!({ "step": step.title, "args": step.args, "exit": code, "output": out }));
+        if code != 0 {
+            exit = exit_from(code);
+            break;
+        }
+    }
+    let mut run_id = None;
+    if exit == Exit::Success {
+        say("\n== 2/3 disaster: etcd's data is lost on every control-plane node (simulated)");
+        demo::disaster(&env.state)?;
+        let latest = talos_dr::snapshot::store::list(&env.config_dir.join("etcd-backups"))?
+            .into_iter()
+            .next()
+            .map(|e| e.path)
+            .ok_or_else(|| UserError::failed("the demo's snapshot is missing"))?;
+        let step = Step {
+            title: "3/3 recovery: `talos-dr restore --snapshot <newest>` (--yes implied: the demo answers the confirmations)".into(),
+            args: vec![
+                "--yes".into(),
+                "restore".into(),
+                "--snapshot".into(),
+                latest.display().to_string(),
+                "--poll-max".into(),
+                "500ms".into(),
+                "--wait-timeout".into(),
+                "12s".into(),
+                "--health-timeout".into(),
+                "60s".into(),
+            ],
+        };
+        let (code, out) = run_step(ctx, &exe, &env, &step).await?;
+        results.push(json!({ "step": step.title, "args": step.args, "exit": code, "output": out }));
+        if code != 0 {
+            exit = exit_from(code);
+        }
+        run_id = newest_run(&env.config_dir);
+    }
+    kube_server.abort();
+
+    let report = run_id.as_ref().and_then(|id| {
+        std::fs::read(env.config_dir.join("runs").join(id).join("report.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+    });
+    let cd = env.config_dir.display();
+    let mut text = String::from("\n== demo summary\n");
+    if let Some(r) = &report {
+        for s in r["stages"].as_array().into_iter().flatten() {
+            text.push_str(&format!(
+                "  {:<22}{:<11}{}\n",
+                s["id"].as_str().unwrap_or("?"),
+                s["status"].as_str().unwrap_or("?"),
+                s["elapsed_ms"]
+                    .as_u64()
+                    .map_or("-".into(), talos_dr::stages::report::secs)
+            ));
+        }
+        text.push_str(&format!(
+            "  recovery time: {}\n",
+            r["total_ms"]
+                .as_u64()
+                .map_or("-".into(), talos_dr::stages::report::secs)
+        ));
+    }
+    text.push_str(&format!(
+        "  result: {}\n  files: {}\n\ntry next (the simulator needs its state file):\n  export TALOS_DR_SIM_STATE={} TALOS_DR_TALOSCTL={}\n  talos-dr --config-dir {cd} list\n  talos-dr --config-dir {cd} runs\n  talos-dr --config-dir {cd} runs show {}\n  talos-dr --config-dir {cd} playbooks show restore\n",
+        if exit == Exit::Success { "everything worked".to_owned() } else { format!("stopped with exit code {} (see above)", exit.code()) },
+        dir.display(),
+        env.state.display(),
+        env.bin_dir.join("talosctl").display(),
+        run_id.as_deref().unwrap_or("<run-id>"),
+    ));
+    ctx.printer.text(&text);
+    ctx.printer.json(&json!({
+        "dir": dir,
+        "kubectl": if real_kubectl { "real" } else { "simulated" },
+        "faults": args.fault,
+        "steps": results,
+        "run_id": run_id,
+        "report": report,
+        "exit": exit.code(),
+    }));
+    Ok(exit)
+}
+
+async fn run_step(
+    ctx: &Ctx,
+    exe: &Path,
+    env: &demo::DemoEnv,
+    step: &Step,
+) -> anyhow::Result<(i32, Value)> {
+    ctx.printer.text(&format!("\n== {}\n", step.title));
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("--config-dir")
+        .arg(&env.config_dir)
+        .args(&step.args)
+        .env(sim::ENV_STATE, &env.state)
+        .env(exec::ENV_TALOSCTL, env.bin_dir.join("talosctl"))
+        .env_remove("TALOS_DR_PROFILE")
+        .env_remove("TALOS_DR_CONFIG_DIR")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    if let Some(k) = &env.kubectl_shim {
+        cmd.env(exec::ENV_KUBECTL, k);
+    }
+    if ctx.global.quiet {
+        cmd.arg("-q");
+    }
+    if ctx.printer.is_json() {
+        // Keep stdout one JSON document: collect each step's own JSON into ours.
+        let out = cmd
+            .arg("-o")
+            .arg("json")
+            .stdout(Stdio::piped())
+            .output()
+            .await?;
+        let doc = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        Ok((out.status.code().unwrap_or(1), doc))
+    } else {
+        let status = cmd.status().await?;
+        Ok((status.code().unwrap_or(1), Value::Null))
+    }
+}
+
+fn exit_from(code: i32) -> Exit {
+    match code {
+        2 => Exit::Usage,
+        3 => Exit::InvalidSnapshot,
+        4 => Exit::Precondition,
+        5 => Exit::Declined,
+        130 => Exit::Interrupted,
+        _ => Exit::Failed,
+    }
+}
+
+fn newest_run(config_dir: &Path) -> Option<String> {
+    talos_dr::engine::checkpoint::list_runs(&config_dir.join("runs"))
+        .into_iter()
+        .next()
+        .and_then(|(d, _)| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+}
