@@ -44,6 +44,27 @@ pub struct Talosctl {
     pub context: Option<String>,
     /// Default timeout for quick calls (version, service, get).
     pub timeout: Duration,
+    /// Told about every finished call (a run's event log uses it).
+    pub observer: Option<CallObserver>,
+}
+
+/// One finished talosctl call, for event logs.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallRecord {
+    pub command: String,
+    pub exit_code: Option<i32>,
+    pub elapsed_ms: u64,
+    /// First line of stderr on failure.
+    pub error: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct CallObserver(pub std::sync::Arc<dyn Fn(&CallRecord) + Send + Sync>);
+
+impl std::fmt::Debug for CallObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallObserver")
+    }
 }
 
 /// Output of `talosctl config info -o json`.
@@ -116,6 +137,7 @@ impl Talosctl {
             talosconfig,
             context,
             timeout: Duration::from_secs(30),
+            observer: None,
         }
     }
 
@@ -145,7 +167,27 @@ impl Talosctl {
     ) -> Result<CmdOutput, TalosError> {
         let nodes: Vec<&str> = node.into_iter().collect();
         let args = self.args(&nodes, rest);
-        let out = exec::run(&self.bin, &args, &[], timeout).await?;
+        let started = std::time::Instant::now();
+        let result = exec::run(&self.bin, &args, &[], timeout).await;
+        if let Some(obs) = &self.observer {
+            (obs.0)(&CallRecord {
+                command: exec::display_command(&self.bin, &args),
+                exit_code: result.as_ref().ok().and_then(|o| o.code),
+                elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                error: match &result {
+                    Ok(o) if o.success() => None,
+                    Ok(o) => Some(
+                        clean_stderr(&o.stderr)
+                            .lines()
+                            .next()
+                            .unwrap_or("")
+                            .to_owned(),
+                    ),
+                    Err(e) => Some(e.to_string()),
+                },
+            });
+        }
+        let out = result?;
         if out.success() {
             Ok(out)
         } else {

@@ -120,6 +120,19 @@ async fn execute(
     services: &Services,
     journal: &Journal,
 ) -> anyhow::Result<Exit> {
+    // Every talosctl call of the run goes to its event log.
+    let mut services = services.clone();
+    let dir = journal.dir().to_path_buf();
+    services.talos.observer = Some(talos_dr::talos::CallObserver(std::sync::Arc::new(
+        move |call| {
+            checkpoint::append_event(
+                &dir,
+                "external_call",
+                serde_json::to_value(call).unwrap_or_default(),
+            );
+        },
+    )));
+    let services = &services;
     let runner = Runner {
         services,
         reporter: ctx.reporter.clone(),

@@ -225,20 +225,24 @@ impl Journal {
 
     /// Appends one event line (best effort: the checkpoint is what matters).
     pub fn event(&self, kind: &str, data: Value) {
-        let line = serde_json::json!({
-            "at": Timestamp::now(),
-            "type": kind,
-            "data": data,
-        });
-        let path = self.dir.join("events.jsonl");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path);
-        if let Ok(mut f) = file {
-            let _ = writeln!(f, "{}", crate::exec::redact(&line.to_string()));
-        }
+        append_event(&self.dir, kind, data);
+    }
+}
+
+/// Appends one line to `<run dir>/events.jsonl` (mode 0600, secrets redacted).
+pub fn append_event(run_dir: &Path, kind: &str, data: Value) {
+    let line = serde_json::json!({
+        "at": Timestamp::now(),
+        "type": kind,
+        "data": data,
+    });
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(run_dir.join("events.jsonl"));
+    if let Ok(mut f) = file {
+        let _ = writeln!(f, "{}", crate::exec::redact(&line.to_string()));
     }
 }
 

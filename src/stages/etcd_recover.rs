@@ -109,10 +109,6 @@ async fn reset_all(ctx: &StageCtx<'_>, cp: &[String], prior: &Value) -> anyhow::
             message: format!("reset {node}"),
             elapsed_ms: ui::ms(started.elapsed()),
         });
-        ctx.journal.event(
-            "external_call",
-            json!({ "node": node, "call": talos.render(Some(node), &crate::talos::RESET_ARGS), "ok": r.is_ok() }),
-        );
         (node.clone(), r)
     });
     let mut failures = Vec::new();
@@ -229,10 +225,6 @@ async fn bootstrap_once(
             "bootstrap",
             json!({ "node": node, "issued_at": Timestamp::now(), "file": file, "skip_hash_check": skip_hash }),
         )?;
-        ctx.journal.event(
-            "external_call",
-            json!({ "node": node, "call": "bootstrap --recover-from" }),
-        );
         ctx.reporter.info(&format!(
             "bootstrapping etcd on {node} from {}",
             file.display()

@@ -24,6 +24,7 @@ use crate::talos::Talosctl;
 use crate::ui::{Prompter, Reporter};
 
 /// The outside world, as the stages see it.
+#[derive(Clone)]
 pub struct Services {
     pub profile: Profile,
     pub talos: Talosctl,

@@ -120,6 +120,35 @@ fn restore_runs_the_real_procedure_and_reports() {
     let md = std::fs::read_to_string(report).unwrap();
     assert!(md.contains("| etcd-recover | succeeded |"), "{md}");
     assert!(md.contains("Bootstrapped from the snapshot: 10.5.0.11"));
+    // The event log has every stage transition and every talosctl call.
+    let events = std::fs::read_to_string(
+        env.config_dir
+            .join("runs")
+            .join(&st.run_id)
+            .join("events.jsonl"),
+    )
+    .unwrap();
+    let events: Vec<serde_json::Value> = events
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let count = |t: &str| events.iter().filter(|e| e["type"] == t).count();
+    assert_eq!(count("stage_started"), 5, "every stage but the skipped one");
+    assert_eq!(count("stage_finished"), 6);
+    let calls: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "external_call")
+        .filter_map(|e| e["data"]["command"].as_str())
+        .collect();
+    assert_eq!(
+        calls.len(),
+        env.calls().len(),
+        "one event per talosctl call"
+    );
+    assert_eq!(
+        calls.iter().filter(|c| c.contains(" bootstrap ")).count(),
+        1
+    );
     // The checkpoint is private.
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(
