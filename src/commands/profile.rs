@@ -342,6 +342,68 @@ pub async fn check(ctx: &Ctx) -> anyhow::Result<Exit> {
             }
         }
     }
+    if let Some(cfg) = &p.file.proxmox {
+        match talos_dr::pve::PveClient::from_config(cfg, &p.config_dir, ctx.reporter.clone()) {
+            Err(e) => {
+                exit = Exit::Usage;
+                push("proxmox", false, false, e.to_string());
+            }
+            Ok(client) => match client.version().await {
+                Err(e) => {
+                    if exit == Exit::Success {
+                        exit = Exit::Precondition;
+                    }
+                    push("proxmox", false, false, format!("API does not answer: {e}"));
+                }
+                Ok(v) => {
+                    push(
+                        "proxmox",
+                        true,
+                        false,
+                        format!("API answers, Proxmox VE {}", v.version),
+                    );
+                    let vms: Vec<_> = p.file.nodes.iter().filter_map(|n| n.vm.clone()).collect();
+                    let unmapped = p.file.nodes.iter().filter(|n| n.vm.is_none()).count();
+                    if unmapped > 0 {
+                        push(
+                            "vm mapping",
+                            false,
+                            true,
+                            format!(
+                                "{unmapped} node(s) have no `vm`; run `talos-dr profile discover --write`"
+                            ),
+                        );
+                    }
+                    let checks = talos_dr::pve::check::check_vms(
+                        &client,
+                        &vms,
+                        talos_dr::pve::check::CheckOptions::default(),
+                        cfg.max_parallel,
+                    )
+                    .await;
+                    for c in checks {
+                        let name = format!("vm {}/{}", c.vm.node, c.vm.vmid);
+                        if c.ok {
+                            push(
+                                &name,
+                                true,
+                                false,
+                                format!(
+                                    "{} is running, unlocked, snapshots possible",
+                                    c.name.unwrap_or_default()
+                                ),
+                            );
+                        } else {
+                            if exit == Exit::Success {
+                                exit = Exit::Precondition;
+                            }
+                            push(&name, false, false, c.problems.join("; "));
+                        }
+                    }
+                }
+            },
+        }
+    }
     if exit == Exit::Success && !writable {
         exit = Exit::Precondition;
     }

@@ -348,7 +348,7 @@ async fn wait_bootstrap_node(
             "etcd on {node} is still {last} {}s after bootstrap was issued; talos-dr never bootstraps twice (that would split the cluster)",
             budget.as_secs()
         ))
-        .hint(format!("check `talosctl -n {node} service etcd`; `talos-dr resume` waits again"))
+        .hint(format!("check `talosctl -n {node} service etcd`; `talos-dr resume` waits again. If it still shows Preparing with no bootstrap in its events, the bootstrap never reached it: start a new `talos-dr restore` (nodes already Preparing are not reset again)"))
         .into()),
     }
 }
