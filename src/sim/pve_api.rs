@@ -406,6 +406,7 @@ fn respond(req: &Request, state_path: &Path, fingerprint: &str) -> Response {
         }
     );
     let outcome = Cluster::update(state_path, |cluster| {
+        cluster.pve.requests += 1;
         let user = match authenticate(req.authorization.as_deref(), cluster.pve.token.as_deref()) {
             Ok(u) => u,
             Err(r) => return r,

@@ -3,6 +3,7 @@
 mod common;
 mod kube;
 mod pve;
+mod pve_sim;
 mod restore;
 mod snapshot_cli;
 mod verify;

@@ -31,6 +31,9 @@ pub struct Pve {
     /// Requests that broke the API schema. Anything here is a bug in the client.
     #[serde(default)]
     pub violations: Vec<Violation>,
+    /// Requests below `/api2/json` answered (after TLS), so tests can tell none was made.
+    #[serde(default)]
+    pub requests: u64,
 
     // ---- faults ------------------------------------------------------------------------------
     /// Fault: these VMs hold a config lock (`{"101": "backup"}`), as while vzdump runs.
@@ -60,6 +63,7 @@ impl Default for Pve {
             task_duration_ms: default_task_ms(),
             token: None,
             violations: Vec::new(),
+            requests: 0,
             locked: BTreeMap::new(),
             offline_nodes: Vec::new(),
             zfs: false,
