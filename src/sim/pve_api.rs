@@ -46,7 +46,21 @@ pub struct PveSim {
     pub handle: JoinHandle<()>,
 }
 
+/// The API token the demo profile uses (any well-formed token is accepted unless `pve.token`
+/// names one).
+pub const DEMO_TOKEN: &str = "talos-dr@pve!demo=00000000-0000-4000-8000-00000000d3e0";
+
 impl PveSim {
+    /// The `[proxmox]` section of a profile for this server: endpoint, pinned fingerprint and
+    /// a token file (relative to the profile directory) holding e.g. [`DEMO_TOKEN`].
+    pub fn profile_section(&self, token_file: &str) -> String {
+        format!(
+            "[proxmox]\nendpoint = \"{}\"\nfingerprint = \"{}\"\ntoken_file = \"{token_file}\"\n",
+            self.endpoint(),
+            self.fingerprint
+        )
+    }
+
     /// The endpoint for a profile or `PROXMOX_VE_ENDPOINT`: `https://127.0.0.1:<port>`.
     pub fn endpoint(&self) -> String {
         format!("https://{}", self.addr)
@@ -325,6 +339,7 @@ fn percent_decode(s: &str) -> String {
 
 /// The token id (`user@realm!name`) if the header carries a well-formed API token that the
 /// simulated cluster accepts (`pve.token`, or any when unset).
+/// PVE delays 401 answers by ~3 s against guessing; the simulator answers at once.
 fn authenticate(header: Option<&str>, accepted: Option<&str>) -> Result<String, Response> {
     let Some(header) = header else {
         return Err(Response::bare(401, "No ticket"));
@@ -360,7 +375,7 @@ fn authenticate(header: Option<&str>, accepted: Option<&str>) -> Result<String, 
 }
 
 /// Parameters from the query string and (for POST/PUT) the body.
-fn request_params(req: &Request, query: &str) -> Result<Vec<(String, ParamValue)>, Response> {
+fn request_params(req: &Request, query: &str) -> Result<Vec<(String, ParamValue)>, String> {
     let mut params: Vec<(String, ParamValue)> = url::form_urlencoded::parse(query.as_bytes())
         .map(|(k, v)| (k.into_owned(), ParamValue::Text(v.into_owned())))
         .collect();
@@ -368,9 +383,9 @@ fn request_params(req: &Request, query: &str) -> Result<Vec<(String, ParamValue)
     if matches!(req.method.as_str(), "POST" | "PUT") && !req.body.is_empty() {
         if req.content_type.starts_with("application/json") {
             let v: Value = serde_json::from_slice(&req.body)
-                .map_err(|e| Response::fail(400, &format!("unable to parse JSON body: {e}")))?;
+                .map_err(|e| format!("unable to parse JSON body: {e}"))?;
             let Value::Object(map) = v else {
-                return Err(Response::fail(400, "JSON body is not an object"));
+                return Err("JSON body is not an object".to_owned());
             };
             params.extend(map.into_iter().map(|(k, v)| (k, ParamValue::Json(v))));
         } else {
@@ -386,58 +401,60 @@ fn request_params(req: &Request, query: &str) -> Result<Vec<(String, ParamValue)
 /// Answers one request against the state file.
 fn respond(req: &Request, state_path: &Path, fingerprint: &str) -> Response {
     let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
-    let Some(api_path) = path.strip_prefix("/api2/json") else {
-        return Response::fail(
-            501,
-            &format!("Method '{} {path}' not implemented", req.method),
-        );
-    };
+    let api_path = path.strip_prefix("/api2/json");
     let segments: Vec<String> = api_path
+        .unwrap_or_default()
         .trim_matches('/')
         .split('/')
         .map(percent_decode)
         .collect();
-    let recorded_path = format!(
-        "{api_path}{}",
-        if query.is_empty() {
-            String::new()
-        } else {
-            format!("?{query}")
-        }
-    );
     let outcome = Cluster::update(state_path, |cluster| {
-        cluster.pve.requests += 1;
+        let now_ms = jiff::Timestamp::now().as_millisecond();
+        let mut refuse = |rej: Rejection| {
+            cluster.pve.violations.push(Violation {
+                at_ms: now_ms,
+                method: req.method.clone(),
+                path: req
+                    .target
+                    .strip_prefix("/api2/json")
+                    .unwrap_or(&req.target)
+                    .to_owned(),
+                errors: rej.errors(),
+            });
+            match rej {
+                Rejection::NotImplemented(m) => Response::fail(501, &m),
+                Rejection::Invalid(errors) => Response::param_errors(errors),
+            }
+        };
+        if api_path.is_none() {
+            return refuse(Rejection::NotImplemented(format!(
+                "Method '{} {path}' not implemented",
+                req.method
+            )));
+        }
         let user = match authenticate(req.authorization.as_deref(), cluster.pve.token.as_deref()) {
             Ok(u) => u,
             Err(r) => return r,
         };
-        let checked = request_params(req, query).and_then(|params| {
-            schema::check(&req.method, &segments, &params).map_err(|rej| {
-                cluster.pve.violations.push(Violation {
-                    at_ms: jiff::Timestamp::now().as_millisecond(),
-                    method: req.method.clone(),
-                    path: recorded_path.clone(),
-                    errors: rej.errors(),
-                });
-                match rej {
-                    Rejection::NotImplemented(m) => Response::fail(501, &m),
-                    Rejection::Invalid(errors) => Response::param_errors(errors),
-                }
-            })
-        });
-        match checked {
-            Ok(m) => handlers::handle(
-                &mut cluster.pve,
-                &handlers::Call {
-                    method: &req.method,
-                    matched: &m,
-                    user: &user,
-                    fingerprint,
-                    now_ms: jiff::Timestamp::now().as_millisecond(),
-                },
-            ),
-            Err(r) => r,
-        }
+        let checked = match request_params(req, query) {
+            Ok(params) => schema::check(&req.method, &segments, &params),
+            Err(body_error) => Err(Rejection::Invalid(
+                [("_root".to_owned(), body_error)].into_iter().collect(),
+            )),
+        };
+        let matched = match checked {
+            Ok(m) => m,
+            Err(rej) => return refuse(rej),
+        };
+        cluster.pve.requests += 1;
+        let call = handlers::Call {
+            method: &req.method,
+            matched: &matched,
+            user: &user,
+            fingerprint,
+            now_ms,
+        };
+        handlers::handle(&mut cluster.pve, &call)
     });
     outcome.unwrap_or_else(|e| Response::fail(500, &format!("simulator state: {e}")))
 }

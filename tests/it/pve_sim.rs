@@ -4,6 +4,7 @@
 //! Every test ends by asserting `pve.violations` is empty: the client's requests must be ones a
 //! real PVE 8.4 accepts.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use talos_dr::pve::check::{CheckOptions, check_vm, check_vms, ensure_ok};
@@ -453,17 +454,25 @@ async fn schema_violations_are_refused_and_recorded() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 501);
 
+    let r = raw
+        .get(format!("{}/index.html", s.sim.endpoint()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 501);
+
     // Unauthenticated: 401 with no body, and not a schema matter.
     let r = raw.get(format!("{base}/version")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 401);
     assert!(r.bytes().await.unwrap().is_empty());
 
     let v = s.pve().violations;
-    assert_eq!(v.len(), 2, "{v:#?}");
+    assert_eq!(v.len(), 3, "{v:#?}");
     assert_eq!(v[0].method, "POST");
     assert_eq!(v[0].path, "/nodes/pve1/qemu/101/snapshot");
     assert!(v[0].errors.contains_key("vmstate"));
     assert!(v[1].errors["_path"].contains("not implemented"));
+    assert_eq!(v[2].path, "/index.html");
     // Nothing happened to the VM.
     assert!(s.pve().tasks.is_empty());
 }
@@ -476,4 +485,33 @@ async fn a_configured_token_must_match() {
     assert_eq!(e.status(), Some(401), "{e}");
     s.edit(|p| p.token = Some(TOKEN.into()));
     s.client.version().await.unwrap();
+}
+
+/// The way the demo wires it: a profile's `[proxmox]` section with the pinned fingerprint and a
+/// token file, through `PveClient::from_config`.
+#[cfg(unix)]
+#[tokio::test]
+async fn profile_section_pins_the_sim() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Sim::start(100).await;
+    let dir = &s.env.config_dir;
+    let token = dir.join("pve-token");
+    std::fs::write(&token, pve_api::DEMO_TOKEN).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    #[derive(serde::Deserialize)]
+    struct Section {
+        proxmox: talos_dr::pve::PveConfig,
+    }
+    let section: Section = toml::from_str(&s.sim.profile_section("pve-token")).unwrap();
+    let c = PveClient::from_config_with_env(
+        &section.proxmox,
+        dir,
+        Arc::new(talos_dr::ui::NoopReporter),
+        |_| None,
+    )
+    .unwrap();
+    c.version().await.unwrap();
+    let vm = s.pve().vm_named("talos-worker-2").unwrap().clone();
+    assert_eq!((vm.node.as_str(), vm.vmid), ("pve2", 105));
+    s.assert_no_violations();
 }

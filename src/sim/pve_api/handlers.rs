@@ -280,7 +280,7 @@ fn volid(pve: &Pve, volume: &str) -> String {
 }
 
 fn config(pve: &Pve, vm: &Vm, call: &Call<'_>) -> Response {
-    if call.matched.get("current").is_some() && call.matched.get("snapshot").is_some() {
+    if call.matched.flag("current", false) && call.matched.get("snapshot").is_some() {
         return Response::param_errors([(
             "snapshot".to_owned(),
             "cannot use 'snapshot' parameter with 'current'".to_owned(),
@@ -679,11 +679,162 @@ fn task_log(pve: &Pve, call: &Call<'_>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::pve_api::schema::{self, ParamValue};
+    use crate::sim::state::Cluster;
 
     #[test]
     fn disk_sizes() {
         assert_eq!(size_bytes("32G"), 32 * 1024 * MIB);
         assert_eq!(size_bytes("4M"), 4 * MIB);
         assert_eq!(size_bytes("512"), 512);
+    }
+
+    fn call(
+        pve: &mut Pve,
+        method: &str,
+        path: &str,
+        params: &[(&str, &str)],
+        now_ms: i64,
+    ) -> Response {
+        let segs: Vec<String> = path
+            .trim_matches('/')
+            .split('/')
+            .map(str::to_owned)
+            .collect();
+        let params: Vec<(String, ParamValue)> = params
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), ParamValue::Text((*v).to_owned())))
+            .collect();
+        let matched = schema::check(method, &segs, &params).unwrap();
+        let c = Call {
+            method,
+            matched: &matched,
+            user: "root@pam!t",
+            fingerprint: "AA",
+            now_ms,
+        };
+        handle(pve, &c)
+    }
+
+    /// The task's effects happen at its start and its end, decided by timestamps alone.
+    #[test]
+    fn snapshot_task_lifecycle_by_time() {
+        let mut pve = Cluster::example(None).pve;
+        pve.task_duration_ms = 1000;
+        let t0 = 1_736_154_000_000;
+        let r = call(
+            &mut pve,
+            "POST",
+            "/nodes/pve1/qemu/101/snapshot",
+            &[("snapname", "s1")],
+            t0,
+        );
+        let upid = r.body.unwrap()["data"].as_str().unwrap().to_owned();
+        assert!(upid.starts_with("UPID:pve1:000B0000:0197A1E3:"), "{upid}");
+        assert!(upid.ends_with(":qmsnapshot:101:root@pam!t:"), "{upid}");
+        assert_eq!(pve.vm(101).unwrap().lock.as_deref(), Some("snapshot"));
+
+        assert!(!pve.advance(t0 + 999));
+        let status = format!("/nodes/pve1/tasks/{upid}/status");
+        let r = call(&mut pve, "GET", &status, &[], t0 + 999);
+        assert_eq!(r.body.unwrap()["data"]["status"], "running");
+
+        assert!(pve.advance(t0 + 1000));
+        let r = call(&mut pve, "GET", &status, &[], t0 + 1000);
+        let data = r.body.unwrap()["data"].clone();
+        assert_eq!(
+            (data["status"].as_str(), data["exitstatus"].as_str()),
+            (Some("stopped"), Some("OK"))
+        );
+        assert_eq!(
+            (data["user"].as_str(), data["tokenid"].as_str()),
+            (Some("root@pam"), Some("t"))
+        );
+        let vm = pve.vm(101).unwrap();
+        assert_eq!(
+            (vm.lock.as_deref(), vm.parent.as_deref()),
+            (None, Some("s1"))
+        );
+        assert_eq!(vm.snapshots[0].snapstate, None);
+
+        // Same name again: HTTP 200 + UPID, the task fails fast.
+        let r = call(
+            &mut pve,
+            "POST",
+            "/nodes/pve1/qemu/101/snapshot",
+            &[("snapname", "s1")],
+            t0 + 2000,
+        );
+        assert_eq!(r.status, 200);
+        pve.advance(t0 + 2100);
+        assert_eq!(
+            pve.tasks[1].exitstatus.as_deref(),
+            Some("snapshot name 's1' already used")
+        );
+        assert_eq!(
+            pve.tasks[1].log,
+            ["TASK ERROR: snapshot name 's1' already used"]
+        );
+    }
+
+    #[test]
+    fn synchronous_errors() {
+        let mut pve = Cluster::example(None).pve;
+        let r = call(
+            &mut pve,
+            "POST",
+            "/nodes/pve1/qemu/101/snapshot",
+            &[("snapname", "current")],
+            0,
+        );
+        assert_eq!(r.status, 500);
+        assert_eq!(
+            r.reason,
+            "unable to use snapshot name 'current' (reserved name)"
+        );
+        let r = call(
+            &mut pve,
+            "GET",
+            "/nodes/pve2/qemu/101/status/current",
+            &[],
+            0,
+        );
+        assert_eq!(
+            r.body.unwrap()["message"],
+            "Configuration file 'nodes/pve2/qemu-server/101.conf' does not exist\n"
+        );
+        let r = call(&mut pve, "GET", "/nodes/pve9/qemu", &[], 0);
+        assert_eq!(r.reason, "no such cluster node 'pve9'");
+        let r = call(
+            &mut pve,
+            "GET",
+            "/nodes/pve1/tasks/UPID:pve1:000B0000:0197A1E3:6650A1B2:qmstart:101:a@b!c:/status",
+            &[],
+            0,
+        );
+        assert_eq!(r.body.unwrap()["errors"]["upid"], "no such task");
+        let r = call(&mut pve, "GET", "/nodes/pve1/tasks/nonsense/status", &[], 0);
+        assert_eq!(
+            r.body.unwrap()["errors"]["upid"],
+            "unable to parse worker upid"
+        );
+        pve.vm_mut(101).unwrap().status = "stopped".into();
+        let r = call(
+            &mut pve,
+            "GET",
+            "/nodes/pve1/qemu/101/agent/network-get-interfaces",
+            &[],
+            0,
+        );
+        assert_eq!(r.reason, "VM 101 is not running");
+        pve.offline_nodes.push("pve1".into());
+        let r = call(
+            &mut pve,
+            "GET",
+            "/nodes/pve1/qemu/101/status/current",
+            &[],
+            0,
+        );
+        assert_eq!((r.status, r.body), (596, None));
     }
 }

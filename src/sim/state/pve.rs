@@ -31,7 +31,7 @@ pub struct Pve {
     /// Requests that broke the API schema. Anything here is a bug in the client.
     #[serde(default)]
     pub violations: Vec<Violation>,
-    /// Requests below `/api2/json` answered (after TLS), so tests can tell none was made.
+    /// Authenticated, schema-valid requests handled, so tests can tell none was made.
     #[serde(default)]
     pub requests: u64,
 
@@ -222,7 +222,7 @@ pub struct Violation {
     pub method: String,
     /// Path below `/api2/json`, with the query string.
     pub path: String,
-    /// Parameter → what is wrong (`_path` for an unknown endpoint or method).
+    /// Parameter → what is wrong (`_path`: unknown endpoint or method; `_root`: bad body).
     pub errors: BTreeMap<String, String>,
 }
 
@@ -295,6 +295,11 @@ impl Pve {
 
     pub fn vm(&self, vmid: u32) -> Option<&Vm> {
         self.vms.iter().find(|v| v.vmid == vmid)
+    }
+
+    /// The VM named after a Talos hostname (for a profile's `vm = { node, vmid }`).
+    pub fn vm_named(&self, hostname: &str) -> Option<&Vm> {
+        self.vms.iter().find(|v| v.name == hostname)
     }
 
     pub fn vm_mut(&mut self, vmid: u32) -> Option<&mut Vm> {
