@@ -9,10 +9,15 @@
 //!
 //! [`kube_api`] serves the same cluster as a minimal Kubernetes API over plain HTTP, for the
 //! real `kubectl`; its faults live in the state file's `kube` section.
+//!
+//! [`pve_api`] serves the cluster's VMs as a Proxmox VE API over HTTPS (a fresh self-signed
+//! certificate, pinned by fingerprint), validating every request against the official schema
+//! subset; its VMs, tasks and faults live in the state file's `pve` section.
 
 pub mod demo;
 pub mod kube_api;
 pub mod kubectl;
+pub mod pve_api;
 pub mod state;
 pub mod talosctl;
 

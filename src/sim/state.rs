@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod pve;
+pub use pve::{Disk, Effect, Interface, Pve, Snapshot, Task, Violation, Vm};
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Cluster {
     #[serde(default = "default_version")]
@@ -27,6 +30,9 @@ pub struct Cluster {
     /// What the simulated Kubernetes API serves; optional in the file (defaults apply).
     #[serde(default)]
     pub kube: Kube,
+    /// What the simulated Proxmox VE API serves; absent in older files (then empty).
+    #[serde(default)]
+    pub pve: Pve,
 }
 
 /// How long simulated transitions take.
@@ -350,6 +356,7 @@ impl Cluster {
                 etcd: Etcd::default(),
             });
         }
+        let pve = Pve::example(&nodes);
         Self {
             talos_version: default_version(),
             nodes,
@@ -359,6 +366,7 @@ impl Cluster {
             bootstrapped: Vec::new(),
             bootstrap_saw: Vec::new(),
             kube: Kube::default(),
+            pve,
         }
     }
 
@@ -380,6 +388,7 @@ impl Cluster {
                 changed = true;
             }
         }
+        changed |= self.pve.advance(now_ms);
         changed
     }
 

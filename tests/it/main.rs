@@ -4,6 +4,7 @@ mod common;
 mod demo;
 mod kube;
 mod pve;
+mod pve_sim;
 mod restore;
 mod snapshot_cli;
 mod verify;

@@ -1,0 +1,427 @@
+//! The Proxmox VE side of the simulated cluster ([`crate::sim::pve_api`] serves it).
+//!
+//! Everything the API shows is derived from this section of the state file, and tasks are
+//! plain records with a start time and a duration: a task "finishes" when the state is next
+//! read after `started_ms + duration_ms` ([`Pve::advance`]), so no background timer is needed and
+//! a test can edit the file between requests. Faults are the fields at the bottom of [`Pve`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::Node;
+
+/// The simulated PVE cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pve {
+    /// Cluster node names (`pve1`, …).
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    #[serde(default)]
+    pub vms: Vec<Vm>,
+    /// Every task started so far, oldest first.
+    #[serde(default)]
+    pub tasks: Vec<Task>,
+    /// How long a successful task runs.
+    #[serde(default = "default_task_ms")]
+    pub task_duration_ms: u64,
+    /// Accept only this token (`USER@REALM!TOKENID=SECRET`); `None` accepts any well-formed one.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Requests that broke the API schema. Anything here is a bug in the client.
+    #[serde(default)]
+    pub violations: Vec<Violation>,
+    /// Authenticated, schema-valid requests handled, so tests can tell none was made.
+    #[serde(default)]
+    pub requests: u64,
+
+    // ---- faults ------------------------------------------------------------------------------
+    /// Fault: these VMs hold a config lock (`{"101": "backup"}`), as while vzdump runs.
+    #[serde(default)]
+    pub locked: BTreeMap<u32, String>,
+    /// Fault: requests for these nodes fail with 596 (empty body), as when a node is down.
+    #[serde(default)]
+    pub offline_nodes: Vec<String>,
+    /// Fault: the disks are on ZFS, which can only roll back to the newest snapshot.
+    #[serde(default)]
+    pub zfs: bool,
+    /// Fault: the snapshot task of these VMs fails with this message.
+    #[serde(default)]
+    pub snapshot_fails: BTreeMap<u32, String>,
+}
+
+fn default_task_ms() -> u64 {
+    1500
+}
+
+impl Default for Pve {
+    fn default() -> Self {
+        Self {
+            nodes: Vec::new(),
+            vms: Vec::new(),
+            tasks: Vec::new(),
+            task_duration_ms: default_task_ms(),
+            token: None,
+            violations: Vec::new(),
+            requests: 0,
+            locked: BTreeMap::new(),
+            offline_nodes: Vec::new(),
+            zfs: false,
+            snapshot_fails: BTreeMap::new(),
+        }
+    }
+}
+
+/// One QEMU VM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Vm {
+    /// The PVE node its config lives on.
+    pub node: String,
+    pub vmid: u32,
+    /// The Talos hostname.
+    pub name: String,
+    /// `running` or `stopped`.
+    pub status: String,
+    /// Config lock (`snapshot` while a snapshot task runs, …).
+    #[serde(default)]
+    pub lock: Option<String>,
+    #[serde(default)]
+    pub disks: Vec<Disk>,
+    /// Cloud-init `ipconfig0` (`ip=10.5.0.11/24,gw=10.5.0.1`).
+    #[serde(default)]
+    pub ipconfig0: Option<String>,
+    /// MAC of `net0`, upper-case as PVE writes it.
+    #[serde(default)]
+    pub mac: String,
+    /// The config enables the guest agent (`agent: 1`).
+    #[serde(default = "yes")]
+    pub agent: bool,
+    /// The agent answers inside the guest (needs the Talos qemu-guest-agent extension).
+    #[serde(default = "yes")]
+    pub agent_running: bool,
+    /// What the guest agent reports.
+    #[serde(default)]
+    pub interfaces: Vec<Interface>,
+    #[serde(default)]
+    pub snapshots: Vec<Snapshot>,
+    /// The snapshot the current state descends from.
+    #[serde(default)]
+    pub parent: Option<String>,
+    #[serde(default)]
+    pub tags: Option<String>,
+    #[serde(default = "default_mem")]
+    pub memory_mib: u64,
+    #[serde(default = "default_cores")]
+    pub cores: u32,
+    /// Unix ms when it was last started (uptime).
+    #[serde(default)]
+    pub started_ms: i64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_mem() -> u64 {
+    4096
+}
+fn default_cores() -> u32 {
+    2
+}
+
+/// A disk of a VM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Disk {
+    /// `scsi0`, `efidisk0`, …
+    pub key: String,
+    /// `local-lvm:vm-101-disk-0`.
+    pub volume: String,
+    /// `32G`.
+    pub size: String,
+    /// The storage can snapshot this disk.
+    #[serde(default = "yes")]
+    pub snapshot: bool,
+}
+
+/// One guest-agent network interface.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Interface {
+    pub name: String,
+    #[serde(rename = "hardware-address")]
+    pub hardware_address: String,
+    /// `10.5.0.11/24`.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+}
+
+/// One VM snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Epoch seconds.
+    pub snaptime: i64,
+    #[serde(default)]
+    pub vmstate: bool,
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// `prepare` while being created, `delete` while being deleted.
+    #[serde(default)]
+    pub snapstate: Option<String>,
+    /// The VM was running when it was taken.
+    #[serde(default)]
+    pub running: bool,
+}
+
+/// A background task (`qmsnapshot`, `qmrollback`, …).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Task {
+    pub upid: String,
+    pub node: String,
+    #[serde(rename = "type")]
+    pub task_type: String,
+    pub vmid: u32,
+    /// `user@realm!tokenid`.
+    pub user: String,
+    pub started_ms: i64,
+    pub duration_ms: u64,
+    /// `None` while running.
+    #[serde(default)]
+    pub exitstatus: Option<String>,
+    /// What `exitstatus` becomes when the task ends (`OK` or an error text).
+    pub outcome: String,
+    /// Log lines written when the task ends (the `TASK …` line is added then).
+    #[serde(default)]
+    pub log: Vec<String>,
+    /// What happens to the VM when the task ends successfully.
+    #[serde(default)]
+    pub effect: Option<Effect>,
+}
+
+impl Task {
+    pub fn ends_ms(&self) -> i64 {
+        self.started_ms + i64::try_from(self.duration_ms).unwrap_or(i64::MAX / 2)
+    }
+}
+
+/// The change a successful task makes when it ends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Effect {
+    Snapshot { name: String },
+    DeleteSnapshot { name: String },
+    Rollback { name: String, start: bool },
+    Start,
+    Stop,
+}
+
+/// A request that broke the schema.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    pub at_ms: i64,
+    pub method: String,
+    /// Path below `/api2/json`, with the query string.
+    pub path: String,
+    /// Parameter → what is wrong (`_path`: unknown endpoint or method; `_root`: bad body).
+    pub errors: BTreeMap<String, String>,
+}
+
+impl Pve {
+    /// Three PVE nodes and one running VM per Talos node (VMIDs from 101, round-robin over the
+    /// PVE nodes, name = hostname, agent reporting the node's address).
+    pub fn example(cluster_nodes: &[Node]) -> Self {
+        let nodes: Vec<String> = (1..=3).map(|i| format!("pve{i}")).collect();
+        let vms = cluster_nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let vmid = 101 + i as u32;
+                let mac = format!("BC:24:11:00:{:02X}:{:02X}", i / 256, i % 256 + 1);
+                let gw = n
+                    .address
+                    .rsplit_once('.')
+                    .map_or_else(String::new, |(net, _)| format!(",gw={net}.1"));
+                let control = n.machine_type != "worker";
+                Vm {
+                    node: nodes[i % nodes.len()].clone(),
+                    vmid,
+                    name: n.hostname.clone(),
+                    status: "running".into(),
+                    lock: None,
+                    disks: vec![Disk {
+                        key: "scsi0".into(),
+                        volume: format!("local-lvm:vm-{vmid}-disk-0"),
+                        size: "32G".into(),
+                        snapshot: true,
+                    }],
+                    ipconfig0: Some(format!("ip={}/24{gw}", n.address)),
+                    mac: mac.clone(),
+                    agent: true,
+                    agent_running: true,
+                    interfaces: vec![
+                        Interface {
+                            name: "lo".into(),
+                            hardware_address: "00:00:00:00:00:00".into(),
+                            addresses: vec!["127.0.0.1/8".into(), "::1/128".into()],
+                        },
+                        Interface {
+                            name: "ens18".into(),
+                            hardware_address: mac.to_ascii_lowercase(),
+                            addresses: vec![format!("{}/24", n.address)],
+                        },
+                    ],
+                    snapshots: Vec::new(),
+                    parent: None,
+                    tags: Some(
+                        if control {
+                            "control-plane;k8s"
+                        } else {
+                            "k8s;worker"
+                        }
+                        .into(),
+                    ),
+                    memory_mib: if control { 4096 } else { 8192 },
+                    cores: if control { 2 } else { 4 },
+                    started_ms: 1_736_154_000_000,
+                }
+            })
+            .collect();
+        Self {
+            nodes,
+            vms,
+            ..Self::default()
+        }
+    }
+
+    pub fn vm(&self, vmid: u32) -> Option<&Vm> {
+        self.vms.iter().find(|v| v.vmid == vmid)
+    }
+
+    /// The VM named after a Talos hostname (for a profile's `vm = { node, vmid }`).
+    pub fn vm_named(&self, hostname: &str) -> Option<&Vm> {
+        self.vms.iter().find(|v| v.name == hostname)
+    }
+
+    pub fn vm_mut(&mut self, vmid: u32) -> Option<&mut Vm> {
+        self.vms.iter_mut().find(|v| v.vmid == vmid)
+    }
+
+    /// The lock a VM shows: the injected fault first, then its own.
+    pub fn lock_of(&self, vm: &Vm) -> Option<String> {
+        self.locked
+            .get(&vm.vmid)
+            .cloned()
+            .or_else(|| vm.lock.clone())
+    }
+
+    pub fn is_offline(&self, node: &str) -> bool {
+        self.offline_nodes.iter().any(|n| n == node)
+    }
+
+    /// Ends every task that is due, applying its effect; returns whether anything changed.
+    pub fn advance(&mut self, now_ms: i64) -> bool {
+        let mut changed = false;
+        let mut due: Vec<usize> = (0..self.tasks.len())
+            .filter(|&i| self.tasks[i].exitstatus.is_none() && self.tasks[i].ends_ms() <= now_ms)
+            .collect();
+        due.sort_by_key(|&i| self.tasks[i].ends_ms());
+        for i in due {
+            let task = self.tasks[i].clone();
+            let ok = task.outcome == "OK";
+            if let Some(effect) = &task.effect {
+                self.finish_effect(task.vmid, effect, ok, task.ends_ms());
+            }
+            let t = &mut self.tasks[i];
+            t.log.push(if ok {
+                "TASK OK".to_owned()
+            } else {
+                format!("TASK ERROR: {}", task.outcome)
+            });
+            t.exitstatus = Some(task.outcome);
+            changed = true;
+        }
+        changed
+    }
+
+    /// The second half of a task's work (the first half ran when it started).
+    fn finish_effect(&mut self, vmid: u32, effect: &Effect, ok: bool, at_ms: i64) {
+        let Some(vm) = self.vm_mut(vmid) else {
+            return;
+        };
+        vm.lock = None;
+        match effect {
+            Effect::Snapshot { name } => {
+                if ok {
+                    if let Some(s) = vm.snapshots.iter_mut().find(|s| &s.name == name) {
+                        s.snapstate = None;
+                    }
+                    vm.parent = Some(name.clone());
+                } else {
+                    // PVE cleans up a failed snapshot ("snapshot create failed: starting cleanup").
+                    vm.snapshots.retain(|s| &s.name != name);
+                }
+            }
+            Effect::DeleteSnapshot { name } => {
+                if ok {
+                    let gone = vm.snapshots.iter().find(|s| &s.name == name).cloned();
+                    vm.snapshots.retain(|s| &s.name != name);
+                    if let Some(gone) = gone {
+                        // Children of the deleted snapshot now descend from its parent.
+                        for s in &mut vm.snapshots {
+                            if s.parent.as_deref() == Some(name) {
+                                s.parent = gone.parent.clone();
+                            }
+                        }
+                        if vm.parent.as_deref() == Some(name) {
+                            vm.parent = gone.parent;
+                        }
+                    }
+                }
+            }
+            Effect::Rollback { name, start } => {
+                if ok {
+                    vm.parent = Some(name.clone());
+                    let ram = vm
+                        .snapshots
+                        .iter()
+                        .any(|s| &s.name == name && s.vmstate && s.running);
+                    if *start || ram {
+                        vm.status = "running".into();
+                        vm.started_ms = at_ms;
+                    }
+                }
+            }
+            Effect::Start => {
+                if ok {
+                    vm.status = "running".into();
+                    vm.started_ms = at_ms;
+                }
+            }
+            Effect::Stop => {
+                if ok {
+                    vm.status = "stopped".into();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::sim::state::Cluster;
+
+    #[test]
+    fn example_maps_every_node_and_old_files_load() {
+        let c = Cluster::example(None);
+        assert_eq!(c.pve.vms.len(), c.nodes.len());
+        assert_eq!(c.pve.vms[0].vmid, 101);
+        assert_eq!(c.pve.vms[0].name, "talos-cp-1");
+        assert_eq!(c.pve.vms[3].node, "pve1");
+        // A state file from before the PVE section still loads.
+        let mut v = serde_json::to_value(&c).unwrap();
+        v.as_object_mut().unwrap().remove("pve");
+        let old: Cluster = serde_json::from_value(v).unwrap();
+        assert!(old.pve.vms.is_empty());
+        assert_eq!(old.pve.task_duration_ms, 1500);
+    }
+}
