@@ -41,12 +41,19 @@ pub async fn run(ctx: &Ctx, args: DemoArgs) -> anyhow::Result<Exit> {
     let env = demo::setup(&dir, &exe, real_kubectl, &args.fault)?;
     let (kube_addr, kube_server) = sim::kube_api::serve(env.state.clone()).await?;
     sim::kube_api::write_kubeconfig(&env.config_dir.join("kubeconfig"), kube_addr)?;
+    let pve = sim::pve_api::serve(env.state.clone()).await?;
+    demo::attach_pve(&env, &pve)?;
 
     let say = |text: &str| ctx.printer.text(&format!("{text}\n"));
     say(
         "talos-dr demo — a SIMULATED cluster: 3 control-plane VMs and 2 workers. Nothing real is touched.",
     );
     say(&format!("  files:   {}", dir.display()));
+    say(&format!(
+        "  proxmox: a simulated Proxmox VE API at {} (HTTPS, certificate pinned: {})",
+        pve.endpoint(),
+        pve.fingerprint
+    ));
     say(&format!(
         "  kubectl: {}",
         if real_kubectl {
@@ -71,10 +78,16 @@ pub async fn run(ctx: &Ctx, args: DemoArgs) -> anyhow::Result<Exit> {
 
     let mut results = Vec::new();
     let mut exit = Exit::Success;
-    let steps_before = vec![Step {
-        title: "1/3 a scheduled backup: `talos-dr snapshot`".into(),
-        args: vec!["snapshot".into()],
-    }];
+    let steps_before = vec![
+        Step {
+            title: "1/4 find the VM behind each node: `talos-dr profile discover --write`".into(),
+            args: vec!["profile".into(), "discover".into(), "--write".into()],
+        },
+        Step {
+            title: "2/4 a scheduled backup: `talos-dr snapshot`".into(),
+            args: vec!["snapshot".into()],
+        },
+    ];
     for step in &steps_before {
         let (code, out) = run_step(ctx, &exe, &env, step).await?;
         results.push(json!({ "step": step.title, "args": step.args, "exit": code, "output": out }));
@@ -85,7 +98,7 @@ pub async fn run(ctx: &Ctx, args: DemoArgs) -> anyhow::Result<Exit> {
     }
     let mut run_id = None;
     if exit == Exit::Success {
-        say("\n== 2/3 disaster: etcd's data is lost on every control-plane node (simulated)");
+        say("\n== 3/4 disaster: etcd's data is lost on every control-plane node (simulated)");
         demo::disaster(&env.state)?;
         let latest = talos_dr::snapshot::store::list(&env.config_dir.join("etcd-backups"))?
             .into_iter()
@@ -93,7 +106,7 @@ pub async fn run(ctx: &Ctx, args: DemoArgs) -> anyhow::Result<Exit> {
             .map(|e| e.path)
             .ok_or_else(|| UserError::failed("the demo's snapshot is missing"))?;
         let step = Step {
-            title: "3/3 recovery: `talos-dr restore --snapshot <newest>` (--yes implied: the demo answers the confirmations)".into(),
+            title: "4/4 recovery: `talos-dr restore --snapshot <newest>` (--yes implied: the demo answers the confirmations)".into(),
             args: vec![
                 "--yes".into(),
                 "restore".into(),
@@ -115,6 +128,14 @@ pub async fn run(ctx: &Ctx, args: DemoArgs) -> anyhow::Result<Exit> {
         run_id = newest_run(&env.config_dir);
     }
     kube_server.abort();
+    pve.handle.abort();
+    // An invalid request to the Proxmox API is a demo failure, even if everything else worked.
+    let violations = talos_dr::sim::state::Cluster::load(&env.state)
+        .map(|c| c.pve.violations)
+        .unwrap_or_default();
+    if !violations.is_empty() && exit == Exit::Success {
+        exit = Exit::Failed;
+    }
 
     let report = run_id.as_ref().and_then(|id| {
         std::fs::read(env.config_dir.join("runs").join(id).join("report.json"))
@@ -149,8 +170,15 @@ pub async fn run(ctx: &Ctx, args: DemoArgs) -> anyhow::Result<Exit> {
         env.bin_dir.join("talosctl").display(),
         run_id.as_deref().unwrap_or("<run-id>"),
     ));
+    for v in &violations {
+        text.push_str(&format!(
+            "  INVALID Proxmox API request: {} {} {:?}\n",
+            v.method, v.path, v.errors
+        ));
+    }
     ctx.printer.text(&text);
     ctx.printer.json(&json!({
+        "pve_violations": violations.len(),
         "dir": dir,
         "kubectl": if real_kubectl { "real" } else { "simulated" },
         "faults": args.fault,

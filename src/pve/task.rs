@@ -240,7 +240,7 @@ impl PveClient {
         let started = Instant::now();
         reporter.report(Event::WaitStarted {
             key: key.to_owned(),
-            message: format!("waiting for task {} ({})", upid.task_type, upid),
+            message: format!("{key}: {} task started ({upid})", upid.task_type),
         });
         let polls = AtomicU32::new(0);
         let transient_in_row = AtomicU32::new(0);
@@ -281,12 +281,12 @@ impl PveClient {
             .notify(|p, delay| match p {
                 Poll::Running(s) => reporter.report(Event::WaitProgress {
                     key: key.to_owned(),
-                    message: format!("task {} {}", s.task_type, s.status),
+                    message: format!("{key}: {} task {}", s.task_type, s.status),
                     elapsed_ms: ms(started.elapsed()),
                 }),
                 Poll::NotYetVisible(_) => reporter.report(Event::WaitProgress {
                     key: key.to_owned(),
-                    message: format!("task {} not visible yet", upid.task_type),
+                    message: format!("{key}: {} task not visible yet", upid.task_type),
                     elapsed_ms: ms(started.elapsed()),
                 }),
                 Poll::Transient(e) => reporter.report(Event::Retry {
@@ -330,7 +330,7 @@ impl PveClient {
             .unwrap_or_else(|| "unexpected status".to_owned());
         let polls = polls.load(Ordering::Relaxed);
         if let Some(warnings) = success_warnings(&exitstatus) {
-            finish(true, format!("task {} {exitstatus}", upid.task_type));
+            finish(true, format!("{key}: {} task {exitstatus}", upid.task_type));
             return Ok(TaskOutcome {
                 upid: upid.clone(),
                 exitstatus,

@@ -23,6 +23,8 @@ pub enum Fault {
     EtcdFails,
     /// One control-plane node never reaches etcd `Preparing` after its reset (exit 1).
     NeverPrepares,
+    /// VM 101 is locked by a running backup: Proxmox checks refuse to go on (exit 4).
+    VmLocked,
 }
 
 impl Fault {
@@ -38,6 +40,9 @@ impl Fault {
                     Some("expected sha256 [221 7 90 …], got [18 77 3 …]".into());
             }
             Fault::NeverPrepares => c.faults.never_preparing = vec!["10.5.0.12".into()],
+            Fault::VmLocked => {
+                c.pve.locked.insert(101, "backup".into());
+            }
         }
     }
 }
@@ -115,6 +120,22 @@ pub fn setup(dir: &Path, exe: &Path, real_kubectl: bool, faults: &[Fault]) -> io
         bin_dir,
         kubectl_shim,
     })
+}
+
+/// Points the demo profile at a running simulated Proxmox VE API: the API token goes to a 0600
+/// file, and the profile pins the server's certificate fingerprint.
+pub fn attach_pve(env: &DemoEnv, pve: &super::pve_api::PveSim) -> io::Result<()> {
+    crate::fsutil::write_atomic(
+        &env.config_dir.join("pve-token"),
+        super::pve_api::DEMO_TOKEN.as_bytes(),
+        0o600,
+    )?;
+    let path = env.config_dir.join("profile.toml");
+    let mut text = std::fs::read_to_string(&path)?;
+    text.push('\n');
+    text.push_str(&pve.profile_section("pve-token"));
+    text.push_str("snapshot_before_restore = true\nmax_parallel = 5\n");
+    std::fs::write(path, text)
 }
 
 fn shim(path: &Path, exe: &Path, tool: &str) -> io::Result<()> {

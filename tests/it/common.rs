@@ -2,7 +2,6 @@
 
 #![allow(dead_code)]
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use talos_dr::sim::state::{self, Cluster};
@@ -25,53 +24,66 @@ pub struct Env {
 }
 
 impl Env {
-    /// Three control-plane nodes and two workers, all healthy, streaming `small.snapshot`.
+    /// Three control-plane nodes and two workers, all healthy, streaming `small.snapshot`: the
+    /// demo's own environment (one simulator setup for both), with fast transitions.
     pub fn new() -> Self {
         let tmp = tempfile::tempdir().unwrap();
-        let bin_dir = tmp.path().join("bin");
-        std::fs::create_dir_all(&bin_dir).unwrap();
-        let shim = bin_dir.join("talosctl");
-        std::fs::write(
-            &shim,
-            format!("#!/bin/sh\nexec '{BIN}' __sim talosctl \"$@\"\n"),
-        )
-        .unwrap();
-        std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
-
-        let state = tmp.path().join("cluster.json");
-        Cluster::example(Some(fixture("snapshots/small.snapshot")))
-            .save(&state)
-            .unwrap();
-
-        let config_dir = tmp.path().join("profile");
-        std::fs::create_dir_all(&config_dir).unwrap();
-        let cluster = Cluster::load(&state).unwrap();
-        let endpoints: Vec<&str> = cluster
-            .nodes
-            .iter()
-            .filter(|n| n.machine_type == "controlplane")
-            .map(|n| n.address.as_str())
-            .collect();
-        let talosconfig = serde_json::json!({
-            "context": "lab",
-            "contexts": { "lab": { "endpoints": endpoints, "ca": "x", "crt": "x", "key": "x" } }
-        });
-        std::fs::write(config_dir.join("talosconfig"), talosconfig.to_string()).unwrap();
-        let mut toml = String::from("name = \"lab\"\n");
-        for n in &cluster.nodes {
-            toml.push_str(&format!(
-                "\n[[nodes]]\naddress = \"{}\"\nrole = \"{}\"\n",
-                n.address, n.machine_type
-            ));
-        }
-        std::fs::write(config_dir.join("profile.toml"), toml).unwrap();
+        let env =
+            talos_dr::sim::demo::setup(tmp.path(), std::path::Path::new(BIN), true, &[]).unwrap();
+        let mut cluster = Cluster::load(&env.state).unwrap();
+        cluster.timing = talos_dr::sim::state::Timing::default();
+        cluster.save(&env.state).unwrap();
         Self {
             runtime: None,
             tmp,
-            bin_dir,
-            config_dir,
-            state,
+            bin_dir: env.bin_dir,
+            config_dir: env.config_dir,
+            state: env.state,
         }
+    }
+
+    fn runtime(&mut self) -> &tokio::runtime::Runtime {
+        self.runtime.get_or_insert_with(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap()
+        })
+    }
+
+    /// Also serves the simulated Proxmox VE API (HTTPS, pinned) and adds `[proxmox]` to the
+    /// profile; `map` also writes each node's `vm` into the profile.
+    pub fn with_pve(map: bool) -> Self {
+        let mut env = Self::new();
+        let state = env.state.clone();
+        let pve = env
+            .runtime()
+            .block_on(talos_dr::sim::pve_api::serve(state))
+            .unwrap();
+        let demo_env = talos_dr::sim::demo::DemoEnv {
+            dir: env.tmp.path().to_path_buf(),
+            config_dir: env.config_dir.clone(),
+            state: env.state.clone(),
+            bin_dir: env.bin_dir.clone(),
+            kubectl_shim: None,
+        };
+        talos_dr::sim::demo::attach_pve(&demo_env, &pve).unwrap();
+        if map {
+            let p = env.config_dir.join("profile.toml");
+            let mut text = std::fs::read_to_string(&p).unwrap();
+            for vm in &env.cluster().pve.vms {
+                text = text.replace(
+                    &format!("hostname = \"{}\"\n", vm.name),
+                    &format!(
+                        "hostname = \"{}\"\nvm = {{ node = \"{}\", vmid = {} }}\n",
+                        vm.name, vm.node, vm.vmid
+                    ),
+                );
+            }
+            std::fs::write(p, text).unwrap();
+        }
+        env
     }
 
     /// Also serves the simulated Kubernetes API and writes the profile's kubeconfig for it, so

@@ -35,6 +35,8 @@ fn demo_runs_everything_and_reports_every_stage() {
         assert!(stdout.contains(stage), "summary lacks {stage}:\n{stdout}");
     }
     assert!(stdout.contains("recovery time:"));
+    assert!(stdout.contains("wrote 5 VM mappings"), "{stdout}");
+    assert!(stdout.contains("certificate pinned"));
     assert!(stdout.contains("SIMULATED"));
     assert!(stdout.contains("the real kubectl"), "{stdout}");
     assert!(stdout.contains("--yes implied"));
@@ -53,8 +55,15 @@ fn demo_json_is_one_document_with_every_step() {
     assert_eq!(out.status.code(), Some(0));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["schema"], 1);
-    assert_eq!(doc["steps"].as_array().unwrap().len(), 2);
+    assert_eq!(doc["steps"].as_array().unwrap().len(), 3);
     assert_eq!(doc["report"]["bootstrap_node"], "10.5.0.11");
+    // The control-plane VMs were snapshotted through the pinned HTTPS Proxmox API before the
+    // restore, and every request the client made was valid per the PVE schema.
+    let vms = doc["report"]["vm_snapshots"].as_array().unwrap();
+    assert_eq!(vms.len(), 3, "{doc}");
+    assert!(vms.iter().all(|v| v["exitstatus"] == "OK"));
+    assert_eq!(doc["pve_violations"], 0);
+    assert_eq!(doc["report"]["undo"].as_array().unwrap().len(), 3);
 }
 
 #[test]
@@ -64,6 +73,7 @@ fn each_fault_fails_the_right_step_with_the_right_code() {
         ("stream-cut", 1, "error reading"),
         ("etcd-fails", 1, "failed after bootstrap"),
         ("never-prepares", 1, "10.5.0.12"),
+        ("vm-locked", 4, "locked (backup)"),
     ];
     for (fault, code, message) in cases {
         let tmp = tempfile::tempdir().unwrap();

@@ -3,6 +3,7 @@
 mod common;
 mod demo;
 mod kube;
+mod proxmox_cli;
 mod pve;
 mod pve_sim;
 mod restore;
