@@ -3,6 +3,8 @@
 mod common;
 mod kube;
 mod pve;
+mod pve_fake;
 mod restore;
+mod sets;
 mod snapshot_cli;
 mod verify;
