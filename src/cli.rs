@@ -10,7 +10,7 @@ Exit codes:
   1    the operation failed (a stage failed; its checkpoint is saved)
   2    usage or configuration error (bad flag, bad profile, missing tool)
   3    a snapshot file is invalid (verify failed)
-  4    a precondition is not met (cluster unhealthy, another run holds the lock)
+  4    a precondition is not met (cluster unhealthy, VM locked, another run holds the lock)
   5    stopped at a confirmation that was declined, or that needs a TTY or --yes
   130  interrupted (Ctrl-C)";
 
