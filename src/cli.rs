@@ -10,7 +10,7 @@ Exit codes:
   1    the operation failed (a stage failed; its checkpoint is saved)
   2    usage or configuration error (bad flag, bad profile, missing tool)
   3    a snapshot file is invalid (verify failed)
-  4    a precondition is not met (cluster unhealthy, another run holds the lock)
+  4    a precondition is not met (cluster unhealthy, VM locked, another run holds the lock)
   5    stopped at a confirmation that was declined, or that needs a TTY or --yes
   130  interrupted (Ctrl-C)";
 
@@ -96,6 +96,27 @@ pub enum Command {
     Drill(RestoreArgs),
     /// Continue an interrupted or failed run from its checkpoint
     Resume(ResumeArgs),
+    /// Before an upgrade: etcd snapshot + Proxmox snapshot of every cluster VM, as one set
+    ///
+    /// Runs playbook `pre-upgrade`: preflight (talosctl health must pass, Proxmox reachable,
+    /// every node mapped to a VM, every VM running or stopped, not locked, snapshottable; all
+    /// problems reported at once, exit 4), etcd-snapshot (verified, stored as
+    /// sets/<label>.snapshot and never pruned while the set exists), vm-snapshots (every VM in
+    /// parallel, at most proxmox.max_parallel, named talosdr-<label>-<yymmddhhmm>), record
+    /// (sets/<label>.json), retention (complete sets beyond proxmox.keep_sets are deleted; only
+    /// snapshots talos-dr made). A failed or interrupted run is continued with `resume`.
+    PreUpgrade(PreUpgradeArgs),
+    /// Roll every VM of a pre-upgrade set back to its snapshot (playbook `rollback`)
+    ///
+    /// Shows the set, asks for the profile name (running VMs are hard-stopped and everything
+    /// since the set was made is discarded), rolls every VM back in parallel, starts them
+    /// (start=1) unless --no-start, then waits for `talosctl health`.
+    Rollback(RollbackArgs),
+    /// List, show or delete pre-upgrade snapshot sets
+    Sets {
+        #[command(subcommand)]
+        command: Option<SetsCommand>,
+    },
     /// List, inspect or abandon playbook runs (checkpoints)
     Runs {
         #[command(subcommand)]
@@ -181,6 +202,54 @@ pub struct DemoArgs {
     /// Inject a fault to see how talos-dr fails (repeatable)
     #[arg(long, value_enum)]
     pub fault: Vec<talos_dr::sim::demo::Fault>,
+}
+
+#[derive(Debug, Args)]
+pub struct PreUpgradeArgs {
+    /// Name of the set (a-z, 0-9, '-', '_'; at most 21 characters); default up-<yymmdd-hhmm>
+    #[arg(long, value_name = "L")]
+    pub label: Option<String>,
+    /// Snapshot only the control-plane VMs, not the workers
+    #[arg(long)]
+    pub control_plane_only: bool,
+    /// Include RAM in the VM snapshots (pauses each guest briefly; needs ~2x RAM of storage)
+    #[arg(long)]
+    pub vmstate: bool,
+    /// Print every command and API call the run would make, and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How long `talosctl health` may wait for the cluster before giving up
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    pub health_timeout: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The set to roll back to (see `talos-dr sets list`)
+    #[arg(long, value_name = "L")]
+    pub label: String,
+    /// Leave the VMs stopped after the rollback (and do not wait for health)
+    #[arg(long)]
+    pub no_start: bool,
+    /// Print every API call the run would make, and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How long to wait for `talosctl health` after the VMs start
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub health_timeout: std::time::Duration,
+    /// Longest pause between two checks while the VMs boot (tests shorten it)
+    #[arg(long, default_value = "5s", value_parser = parse_duration, hide = true)]
+    pub poll_max: std::time::Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SetsCommand {
+    /// Every set, newest first: label, time, age, VMs, status
+    List,
+    /// One set: its etcd snapshot and every VM snapshot
+    Show { label: String },
+    /// Delete a set: its VM snapshots (through the API), its etcd snapshot and its manifest
+    Delete { label: String },
 }
 
 #[derive(Debug, Args)]

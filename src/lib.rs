@@ -17,6 +17,7 @@ pub mod kube;
 pub mod lock;
 pub mod profile;
 pub mod pve;
+pub mod sets;
 pub mod sim;
 pub mod snapshot;
 pub mod stages;

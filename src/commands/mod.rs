@@ -5,9 +5,12 @@ mod demo;
 mod list;
 mod playbook_run;
 mod playbooks;
+mod pre_upgrade;
 mod profile;
 mod prune;
+mod rollback;
 mod runs;
+mod sets;
 mod snapshot;
 mod verify;
 
@@ -115,6 +118,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Restore(args) => playbook_run::restore(&ctx, "restore", args).await,
         Command::Drill(args) => playbook_run::restore(&ctx, "drill", args).await,
         Command::Resume(args) => playbook_run::resume(&ctx, args).await,
+        Command::PreUpgrade(args) => pre_upgrade::run(&ctx, args).await,
+        Command::Rollback(args) => rollback::run(&ctx, args).await,
+        Command::Sets { command } => sets::run(&ctx, command).await,
         Command::Runs { command } => runs::run(&ctx, command),
         Command::Playbooks { command } => playbooks::run(&ctx, command),
         Command::Profile(ProfileCommand::Init(args)) => profile::init(&ctx, args).await,

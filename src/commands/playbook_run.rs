@@ -38,18 +38,29 @@ pub async fn restore(ctx: &Ctx, name: &str, args: RestoreArgs) -> anyhow::Result
         health_timeout_s: Some(args.health_timeout.as_secs()),
         wait_timeout_s: Some(args.wait_timeout.as_secs()),
         poll_max_ms: Some(u64::try_from(args.poll_max.as_millis()).unwrap_or(5_000)),
+        ..Inputs::default()
     };
-    let pb = load_playbook(name, &profile)?;
-    let services = services(ctx, &profile)?;
-    if args.dry_run {
+    start(ctx, &profile, name, inputs, args.dry_run).await
+}
+
+/// Starts a new run of playbook `name` (or prints its plan with `dry_run`).
+pub async fn start(
+    ctx: &Ctx,
+    profile: &Profile,
+    name: &str,
+    inputs: Inputs,
+    dry_run: bool,
+) -> anyhow::Result<Exit> {
+    let pb = load_playbook(name, profile)?;
+    let services = services(ctx, profile)?;
+    if dry_run {
         ctx.printer
-            .text(&render_plan(&pb, &profile, &services, &inputs, true));
-        ctx.printer.json(
-            &json!({ "dry_run": true, "plan": plan_json(&pb, &profile, &services, &inputs) }),
-        );
+            .text(&render_plan(&pb, profile, &services, &inputs, true));
+        ctx.printer
+            .json(&json!({ "dry_run": true, "plan": plan_json(&pb, profile, &services, &inputs) }));
         return Ok(Exit::Success);
     }
-    let _lock = prune::lock(&profile, name)?;
+    let _lock = prune::lock(profile, name)?;
     let journal = Journal::create(
         &profile.runs_dir(),
         &pb,
@@ -61,7 +72,7 @@ pub async fn restore(ctx: &Ctx, name: &str, args: RestoreArgs) -> anyhow::Result
         journal.snapshot().run_id,
         journal.dir().join("state.json").display()
     ));
-    execute(ctx, &profile, &pb, &services, &journal).await
+    execute(ctx, profile, &pb, &services, &journal).await
 }
 
 pub async fn resume(ctx: &Ctx, args: ResumeArgs) -> anyhow::Result<Exit> {
@@ -178,7 +189,7 @@ fn summary(st: &RunState, report: &Value, profile: &Profile) -> String {
         status_word(st.status)
     );
     out.push_str(&talos_dr::table::render(&rows));
-    if st.status == RunStatus::Succeeded {
+    if st.status == RunStatus::Succeeded && matches!(st.playbook.as_str(), "restore" | "drill") {
         out.push_str(&format!(
             "recovery time: {}\n",
             report["total_ms"]
@@ -196,6 +207,16 @@ fn summary(st: &RunState, report: &Value, profile: &Profile) -> String {
         .filter_map(Value::as_str)
     {
         out.push_str(&format!("undo: {u}\n"));
+    }
+    if st.status == RunStatus::Succeeded
+        && let Some(label) =
+            st.outputs_of(talos_dr::engine::playbook::StageKind::RecordSet)["label"].as_str()
+    {
+        out.push_str(&format!(
+            "set {label} recorded: {}\nroll back to it with: talos-dr -p {} rollback --label {label}\n",
+            talos_dr::sets::manifest_path(&profile.sets_dir(), label).display(),
+            profile.name()
+        ));
     }
     let dir = profile.runs_dir().join(&st.run_id);
     if dir.join("report.md").is_file() {

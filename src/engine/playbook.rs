@@ -7,9 +7,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub const BUILT_IN: [(&str, &str); 2] = [
+pub const BUILT_IN: [(&str, &str); 4] = [
     ("restore", include_str!("../../playbooks/restore.toml")),
     ("drill", include_str!("../../playbooks/drill.toml")),
+    (
+        "pre-upgrade",
+        include_str!("../../playbooks/pre-upgrade.toml"),
+    ),
+    ("rollback", include_str!("../../playbooks/rollback.toml")),
 ];
 
 /// Every stage kind the engine knows. Unknown kinds are load errors.
@@ -22,6 +27,14 @@ pub enum StageKind {
     EtcdRecover,
     PostVerify,
     Report,
+    UpgradePreflight,
+    SetEtcdSnapshot,
+    VmSnapshots,
+    RecordSet,
+    SetRetention,
+    RollbackPreflight,
+    RollbackVms,
+    WaitHealthy,
 }
 
 impl StageKind {
@@ -33,6 +46,14 @@ impl StageKind {
             StageKind::EtcdRecover => "etcd-recover",
             StageKind::PostVerify => "post-verify",
             StageKind::Report => "report",
+            StageKind::UpgradePreflight => "upgrade-preflight",
+            StageKind::SetEtcdSnapshot => "set-etcd-snapshot",
+            StageKind::VmSnapshots => "vm-snapshots",
+            StageKind::RecordSet => "record-set",
+            StageKind::SetRetention => "set-retention",
+            StageKind::RollbackPreflight => "rollback-preflight",
+            StageKind::RollbackVms => "rollback-vms",
+            StageKind::WaitHealthy => "wait-healthy",
         }
     }
 }
@@ -100,7 +121,7 @@ impl Playbook {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlaybookError {
-    #[error("no playbook named {0:?} (built-in: restore, drill)")]
+    #[error("no playbook named {0:?} (built-in: restore, drill, pre-upgrade, rollback)")]
     Unknown(String),
     #[error("{origin}: {message}")]
     Invalid { origin: String, message: String },
@@ -171,7 +192,12 @@ mod tests {
         for (name, _) in BUILT_IN {
             let pb = load(name, dir.path()).unwrap();
             assert_eq!(pb.name, name);
-            assert!(pb.stages.iter().any(|s| s.kind == StageKind::EtcdRecover));
+            let key = match name {
+                "pre-upgrade" => StageKind::VmSnapshots,
+                "rollback" => StageKind::RollbackVms,
+                _ => StageKind::EtcdRecover,
+            };
+            assert!(pb.stages.iter().any(|s| s.kind == key), "{name}");
         }
     }
 

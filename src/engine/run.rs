@@ -12,7 +12,7 @@ use jiff::Timestamp;
 use serde_json::{Value, json};
 
 use super::checkpoint::{Journal, RunStatus, StageStatus};
-use super::playbook::{Confirm, Playbook, When};
+use super::playbook::{Confirm, Playbook, StageKind, When};
 use crate::error::UserError;
 use crate::stages::{self, Inputs, Services, StageCtx, StageOutcome};
 use crate::ui::{self, Event, Prompter, Reporter};
@@ -102,7 +102,7 @@ impl Runner<'_> {
                 )?;
                 continue;
             }
-            self.confirm(spec.confirm, &spec.id, spec.kind.as_str())?;
+            self.confirm(spec.confirm, &spec.id, spec.kind, &inputs)?;
 
             let started = Instant::now();
             journal.update(|st| {
@@ -189,17 +189,21 @@ impl Runner<'_> {
         Ok(())
     }
 
-    fn confirm(&self, confirm: Confirm, stage: &str, kind: &str) -> anyhow::Result<()> {
+    fn confirm(
+        &self,
+        confirm: Confirm,
+        stage: &str,
+        kind: StageKind,
+        inputs: &Inputs,
+    ) -> anyhow::Result<()> {
         let expected = self.services.profile.name().to_owned();
         let answer = match confirm {
             Confirm::No => return Ok(()),
             Confirm::Yes => self
                 .prompter
-                .confirm(&format!("Run stage {stage} ({kind})?")),
+                .confirm(&format!("Run stage {stage} ({})?", kind.as_str())),
             Confirm::Typed => self.prompter.confirm_typed(
-                &format!(
-                    "Stage {stage} is destructive: it wipes etcd on every control-plane node of cluster {expected:?} and restores it from the snapshot."
-                ),
+                &stages::typed_warning(kind, &self.services.profile, inputs, stage),
                 &expected,
             ),
         }?;

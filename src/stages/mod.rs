@@ -7,7 +7,15 @@ pub mod post_verify_kube;
 pub mod pre_restore_snapshot;
 pub mod preflight;
 pub mod proxmox_check;
+pub mod record_set;
 pub mod report;
+pub mod rollback_preflight;
+pub mod rollback_vms;
+pub mod set_etcd_snapshot;
+pub mod set_retention;
+pub mod upgrade_preflight;
+pub mod vm_snapshots;
+pub mod wait_healthy;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -51,6 +59,18 @@ pub struct Inputs {
     /// Poll interval cap for waits, in milliseconds (tests shorten it).
     #[serde(default)]
     pub poll_max_ms: Option<u64>,
+    /// The snapshot set (`pre-upgrade`, `rollback`).
+    #[serde(default)]
+    pub label: Option<String>,
+    /// `pre-upgrade --control-plane-only`: leave the workers' VMs out of the set.
+    #[serde(default)]
+    pub control_plane_only: bool,
+    /// `pre-upgrade --vmstate`: include RAM in the VM snapshots.
+    #[serde(default)]
+    pub vmstate: bool,
+    /// `rollback --no-start`: leave the VMs stopped after the rollback.
+    #[serde(default)]
+    pub no_start: bool,
 }
 
 impl Inputs {
@@ -95,6 +115,27 @@ impl StageCtx<'_> {
     pub fn outputs_of(&self, kind: StageKind) -> Value {
         self.journal.snapshot().outputs_of(kind)
     }
+    /// The set label (`pre-upgrade`, `rollback`); a usage error when missing or invalid.
+    pub fn label(&self) -> anyhow::Result<String> {
+        let label = self
+            .inputs
+            .label
+            .clone()
+            .ok_or_else(|| UserError::usage("this playbook needs --label L"))?;
+        crate::sets::validate_label(&label).map_err(|e| UserError::usage(e.to_string()))?;
+        Ok(label)
+    }
+    pub fn pve(&self) -> anyhow::Result<&PveClient> {
+        self.services.pve.as_ref().ok_or_else(|| {
+            UserError::usage(format!(
+                "playbook stage {} needs the Proxmox VE API, but profile {} has no [proxmox] section",
+                self.spec.id,
+                self.profile().name()
+            ))
+            .hint("add [proxmox] with `endpoint` and a token (see `talos-dr profile show`)")
+            .into()
+        })
+    }
     pub fn snapshot_path(&self) -> anyhow::Result<PathBuf> {
         self.inputs
             .snapshot
@@ -116,6 +157,14 @@ pub async fn run(kind: StageKind, ctx: &StageCtx<'_>) -> anyhow::Result<StageOut
         StageKind::EtcdRecover => etcd_recover::run(ctx).await,
         StageKind::PostVerify => post_verify::run(ctx).await,
         StageKind::Report => report::run(ctx),
+        StageKind::UpgradePreflight => upgrade_preflight::run(ctx).await,
+        StageKind::SetEtcdSnapshot => set_etcd_snapshot::run(ctx).await,
+        StageKind::VmSnapshots => vm_snapshots::run(ctx).await,
+        StageKind::RecordSet => record_set::run(ctx),
+        StageKind::SetRetention => set_retention::run(ctx).await,
+        StageKind::RollbackPreflight => rollback_preflight::run(ctx).await,
+        StageKind::RollbackVms => rollback_vms::run(ctx).await,
+        StageKind::WaitHealthy => wait_healthy::run(ctx).await,
     }
 }
 
@@ -127,6 +176,16 @@ pub fn title(kind: StageKind) -> &'static str {
         StageKind::EtcdRecover => "wipe etcd on every control-plane node and restore the snapshot",
         StageKind::PostVerify => "verify the cluster with talosctl and kubectl",
         StageKind::Report => "summarise the run",
+        StageKind::UpgradePreflight => {
+            "check cluster health, the Proxmox API and every VM of the set"
+        }
+        StageKind::SetEtcdSnapshot => "take a verified etcd snapshot for the set",
+        StageKind::VmSnapshots => "snapshot every VM of the set, in parallel",
+        StageKind::RecordSet => "write the set manifest",
+        StageKind::SetRetention => "delete sets beyond proxmox.keep_sets",
+        StageKind::RollbackPreflight => "show the set and check every VM can be rolled back",
+        StageKind::RollbackVms => "roll every VM of the set back to its snapshot",
+        StageKind::WaitHealthy => "wait for talosctl health",
     }
 }
 
@@ -245,6 +304,28 @@ pub fn describe(
             ]
         }
         StageKind::Report => vec!["write runs/<run-id>/report.md and report.json".into()],
+        StageKind::UpgradePreflight
+        | StageKind::SetEtcdSnapshot
+        | StageKind::VmSnapshots
+        | StageKind::RecordSet
+        | StageKind::SetRetention => upgrade_preflight::describe(kind, profile, talos, inputs),
+        StageKind::RollbackPreflight | StageKind::RollbackVms | StageKind::WaitHealthy => {
+            rollback_preflight::describe(kind, profile, talos, inputs)
+        }
+    }
+}
+
+/// The text shown before a typed confirmation (`confirm = "typed"` in a playbook).
+pub fn typed_warning(kind: StageKind, profile: &Profile, inputs: &Inputs, stage: &str) -> String {
+    let name = profile.name();
+    match kind {
+        StageKind::RollbackVms => format!(
+            "Stage {stage} is destructive: it hard-stops every VM of set {} of cluster {name:?} and rolls its disks back, discarding everything written since the set was made.",
+            inputs.label.as_deref().unwrap_or("?")
+        ),
+        _ => format!(
+            "Stage {stage} is destructive: it wipes etcd on every control-plane node of cluster {name:?} and restores it from the snapshot."
+        ),
     }
 }
 

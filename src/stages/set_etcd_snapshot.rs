@@ -1,0 +1,78 @@
+//! `set-etcd-snapshot`: the set's etcd snapshot, taken as `snapshot` takes one (stream, verify,
+//! atomic rename, sidecar) but stored as `sets/<label>.snapshot`, outside the scheduled naming
+//! pattern, so `prune` never deletes it while the set exists.
+//!
+//! The manifest is written here first (status `incomplete`), so even a run that stops later
+//! leaves a set that `sets list` shows and `sets delete` can remove.
+
+use serde_json::json;
+
+use super::upgrade_preflight::{identity, manifest};
+use super::{StageCtx, StageOutcome};
+use crate::error::UserError;
+use crate::sets::{self, SetEtcd};
+use crate::snapshot::store;
+use crate::snapshot::take::{self, TakeOptions};
+use crate::snapshot::verify::{self, Trailer};
+
+pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
+    let id = identity(ctx)?;
+    let sets_dir = ctx.profile().sets_dir();
+    let path = sets::etcd_path(&sets_dir, &id.label);
+    let mut m = manifest(ctx, &id)?;
+
+    // A previous attempt of this run may have stored it before being interrupted.
+    let reused = ctx.resumed
+        && verify::verify_file(&path).is_ok_and(|r| r.valid && r.trailer == Trailer::Ok)
+        && store::read_sidecar(&path).is_some();
+    if !reused && path.exists() {
+        if ctx.resumed {
+            store::remove(&path)?;
+        } else {
+            return Err(UserError::usage(format!(
+                "{} already exists but belongs to no set of this run",
+                path.display()
+            ))
+            .hint("move it away or delete it, then run pre-upgrade again")
+            .into());
+        }
+    }
+    let (sha256, size, revision, node) = if reused {
+        let sc = store::read_sidecar(&path).expect("checked above");
+        (sc.sha256, sc.size, sc.status.map(|s| s.revision), sc.node)
+    } else {
+        let opts = TakeOptions {
+            output: Some(path.clone()),
+            // The preflight has just run `talosctl health`.
+            skip_health: true,
+            ..TakeOptions::default()
+        };
+        crate::fsutil::create_private_dir(&sets_dir)?;
+        let taken = take::take(ctx.profile(), ctx.talos(), &opts, ctx.reporter).await?;
+        (
+            taken.sidecar.sha256,
+            taken.sidecar.size,
+            taken.sidecar.status.map(|s| s.revision),
+            taken.sidecar.node,
+        )
+    };
+    let etcd = SetEtcd {
+        path: path.clone(),
+        sha256,
+        size,
+        revision,
+        node,
+    };
+    m.etcd = Some(etcd.clone());
+    sets::save(&sets_dir, &m)?;
+    ctx.reporter.info(&format!(
+        "etcd snapshot of set {} stored at {}",
+        id.label,
+        path.display()
+    ));
+    Ok(StageOutcome::Done(json!({
+        "etcd": etcd,
+        "reused": reused,
+        "manifest": sets::manifest_path(&sets_dir, &id.label),
+    })))
+}

@@ -1,0 +1,328 @@
+//! `vm-snapshots`: one Proxmox snapshot of every VM of the set, in parallel, at most
+//! `proxmox.max_parallel` at a time (PVE hosts serialise some storage work), one spinner per VM.
+//! All share the name `talosdr-<label>-<yymmddhhmm>`.
+//!
+//! Each VM's progress is journaled in the checkpoint before each side effect: `posting` before
+//! the POST, `started` with the UPID as soon as PVE answers, then `done` or `failed`. A resumed
+//! run waits for the tasks it had started instead of starting new ones, and asks the snapshot
+//! list (never a blind second POST) about a VM whose POST was in flight. Only missing snapshots
+//! are created.
+//!
+//! When some snapshots fail, the manifest lists only those that exist, the run fails (exit 1),
+//! and the error names each failed VM with PVE's message and the commands to retry or clean up.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use super::upgrade_preflight::{SetTarget, identity, manifest, recorded_targets};
+use super::{StageCtx, StageOutcome};
+use crate::engine::playbook::StageKind;
+use crate::error::UserError;
+use crate::pve::client::spinner_key;
+use crate::pve::{PveClient, PveError, SnapshotName, SnapshotRequest, Target, Upid};
+use crate::sets::{self, SetFailure, SetVm};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    /// The POST is about to be sent (or was, and its answer was lost).
+    Posting,
+    /// PVE answered with a UPID; the task may still run.
+    Started,
+    Done,
+    Failed,
+}
+
+/// One VM's journal entry, `outputs.vms.<vmid>` in the checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmEntry {
+    pub address: String,
+    pub role: String,
+    pub node: String,
+    pub vmid: u32,
+    pub state: VmState,
+    #[serde(default)]
+    pub upid: Option<String>,
+    #[serde(default)]
+    pub exitstatus: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Task-status polls made (for the benchmark and diagnostics).
+    #[serde(default)]
+    pub polls: Option<u32>,
+}
+
+pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
+    let client = ctx.pve()?.clone();
+    let id = identity(ctx)?;
+    let targets = recorded_targets(ctx);
+    if targets.is_empty() {
+        return Err(UserError::usage(format!(
+            "profile {} maps no node to a Proxmox VM",
+            ctx.profile().name()
+        ))
+        .into());
+    }
+    let max_parallel = ctx
+        .profile()
+        .file
+        .proxmox
+        .as_ref()
+        .map_or(4, |p| p.max_parallel)
+        .max(1);
+    let etcd_file = ctx.outputs_of(StageKind::SetEtcdSnapshot)["etcd"]["path"]
+        .as_str()
+        .and_then(|p| std::path::Path::new(p).file_name())
+        .map_or_else(|| "none".to_owned(), |f| f.to_string_lossy().into_owned());
+    let req = SnapshotRequest {
+        name: id.snapname.clone(),
+        description: Some(format!(
+            "talos-dr {} pre-upgrade set {}; etcd snapshot {etcd_file}",
+            env!("CARGO_PKG_VERSION"),
+            id.label
+        )),
+        vmstate: ctx.inputs.vmstate,
+    };
+    let prior: BTreeMap<String, VmEntry> =
+        serde_json::from_value(ctx.own_outputs()["vms"].clone()).unwrap_or_default();
+
+    // Concurrent futures on this task (not spawned), so each can journal through `ctx`.
+    let sem = Semaphore::new(max_parallel);
+    let results: Vec<VmEntry> = futures::future::join_all(targets.iter().map(|t| {
+        let prior = prior.get(&t.vm.vmid.to_string()).cloned();
+        let (sem, client, req) = (&sem, &client, &req);
+        async move {
+            let _permit = sem.acquire().await.ok();
+            snapshot_one(ctx, client, t, prior, req).await
+        }
+    }))
+    .await;
+
+    let mut m = manifest(ctx, &id)?;
+    m.vms = results
+        .iter()
+        .filter(|e| e.state == VmState::Done)
+        .map(|e| SetVm {
+            address: e.address.clone(),
+            role: e.role.clone(),
+            node: e.node.clone(),
+            vmid: e.vmid,
+            snapname: id.snapname.to_string(),
+            exitstatus: e.exitstatus.clone().unwrap_or_else(|| "OK".into()),
+            upid: e.upid.clone(),
+        })
+        .collect();
+    let failed: Vec<&VmEntry> = results
+        .iter()
+        .filter(|e| e.state != VmState::Done)
+        .collect();
+    m.missing = failed
+        .iter()
+        .map(|e| SetFailure {
+            node: e.node.clone(),
+            vmid: e.vmid,
+            error: e.error.clone().unwrap_or_default(),
+        })
+        .collect();
+    m.status = sets::SetStatus::Incomplete;
+    sets::save(&ctx.profile().sets_dir(), &m)?;
+
+    if !failed.is_empty() {
+        let profile = ctx.profile().name();
+        let run_id = ctx.journal.snapshot().run_id;
+        return Err(UserError::failed(format!(
+            "{} of {} VM snapshots of set {} failed; the set is incomplete (its manifest lists the {} that exist):\n  - {}",
+            failed.len(),
+            results.len(),
+            id.label,
+            m.vms.len(),
+            failed
+                .iter()
+                .map(|e| format!(
+                    "VM {} on node {}: {}",
+                    e.vmid,
+                    e.node,
+                    e.error.as_deref().unwrap_or("unknown error")
+                ))
+                .collect::<Vec<_>>()
+                .join("\n  - ")
+        ))
+        .hint(format!(
+            "fix the cause, then create only the missing snapshots: `talos-dr -p {profile} resume {run_id}`"
+        ))
+        .hint(format!(
+            "or remove the partial set (VM snapshots and etcd snapshot): `talos-dr -p {profile} sets delete {}`",
+            id.label
+        ))
+        .into());
+    }
+    let polls: u32 = results.iter().filter_map(|e| e.polls).sum();
+    let vms: BTreeMap<String, VmEntry> = results
+        .into_iter()
+        .map(|e| (e.vmid.to_string(), e))
+        .collect();
+    Ok(StageOutcome::Done(json!({
+        "snapname": id.snapname,
+        "vms": vms,
+        "task_polls": polls,
+    })))
+}
+
+pub(super) fn journal(ctx: &StageCtx<'_>, e: &VmEntry) {
+    let value = serde_json::to_value(e).unwrap_or_default();
+    let stage = ctx.spec.id.clone();
+    let key = e.vmid.to_string();
+    let saved = ctx.journal.update(|st| {
+        if let Some(s) = st.stage_mut(&stage) {
+            if !s.outputs.is_object() {
+                s.outputs = json!({});
+            }
+            if !s.outputs["vms"].is_object() {
+                s.outputs["vms"] = json!({});
+            }
+            s.outputs["vms"][key] = value;
+        }
+    });
+    if let Err(err) = saved {
+        ctx.reporter.warn(&format!(
+            "VM {} on node {}: could not save the checkpoint: {err}",
+            e.vmid, e.node
+        ));
+    }
+}
+
+/// PVE's own words where there are some (task exit status, API message), else our error text.
+pub fn pve_message(e: &PveError) -> String {
+    match e {
+        PveError::TaskFailed { exitstatus, .. } => exitstatus.clone(),
+        PveError::Api { status, .. } if *status >= 595 => e.to_string(),
+        _ => e
+            .server_message()
+            .map_or_else(|| e.to_string(), str::to_owned),
+    }
+}
+
+async fn snapshot_one(
+    ctx: &StageCtx<'_>,
+    client: &PveClient,
+    t: &SetTarget,
+    prior: Option<VmEntry>,
+    req: &SnapshotRequest,
+) -> VmEntry {
+    let vm = &t.vm;
+    let mut e = VmEntry {
+        address: t.address.clone(),
+        role: t.role.clone(),
+        node: vm.node.clone(),
+        vmid: vm.vmid,
+        state: VmState::Posting,
+        upid: None,
+        exitstatus: None,
+        error: None,
+        polls: None,
+    };
+    let finish = |mut e: VmEntry, r: Result<(String, Option<u32>), String>| {
+        match r {
+            Ok((status, polls)) => {
+                e.state = VmState::Done;
+                e.exitstatus = Some(status);
+                e.error = None;
+                e.polls = polls;
+            }
+            Err(msg) => {
+                e.state = VmState::Failed;
+                e.error = Some(msg);
+            }
+        }
+        journal(ctx, &e);
+        e
+    };
+
+    if let Some(p) = prior {
+        match (p.state, p.upid.as_deref().map(str::parse::<Upid>)) {
+            (VmState::Done, _) => return p,
+            (VmState::Started, Some(Ok(upid))) => {
+                // Interrupted while this task ran: wait for it, never start a second one.
+                ctx.reporter.info(&format!(
+                    "VM {} on node {}: waiting for snapshot task {upid} started before the interruption",
+                    vm.vmid, vm.node
+                ));
+                e.upid = Some(upid.to_string());
+                let r = match client
+                    .wait_for_task(&upid, &spinner_key(vm), &Target::vm(vm))
+                    .await
+                {
+                    Ok(o) => Ok((o.exitstatus, Some(o.polls))),
+                    Err(err @ PveError::TaskFailed { .. }) => Err(pve_message(&err)),
+                    // The task cannot be followed (log rotated, node rebooted): the list decides.
+                    Err(err) => match listed(client, vm, &req.name).await {
+                        Listed::Complete => Ok(("recovered".to_owned(), None)),
+                        _ => Err(pve_message(&err)),
+                    },
+                };
+                return finish(e, r);
+            }
+            _ => match listed(client, vm, &req.name).await {
+                // The earlier POST took effect after all.
+                Listed::Complete => return finish(e, Ok(("recovered".into(), None))),
+                Listed::Incomplete(state) => {
+                    return finish(
+                        e,
+                        Err(format!(
+                            "snapshot {} exists but is unfinished (snapstate {state}); check the task log, then remove it with `qm delsnapshot {} {} --force` on node {}",
+                            req.name, vm.vmid, req.name, vm.node
+                        )),
+                    );
+                }
+                Listed::Error(msg) => return finish(e, Err(msg)),
+                Listed::Absent => {}
+            },
+        }
+    }
+
+    journal(ctx, &e);
+    let upid = match client.create_snapshot(vm, req).await {
+        Ok(upid) => upid,
+        Err(err) if err.is_transient() => match listed(client, vm, &req.name).await {
+            Listed::Complete => return finish(e, Ok(("recovered".into(), None))),
+            Listed::Absent if matches!(err, PveError::Transport { not_sent: true, .. }) => {
+                match client.create_snapshot(vm, req).await {
+                    Ok(upid) => upid,
+                    Err(err) => return finish(e, Err(pve_message(&err))),
+                }
+            }
+            _ => return finish(e, Err(pve_message(&err))),
+        },
+        Err(err) => return finish(e, Err(pve_message(&err))),
+    };
+    e.state = VmState::Started;
+    e.upid = Some(upid.to_string());
+    journal(ctx, &e);
+    let r = client
+        .wait_for_task(&upid, &spinner_key(vm), &Target::vm(vm))
+        .await
+        .map(|o| (o.exitstatus, Some(o.polls)))
+        .map_err(|err| pve_message(&err));
+    finish(e, r)
+}
+
+enum Listed {
+    Complete,
+    Incomplete(String),
+    Absent,
+    Error(String),
+}
+
+async fn listed(client: &PveClient, vm: &crate::pve::VmRef, name: &SnapshotName) -> Listed {
+    match client.list_snapshots(vm).await {
+        Ok(list) => match list.into_iter().find(|s| s.name == name.as_str()) {
+            Some(s) if s.is_complete() => Listed::Complete,
+            Some(s) => Listed::Incomplete(s.snapstate.unwrap_or_default()),
+            None => Listed::Absent,
+        },
+        Err(e) => Listed::Error(pve_message(&e)),
+    }
+}
