@@ -24,6 +24,8 @@ pub struct TermReporter {
     quiet: bool,
     multi: MultiProgress,
     bars: Mutex<HashMap<String, ProgressBar>>,
+    /// Last progress message per key: plain logs print a line only when it changes.
+    last: Mutex<HashMap<String, String>>,
 }
 
 impl TermReporter {
@@ -33,6 +35,7 @@ impl TermReporter {
             quiet,
             multi: MultiProgress::new(),
             bars: Mutex::new(HashMap::new()),
+            last: Mutex::new(HashMap::new()),
         }
     }
 
@@ -117,7 +120,17 @@ impl Reporter for TermReporter {
                     }
                 }
                 // Plain logs: one line per change is enough.
-                _ => self.line(&format!("… {message} ({})", secs(elapsed_ms))),
+                _ => {
+                    let changed = self
+                        .last
+                        .lock()
+                        .expect("last")
+                        .insert(key, message.clone())
+                        .is_none_or(|old| old != message);
+                    if changed {
+                        self.line(&format!("… {message} ({})", secs(elapsed_ms)));
+                    }
+                }
             },
             Event::WaitFinished {
                 key,

@@ -80,12 +80,18 @@ pub async fn run(ctx: &Ctx, args: DemoArgs) -> anyhow::Result<Exit> {
     let mut exit = Exit::Success;
     let steps_before = vec![
         Step {
-            title: "1/4 find the VM behind each node: `talos-dr profile discover --write`".into(),
+            title: "1/5 find the VM behind each node: `talos-dr profile discover --write`".into(),
             args: vec!["profile".into(), "discover".into(), "--write".into()],
         },
         Step {
-            title: "2/4 a scheduled backup: `talos-dr snapshot`".into(),
+            title: "2/5 a scheduled backup: `talos-dr snapshot`".into(),
             args: vec!["snapshot".into()],
+        },
+        Step {
+            title:
+                "3/5 before an upgrade, snapshot everything: `talos-dr pre-upgrade --label demo`"
+                    .into(),
+            args: vec!["pre-upgrade".into(), "--label".into(), "demo".into()],
         },
     ];
     for step in &steps_before {
@@ -98,7 +104,7 @@ pub async fn run(ctx: &Ctx, args: DemoArgs) -> anyhow::Result<Exit> {
     }
     let mut run_id = None;
     if exit == Exit::Success {
-        say("\n== 3/4 disaster: etcd's data is lost on every control-plane node (simulated)");
+        say("\n== 4/5 disaster: etcd's data is lost on every control-plane node (simulated)");
         demo::disaster(&env.state)?;
         let latest = talos_dr::snapshot::store::list(&env.config_dir.join("etcd-backups"))?
             .into_iter()
@@ -106,7 +112,7 @@ pub async fn run(ctx: &Ctx, args: DemoArgs) -> anyhow::Result<Exit> {
             .map(|e| e.path)
             .ok_or_else(|| UserError::failed("the demo's snapshot is missing"))?;
         let step = Step {
-            title: "4/4 recovery: `talos-dr restore --snapshot <newest>` (--yes implied: the demo answers the confirmations)".into(),
+            title: "5/5 recovery: `talos-dr restore --snapshot <newest>` (--yes implied: the demo answers the confirmations)".into(),
             args: vec![
                 "--yes".into(),
                 "restore".into(),

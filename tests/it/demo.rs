@@ -55,7 +55,10 @@ fn demo_json_is_one_document_with_every_step() {
     assert_eq!(out.status.code(), Some(0));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["schema"], 1);
-    assert_eq!(doc["steps"].as_array().unwrap().len(), 3);
+    assert_eq!(doc["steps"].as_array().unwrap().len(), 4);
+    // The pre-upgrade set: every VM of the cluster, one common snapshot name.
+    let set = &doc["steps"][2]["output"];
+    assert_eq!(set["status"], "succeeded", "{set}");
     assert_eq!(doc["report"]["bootstrap_node"], "10.5.0.11");
     // The control-plane VMs were snapshotted through the pinned HTTPS Proxmox API before the
     // restore, and every request the client made was valid per the PVE schema.

@@ -131,3 +131,124 @@ fn a_locked_control_plane_vm_stops_the_restore_before_anything_destructive() {
         .stderr(predicate::str::contains("backup"));
     assert!(env.calls_of(&["reset"]).is_empty());
 }
+
+fn tasks_of(env: &Env, kind: &str) -> Vec<talos_dr::sim::state::Task> {
+    env.cluster()
+        .pve
+        .tasks
+        .into_iter()
+        .filter(|t| t.task_type == kind)
+        .collect()
+}
+
+#[test]
+fn pre_upgrade_makes_one_set_of_every_vm_and_rollback_restores_it() {
+    let env = Env::with_pve(true);
+    env.edit_cluster(|c| c.pve.task_duration_ms = 300);
+    env.cmd()
+        .args(["--yes", "pre-upgrade", "--label", "before-1-10"])
+        .assert()
+        .code(0);
+    let cluster = env.cluster();
+    let names: Vec<String> = cluster
+        .pve
+        .vms
+        .iter()
+        .flat_map(|v| v.snapshots.iter().map(|s| s.name.clone()))
+        .collect();
+    assert_eq!(names.len(), 5, "{names:?}");
+    assert!(
+        names
+            .iter()
+            .all(|n| n == &names[0] && n.starts_with("talosdr-before-1-10-"))
+    );
+    assert!(env.config_dir.join("sets/before-1-10.json").is_file());
+    assert!(env.config_dir.join("sets/before-1-10.snapshot").is_file());
+
+    let out = env
+        .cmd()
+        .args(["-o", "json", "sets", "show", "before-1-10"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let doc = stdout_json(&out);
+    assert!(doc.to_string().matches(&names[0]).count() >= 5, "{doc}");
+
+    // Rollback needs a typed confirmation: without a terminal and --yes nothing happens.
+    env.cmd()
+        .args(["rollback", "--label", "before-1-10"])
+        .assert()
+        .code(5);
+    assert!(tasks_of(&env, "qmrollback").is_empty());
+    env.cmd()
+        .args([
+            "--yes",
+            "rollback",
+            "--label",
+            "before-1-10",
+            "--poll-max",
+            "100ms",
+        ])
+        .assert()
+        .code(0);
+    let rollbacks = tasks_of(&env, "qmrollback");
+    assert_eq!(rollbacks.len(), 5);
+    assert!(
+        rollbacks
+            .iter()
+            .all(|t| t.exitstatus.as_deref() == Some("OK"))
+    );
+    assert!(env.cluster().pve.violations.is_empty());
+}
+
+#[test]
+fn pre_upgrade_refuses_an_unhealthy_cluster_and_snapshots_nothing() {
+    let env = Env::with_pve(true);
+    env.edit_cluster(|c| c.faults.health_error = Some("kubelet is not healthy".into()));
+    env.cmd()
+        .args(["--yes", "pre-upgrade", "--label", "x1"])
+        .assert()
+        .code(4)
+        .stderr(predicate::str::contains("health"));
+    assert!(tasks_of(&env, "qmsnapshot").is_empty());
+}
+
+#[test]
+fn zfs_refuses_rolling_back_past_a_newer_snapshot_and_says_why() {
+    let env = Env::with_pve(true);
+    env.edit_cluster(|c| {
+        c.pve.task_duration_ms = 200;
+        c.pve.zfs = true;
+    });
+    env.cmd()
+        .args(["--yes", "pre-upgrade", "--label", "first"])
+        .assert()
+        .code(0);
+    // Someone took a snapshot of VM 101 by hand after the set: ZFS can only roll back to the
+    // newest one.
+    env.edit_cluster(|c| {
+        let vm = c.pve.vms.iter_mut().find(|v| v.vmid == 101).unwrap();
+        let mut manual = vm.snapshots[0].clone();
+        manual.name = "manual-after".into();
+        manual.snaptime += 60;
+        manual.parent = Some(vm.snapshots[0].name.clone());
+        vm.snapshots.push(manual);
+        vm.parent = Some("manual-after".into());
+    });
+    env.cmd()
+        .args([
+            "--yes",
+            "rollback",
+            "--label",
+            "first",
+            "--poll-max",
+            "100ms",
+        ])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("most recent snapshot"));
+    // The hand-made snapshot is not talos-dr's and is never touched.
+    let c = env.cluster();
+    let vm = c.pve.vms.iter().find(|v| v.vmid == 101).unwrap();
+    assert!(vm.snapshots.iter().any(|s| s.name == "manual-after"));
+}
