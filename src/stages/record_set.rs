@@ -11,7 +11,7 @@ use super::vm_snapshots::{VmEntry, VmState};
 use super::{StageCtx, StageOutcome};
 use crate::engine::playbook::StageKind;
 use crate::error::UserError;
-use crate::sets::{self, SetStatus, SetVm};
+use crate::sets::{self, SetStatus};
 
 pub fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     let id = identity(ctx)?;
@@ -43,15 +43,7 @@ pub fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     }
     m.vms = vms
         .values()
-        .map(|e| SetVm {
-            address: e.address.clone(),
-            role: e.role.clone(),
-            node: e.node.clone(),
-            vmid: e.vmid,
-            snapname: id.snapname.to_string(),
-            exitstatus: e.exitstatus.clone().unwrap_or_else(|| "OK".into()),
-            upid: e.upid.clone(),
-        })
+        .map(|e| e.to_set_vm(&id.snapname.to_string()))
         .collect();
     m.missing.clear();
     m.status = SetStatus::Complete;

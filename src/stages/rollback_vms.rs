@@ -68,16 +68,7 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
             } else {
                 format!(" (rolled back: {})", done.join(", "))
             },
-            failed
-                .iter()
-                .map(|e| format!(
-                    "VM {} on node {}: {}",
-                    e.vmid,
-                    e.node,
-                    e.error.as_deref().unwrap_or("unknown error")
-                ))
-                .collect::<Vec<_>>()
-                .join("\n  - ")
+            super::vm_snapshots::failure_list(&failed)
         ));
         if zfs {
             err = err.hint(

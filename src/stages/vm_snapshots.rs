@@ -55,6 +55,37 @@ pub struct VmEntry {
     pub polls: Option<u32>,
 }
 
+impl VmEntry {
+    /// The manifest's record of this VM's snapshot.
+    pub fn to_set_vm(&self, snapname: &str) -> SetVm {
+        SetVm {
+            address: self.address.clone(),
+            role: self.role.clone(),
+            node: self.node.clone(),
+            vmid: self.vmid,
+            snapname: snapname.to_owned(),
+            exitstatus: self.exitstatus.clone().unwrap_or_else(|| "OK".into()),
+            upid: self.upid.clone(),
+        }
+    }
+}
+
+/// `VM 101 on node pve1: <error>` lines, one per failed VM, for error messages.
+pub fn failure_list(failed: &[&VmEntry]) -> String {
+    failed
+        .iter()
+        .map(|e| {
+            format!(
+                "VM {} on node {}: {}",
+                e.vmid,
+                e.node,
+                e.error.as_deref().unwrap_or("unknown error")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n  - ")
+}
+
 pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     let client = ctx.pve()?.clone();
     let id = identity(ctx)?;
@@ -105,15 +136,7 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     m.vms = results
         .iter()
         .filter(|e| e.state == VmState::Done)
-        .map(|e| SetVm {
-            address: e.address.clone(),
-            role: e.role.clone(),
-            node: e.node.clone(),
-            vmid: e.vmid,
-            snapname: id.snapname.to_string(),
-            exitstatus: e.exitstatus.clone().unwrap_or_else(|| "OK".into()),
-            upid: e.upid.clone(),
-        })
+        .map(|e| e.to_set_vm(&id.snapname.to_string()))
         .collect();
     let failed: Vec<&VmEntry> = results
         .iter()
@@ -139,16 +162,7 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
             results.len(),
             id.label,
             m.vms.len(),
-            failed
-                .iter()
-                .map(|e| format!(
-                    "VM {} on node {}: {}",
-                    e.vmid,
-                    e.node,
-                    e.error.as_deref().unwrap_or("unknown error")
-                ))
-                .collect::<Vec<_>>()
-                .join("\n  - ")
+            failure_list(&failed)
         ))
         .hint(format!(
             "fix the cause, then create only the missing snapshots: `talos-dr -p {profile} resume {run_id}`"
