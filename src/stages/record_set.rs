@@ -43,7 +43,7 @@ pub fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     }
     m.vms = vms
         .values()
-        .map(|e| e.to_set_vm(&id.snapname.to_string()))
+        .map(|e| e.to_set_vm(id.snapname.as_ref()))
         .collect();
     m.missing.clear();
     m.status = SetStatus::Complete;

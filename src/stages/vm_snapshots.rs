@@ -136,7 +136,7 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     m.vms = results
         .iter()
         .filter(|e| e.state == VmState::Done)
-        .map(|e| e.to_set_vm(&id.snapname.to_string()))
+        .map(|e| e.to_set_vm(id.snapname.as_ref()))
         .collect();
     let failed: Vec<&VmEntry> = results
         .iter()
