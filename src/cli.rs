@@ -109,6 +109,13 @@ pub enum Command {
     /// Create, show and check cluster profiles
     #[command(subcommand)]
     Profile(ProfileCommand),
+    /// Print (or install) a systemd timer + service, or a crontab line, that runs `snapshot`
+    ///
+    /// The timer uses OnCalendar= with Persistent=true, so a run missed while the machine was
+    /// off happens at the next boot. With --install the units go to /etc/systemd/system (root) or
+    /// ~/.config/systemd/user and the timer is enabled; with --cron --install the line is added
+    /// to the user's crontab (once).
+    Schedule(ScheduleArgs),
     /// Print shell completions
     Completions {
         #[arg(value_enum)]
@@ -139,6 +146,28 @@ pub struct SnapshotArgs {
     /// How long `talosctl health` may wait for the cluster (e.g. 2m, 90s)
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     pub health_timeout: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleArgs {
+    /// How often: minutes dividing an hour (15m, 30m), hours dividing a day (1h, 6h, 12h), 1d or 7d
+    #[arg(long, value_parser = parse_duration, value_name = "INTERVAL")]
+    pub every: std::time::Duration,
+    /// A crontab line instead of systemd units
+    #[arg(long)]
+    pub cron: bool,
+    /// Install and enable it instead of printing it
+    #[arg(long)]
+    pub install: bool,
+    /// Where to write the units with --install (default: /etc/systemd/system as root, else
+    /// ~/.config/systemd/user)
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires = "install",
+        conflicts_with = "cron"
+    )]
+    pub unit_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -122,6 +122,12 @@ pub struct Backup {
     pub retention_days: u32,
     #[serde(default = "default_keep_last")]
     pub keep_last: u32,
+    /// Prometheus textfile-collector file written after every `snapshot`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_file: Option<PathBuf>,
+    /// Shell command run (`sh -c`) when `snapshot` fails; the error is in TALOS_DR_* variables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_command: Option<String>,
 }
 
 impl Default for Backup {
@@ -130,6 +136,8 @@ impl Default for Backup {
             dir: default_backup_dir(),
             retention_days: default_retention_days(),
             keep_last: default_keep_last(),
+            metrics_file: None,
+            notify_command: None,
         }
     }
 }
@@ -228,6 +236,13 @@ impl Profile {
     }
     pub fn sets_dir(&self) -> PathBuf {
         self.config_dir.join("sets")
+    }
+    pub fn metrics_file(&self) -> Option<PathBuf> {
+        self.file
+            .backup
+            .metrics_file
+            .as_deref()
+            .map(|p| self.resolve(p))
     }
 
     pub fn control_plane(&self) -> impl Iterator<Item = &Node> {

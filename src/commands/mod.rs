@@ -7,6 +7,7 @@ mod playbooks;
 mod profile;
 mod prune;
 mod runs;
+mod schedule;
 mod snapshot;
 mod verify;
 
@@ -119,6 +120,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Profile(ProfileCommand::Init(args)) => profile::init(&ctx, args).await,
         Command::Profile(ProfileCommand::Show) => profile::show(&ctx),
         Command::Profile(ProfileCommand::Check) => profile::check(&ctx).await,
+        Command::Schedule(args) => schedule::run(&ctx, &args).await,
         Command::Completions { shell } => completions::run(shell),
         Command::Sim { .. } => unreachable!("handled before the runtime starts"),
     }

@@ -2,6 +2,7 @@
 
 mod common;
 mod kube;
+mod monitor;
 mod pve;
 mod restore;
 mod snapshot_cli;
