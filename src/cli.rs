@@ -224,9 +224,12 @@ pub enum PlaybooksCommand {
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// Snapshot files to check
+    /// Snapshot files to check (`.zst` and `.age` files are unpacked to a temporary file first)
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
+    /// age identity file for encrypted files (default: the profile's backup.identity_file)
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -122,6 +122,18 @@ pub struct Backup {
     pub retention_days: u32,
     #[serde(default = "default_keep_last")]
     pub keep_last: u32,
+    /// zstd-compress stored copies (local, and off-site once configured): `.zst`.
+    #[serde(default)]
+    pub compress: bool,
+    /// Encrypt local copies with age to `recipients` (`.age`).
+    #[serde(default)]
+    pub encrypt: bool,
+    /// age X25519 recipients (`age1…`) that can decrypt the copies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
+    /// age identity file (`age-keygen` output) used by `restore` and `verify` to decrypt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_file: Option<PathBuf>,
     /// Prometheus textfile-collector file written after every `snapshot`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_file: Option<PathBuf>,
@@ -136,6 +148,10 @@ impl Default for Backup {
             dir: default_backup_dir(),
             retention_days: default_retention_days(),
             keep_last: default_keep_last(),
+            compress: false,
+            encrypt: false,
+            recipients: Vec::new(),
+            identity_file: None,
             metrics_file: None,
             notify_command: None,
         }
@@ -237,6 +253,13 @@ impl Profile {
     pub fn sets_dir(&self) -> PathBuf {
         self.config_dir.join("sets")
     }
+    pub fn identity_file(&self) -> Option<PathBuf> {
+        self.file
+            .backup
+            .identity_file
+            .as_deref()
+            .map(|p| self.resolve(p))
+    }
     pub fn metrics_file(&self) -> Option<PathBuf> {
         self.file
             .backup
@@ -310,6 +333,18 @@ fn validate(file: &ProfileFile) -> Result<(), String> {
         && px.max_parallel == 0
     {
         return Err("proxmox.max_parallel must be at least 1".into());
+    }
+    validate_packing(file)
+}
+
+fn validate_packing(file: &ProfileFile) -> Result<(), String> {
+    let b = &file.backup;
+    crate::pack::parse_recipients(&b.recipients).map_err(|e| format!("backup.recipients: {e}"))?;
+    if b.encrypt && b.recipients.is_empty() {
+        return Err(
+            "backup.encrypt = true needs backup.recipients = [\"age1…\"] (see `age-keygen -y KEYFILE`)"
+                .into(),
+        );
     }
     Ok(())
 }

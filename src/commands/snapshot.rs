@@ -1,14 +1,16 @@
-//! `snapshot`: health check, stream, verify, store atomically, prune, show what remains; then
-//! metrics and failure notification.
+//! `snapshot`: health check, stream, verify, store atomically (packed if configured), prune,
+//! show what remains; then metrics and failure notification.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use talos_dr::pack::{self, Packing};
 use talos_dr::profile::Profile;
 use talos_dr::snapshot::retention::KeepPolicy;
-use talos_dr::snapshot::store;
+use talos_dr::snapshot::store::{self, Packed, Sidecar};
 use talos_dr::snapshot::take::{self, TakeOptions};
-use talos_dr::{Exit, metrics};
+use talos_dr::{Exit, UserError, metrics};
 
 use super::{Ctx, human_bytes, prune};
 
@@ -24,7 +26,7 @@ pub async fn run(ctx: &Ctx, args: crate::cli::SnapshotArgs) -> anyhow::Result<Ex
     let started = Instant::now();
     let profile = ctx.profile()?;
     let mut outcome = Outcome::default();
-    let result = snapshot(ctx, &profile, args, &mut outcome).await;
+    let result = snapshot(ctx, &profile, &args, &mut outcome).await;
     monitor(ctx, &profile, &result, started.elapsed(), &outcome).await;
     result
 }
@@ -32,16 +34,28 @@ pub async fn run(ctx: &Ctx, args: crate::cli::SnapshotArgs) -> anyhow::Result<Ex
 async fn snapshot(
     ctx: &Ctx,
     profile: &Profile,
-    args: crate::cli::SnapshotArgs,
+    args: &crate::cli::SnapshotArgs,
     outcome: &mut Outcome,
 ) -> anyhow::Result<Exit> {
-    let profile = profile.clone();
-    let talos = ctx.talosctl(&profile)?;
-    let _lock = prune::lock(&profile, "snapshot")?;
+    let talos = ctx.talosctl(profile)?;
+    let _lock = prune::lock(profile, "snapshot")?;
     if args.skip_health {
         ctx.reporter
             .warn("skipping the cluster health check (--skip-health)");
     }
+    // Configuration problems surface before a snapshot is taken, not after.
+    let backup = &profile.file.backup;
+    let recipients = pack::parse_recipients(&backup.recipients)
+        .map_err(|e| UserError::usage(format!("backup.recipients: {e}")))?;
+    let one_off = args.output_file.is_some();
+    let local_packing = Packing {
+        compress: backup.compress && !one_off,
+        recipients: if backup.encrypt && !one_off {
+            recipients
+        } else {
+            Vec::new()
+        },
+    };
     let opts = TakeOptions {
         node: args.node.clone(),
         output: args.output_file.clone(),
@@ -49,10 +63,16 @@ async fn snapshot(
         health_timeout: args.health_timeout,
         ..TakeOptions::default()
     };
-    let taken = take::take(&profile, &talos, &opts, ctx.reporter.as_ref()).await?;
+    let taken = take::take(profile, &talos, &opts, ctx.reporter.as_ref()).await?;
+    let plain = taken.path.clone();
     let s = &taken.sidecar;
+    let mut stored = plain.clone();
     outcome.stored_size = Some(s.size);
-    let mut text = format!("snapshot saved: {}\n", taken.path.display());
+    if !local_packing.is_plain() {
+        stored = store_packed(&plain, s, &local_packing).await?;
+        outcome.stored_size = Some(std::fs::metadata(&stored).map_or(s.size, |m| m.len()));
+    }
+    let mut text = format!("snapshot saved: {}\n", stored.display());
     if let Some(st) = &s.status {
         text.push_str(&format!(
             "  from {} · {} · revision {} · {} keys · hash {:08x}\n  sha256 {}\n",
@@ -64,24 +84,40 @@ async fn snapshot(
             s.sha256
         ));
     }
+    if stored != plain {
+        text.push_str(&format!(
+            "  stored {} ({})\n",
+            pack::describe(&local_packing.layers()),
+            human_bytes(outcome.stored_size.unwrap_or(0))
+        ));
+    }
 
+    let policy = KeepPolicy {
+        retention_days: backup.retention_days,
+        keep_last: backup.keep_last,
+    };
+    // The plain file only lived to be packed.
+    if stored != plain {
+        store::remove(&plain).map_err(|e| {
+            UserError::failed(format!(
+                "cannot remove the unencrypted copy {}: {e}",
+                plain.display()
+            ))
+        })?;
+    }
     // Retention runs only after a good snapshot, and only in the backup directory.
-    let pruned = if args.no_prune || args.output_file.is_some() {
+    let pruned = if args.no_prune || one_off {
         None
     } else {
-        let policy = KeepPolicy {
-            retention_days: profile.file.backup.retention_days,
-            keep_last: profile.file.backup.keep_last,
-        };
-        Some(prune::apply(&profile, policy, false)?)
+        Some(prune::apply(profile, policy, false)?)
     };
     if let Some(p) = &pruned {
         text.push_str(&format!(
             "retention: {} deleted, {} kept (retention_days = {}, keep_last = {})\n",
             p.deleted.len(),
             p.decisions.iter().filter(|d| d.keep).count(),
-            profile.file.backup.retention_days,
-            profile.file.backup.keep_last
+            backup.retention_days,
+            backup.keep_last
         ));
         for d in &p.deleted {
             text.push_str(&format!("  deleted {}\n", d.display()));
@@ -92,19 +128,43 @@ async fn snapshot(
     }
     ctx.printer.text(&text);
     ctx.printer.json(&json!({
-        "snapshot": { "path": taken.path, "metadata": taken.sidecar },
+        "snapshot": { "path": stored, "metadata": taken.sidecar },
         "pruned": pruned,
     }));
-    Ok(match pruned {
-        Some(p) if !p.errors.is_empty() => {
-            outcome.problem = Some(format!(
-                "retention could not delete {} snapshot(s)",
-                p.errors.len()
-            ));
-            Exit::Failed
-        }
-        _ => Exit::Success,
-    })
+    let errors = pruned.as_ref().map_or(0, |p| p.errors.len());
+    if errors > 0 {
+        outcome.problem = Some(format!("retention could not delete {errors} snapshot(s)"));
+        return Ok(Exit::Failed);
+    }
+    Ok(Exit::Success)
+}
+
+/// Packs the verified plain snapshot beside itself and writes the packed file's sidecar.
+async fn store_packed(
+    plain: &Path,
+    sidecar: &Sidecar,
+    packing: &Packing,
+) -> anyhow::Result<PathBuf> {
+    let name = packing.file_name(&sidecar.file);
+    let dst = plain.with_file_name(&name);
+    let (src, to, p) = (plain.to_path_buf(), dst.clone(), packing.clone());
+    let packed = tokio::task::spawn_blocking(move || pack::pack_file(&src, &to, &p))
+        .await?
+        .map_err(|e| UserError::failed(format!("cannot write {}: {e}", dst.display())))?;
+    let mut sc = sidecar.clone();
+    sc.file = name;
+    sc.packed = Some(Packed {
+        layers: packing.layers(),
+        size: packed.size,
+        sha256: packed.sha256,
+    });
+    store::write_sidecar(&dst, &sc).map_err(|e| {
+        UserError::failed(format!(
+            "snapshot stored at {} but its metadata could not be written: {e}",
+            dst.display()
+        ))
+    })?;
+    Ok(dst)
 }
 
 /// Metrics file and failure notification. Their own failures are warnings: they must never
