@@ -143,6 +143,9 @@ pub struct SnapshotArgs {
     /// Do not apply retention after the snapshot
     #[arg(long)]
     pub no_prune: bool,
+    /// Do not copy the snapshot to the [offsite] target
+    #[arg(long)]
+    pub no_offsite: bool,
     /// How long `talosctl health` may wait for the cluster (e.g. 2m, 90s)
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     pub health_timeout: std::time::Duration,
@@ -172,9 +175,14 @@ pub struct ScheduleArgs {
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// The etcd snapshot to restore (a file made by `talos-dr snapshot` or `talosctl etcd snapshot`)
-    #[arg(long, value_name = "FILE")]
+    /// The etcd snapshot to restore: a file made by `talos-dr snapshot` or `talosctl etcd
+    /// snapshot` (also `.zst` / `.age`), or an off-site copy (`s3://bucket/prefix/NAME`,
+    /// `file:///path/NAME`), which is downloaded, unpacked and verified before anything else
+    #[arg(long, value_name = "FILE|URL")]
     pub snapshot: std::path::PathBuf,
+    /// age identity file to decrypt an encrypted snapshot (default: backup.identity_file)
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
     /// Snapshot the control-plane VMs first, whatever `proxmox.snapshot_before_restore` says
     #[arg(long, conflicts_with = "no_vm_snapshot")]
     pub vm_snapshot: bool,
@@ -237,6 +245,9 @@ pub struct ListArgs {
     /// Re-verify every snapshot instead of trusting its sidecar
     #[arg(long)]
     pub verify: bool,
+    /// List the off-site copies (profile [offsite]) instead of the local ones
+    #[arg(long, conflicts_with = "verify")]
+    pub remote: bool,
 }
 
 #[derive(Debug, Args)]

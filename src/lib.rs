@@ -16,6 +16,7 @@ pub mod fsutil;
 pub mod kube;
 pub mod lock;
 pub mod metrics;
+pub mod offsite;
 pub mod pack;
 pub mod profile;
 pub mod pve;

@@ -122,10 +122,11 @@ pub struct Backup {
     pub retention_days: u32,
     #[serde(default = "default_keep_last")]
     pub keep_last: u32,
-    /// zstd-compress stored copies (local, and off-site once configured): `.zst`.
+    /// zstd-compress stored copies (local when `encrypt` is set, and off-site): `.zst`.
     #[serde(default)]
     pub compress: bool,
-    /// Encrypt local copies with age to `recipients` (`.age`).
+    /// Encrypt local copies with age to `recipients` (`.age`). Off-site copies are encrypted
+    /// whenever `recipients` is set.
     #[serde(default)]
     pub encrypt: bool,
     /// age X25519 recipients (`age1…`) that can decrypt the copies.
@@ -167,6 +168,34 @@ fn default_retention_days() -> u32 {
 fn default_keep_last() -> u32 {
     3
 }
+fn default_offsite_retries() -> u32 {
+    3
+}
+
+/// `[offsite]`: where verified snapshots are copied after each `snapshot`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Offsite {
+    /// `s3://bucket/prefix` (any S3-compatible service) or `file:///mnt/nfs/talos`.
+    pub url: String,
+    /// S3 endpoint for non-AWS services (MinIO, Ceph RGW, Backblaze B2); `http://` allows plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// S3 region (default: AWS_REGION, then us-east-1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Path-style requests (`endpoint/bucket/key`), as MinIO and Ceph usually need.
+    #[serde(default)]
+    pub path_style: bool,
+    /// File with the S3 keys (`aws_access_key_id = …` / `AWS_ACCESS_KEY_ID=…` lines, mode 0600);
+    /// without it the standard AWS_* environment variables are used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<PathBuf>,
+    /// Whole-upload retries after the per-request ones (exponential backoff).
+    #[serde(default = "default_offsite_retries")]
+    pub retries: u32,
+}
+
 fn default_talosconfig() -> PathBuf {
     PathBuf::from("talosconfig")
 }
@@ -191,6 +220,8 @@ pub struct ProfileFile {
     pub backup: Backup,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxmox: Option<PveConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offsite: Option<Offsite>,
 }
 
 /// A loaded, validated profile with every path resolved.
@@ -253,6 +284,10 @@ impl Profile {
     pub fn sets_dir(&self) -> PathBuf {
         self.config_dir.join("sets")
     }
+    /// Where `restore` unpacks compressed, encrypted or downloaded snapshots.
+    pub fn unpacked_dir(&self) -> PathBuf {
+        self.config_dir.join("unpacked")
+    }
     pub fn identity_file(&self) -> Option<PathBuf> {
         self.file
             .backup
@@ -265,6 +300,13 @@ impl Profile {
             .backup
             .metrics_file
             .as_deref()
+            .map(|p| self.resolve(p))
+    }
+    pub fn offsite_credentials_file(&self) -> Option<PathBuf> {
+        self.file
+            .offsite
+            .as_ref()
+            .and_then(|o| o.credentials_file.as_deref())
             .map(|p| self.resolve(p))
     }
 
@@ -345,6 +387,9 @@ fn validate_packing(file: &ProfileFile) -> Result<(), String> {
             "backup.encrypt = true needs backup.recipients = [\"age1…\"] (see `age-keygen -y KEYFILE`)"
                 .into(),
         );
+    }
+    if let Some(o) = &file.offsite {
+        crate::offsite::TargetUrl::parse(&o.url).map_err(|e| format!("offsite.url: {e}"))?;
     }
     Ok(())
 }

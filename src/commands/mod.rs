@@ -4,8 +4,10 @@ mod completions;
 mod list;
 mod playbook_run;
 mod playbooks;
+mod prepare;
 mod profile;
 mod prune;
+mod remote;
 mod runs;
 mod schedule;
 mod snapshot;
@@ -110,6 +112,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
     match cli.command {
         Command::Snapshot(args) => snapshot::run(&ctx, args).await,
         Command::Verify(args) => verify::run(&ctx, &args),
+        Command::List(args) if args.remote => remote::list(&ctx).await,
         Command::List(args) => list::run(&ctx, &args),
         Command::Prune(args) => prune::run(&ctx, &args),
         Command::Restore(args) => playbook_run::restore(&ctx, "restore", args).await,

@@ -1,10 +1,11 @@
-//! `snapshot`: health check, stream, verify, store atomically (packed if configured), prune,
-//! show what remains; then metrics and failure notification.
+//! `snapshot`: health check, stream, verify, store atomically (packed if configured), copy
+//! off-site, prune locally and remotely, show what remains; then metrics and failure notification.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use talos_dr::offsite::Target;
 use talos_dr::pack::{self, Packing};
 use talos_dr::profile::Profile;
 use talos_dr::snapshot::retention::KeepPolicy;
@@ -18,6 +19,7 @@ use super::{Ctx, human_bytes, prune};
 #[derive(Default)]
 struct Outcome {
     stored_size: Option<u64>,
+    offsite_count: Option<usize>,
     /// Why the run exits non-zero without an error (e.g. retention could not delete a file).
     problem: Option<String>,
 }
@@ -51,11 +53,28 @@ async fn snapshot(
     let local_packing = Packing {
         compress: backup.compress && !one_off,
         recipients: if backup.encrypt && !one_off {
-            recipients
+            recipients.clone()
         } else {
             Vec::new()
         },
     };
+    let offsite_packing = Packing {
+        compress: backup.compress,
+        recipients,
+    };
+    let target = if args.no_offsite || one_off {
+        None
+    } else {
+        Target::from_profile(profile).map_err(|e| {
+            UserError::usage(format!("[offsite] in profile {}: {e}", profile.name()))
+        })?
+    };
+    if target.is_some() && offsite_packing.recipients.is_empty() {
+        ctx.reporter.warn(
+            "off-site copies are not encrypted: set backup.recipients to encrypt them with age",
+        );
+    }
+
     let opts = TakeOptions {
         node: args.node.clone(),
         output: args.output_file.clone(),
@@ -96,7 +115,14 @@ async fn snapshot(
         retention_days: backup.retention_days,
         keep_last: backup.keep_last,
     };
-    // The plain file only lived to be packed.
+    let uploaded = match &target {
+        Some(t) => Some(
+            t.upload(&plain, s, &offsite_packing, ctx.reporter.as_ref())
+                .await,
+        ),
+        None => None,
+    };
+    // The plain file only lived to be packed and uploaded.
     if stored != plain {
         store::remove(&plain).map_err(|e| {
             UserError::failed(format!(
@@ -105,6 +131,28 @@ async fn snapshot(
             ))
         })?;
     }
+    let uploaded = match uploaded {
+        Some(Ok(u)) => {
+            text.push_str(&format!(
+                "off-site copy: {} ({}, {}, confirmed)\n",
+                u.url,
+                pack::describe(&u.manifest.layers),
+                human_bytes(u.manifest.size)
+            ));
+            Some(u)
+        }
+        Some(Err(e)) => {
+            ctx.printer.text(&text);
+            return Err(UserError::failed(format!(
+                "the snapshot is saved at {}, but the off-site copy failed: {e}",
+                stored.display()
+            ))
+            .hint("check the [offsite] settings, the credentials and the network; the next run uploads again")
+            .into());
+        }
+        None => None,
+    };
+
     // Retention runs only after a good snapshot, and only in the backup directory.
     let pruned = if args.no_prune || one_off {
         None
@@ -126,12 +174,37 @@ async fn snapshot(
             text.push_str(&format!("  error: could not delete {e}\n"));
         }
     }
+    let remote_pruned = match (&target, &uploaded) {
+        (Some(t), Some(_)) if !args.no_prune => {
+            let r = t
+                .prune(policy, jiff::Timestamp::now(), false)
+                .await
+                .map_err(|e| UserError::failed(format!("off-site retention failed: {e}")))?;
+            text.push_str(&format!(
+                "off-site retention: {} deleted, {} kept\n",
+                r.deleted.len(),
+                r.decisions.iter().filter(|d| d.keep).count()
+            ));
+            for d in &r.deleted {
+                text.push_str(&format!("  deleted {d}\n"));
+            }
+            for e in &r.errors {
+                text.push_str(&format!("  error: could not delete {e}\n"));
+            }
+            outcome.offsite_count = Some(r.decisions.iter().filter(|d| d.keep).count());
+            Some(r)
+        }
+        _ => None,
+    };
     ctx.printer.text(&text);
     ctx.printer.json(&json!({
         "snapshot": { "path": stored, "metadata": taken.sidecar },
         "pruned": pruned,
+        "offsite": uploaded,
+        "offsite_pruned": remote_pruned,
     }));
-    let errors = pruned.as_ref().map_or(0, |p| p.errors.len());
+    let errors = pruned.as_ref().map_or(0, |p| p.errors.len())
+        + remote_pruned.as_ref().map_or(0, |p| p.errors.len());
     if errors > 0 {
         outcome.problem = Some(format!("retention could not delete {errors} snapshot(s)"));
         return Ok(Exit::Failed);
@@ -198,7 +271,7 @@ async fn monitor(
                 None
             },
             local_count,
-            offsite_count: None,
+            offsite_count: outcome.offsite_count,
         };
         if let Err(e) = metrics::write(&path, &m) {
             ctx.reporter.warn(&format!(

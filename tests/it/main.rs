@@ -3,6 +3,7 @@
 mod common;
 mod kube;
 mod monitor;
+mod offsite;
 mod pack;
 mod pve;
 mod restore;

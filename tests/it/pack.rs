@@ -148,7 +148,7 @@ fn encrypted_local_copies_open_with_age_and_zstd_clis() {
 }
 
 #[test]
-fn files_packed_by_the_clis_like_talos_backup_verify() {
+fn files_packed_by_the_clis_like_talos_backup_verify_and_restore() {
     let env = Env::new();
     let (key, recipient) = keygen(env.tmp.path(), "key.txt");
     // talos-backup's layout: <cluster>-<time>.snap.zst.age
@@ -177,6 +177,41 @@ fn files_packed_by_the_clis_like_talos_backup_verify() {
         .assert()
         .code(0)
         .stdout(predicate::str::contains("unpacked: age → zstd"));
+
+    // restore unpacks first (dry run: nothing is changed, but the file is unpacked and verified).
+    let out = env
+        .cmd()
+        .args(["restore", "--dry-run", "--identity"])
+        .arg(&key)
+        .arg("--snapshot")
+        .arg(&aged)
+        .output()
+        .unwrap();
+    ok(&out);
+    let plain = env
+        .config_dir
+        .join("unpacked/lab-2026-11-30T02:00:00Z.snap");
+    assert_eq!(
+        std::fs::read(&plain).unwrap(),
+        std::fs::read(small()).unwrap()
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("--recover-from={}", plain.display())),
+        "{stdout}"
+    );
+
+    // A wrong identity stops restore before anything (exit 2: fix the argument).
+    let (other, _) = keygen(env.tmp.path(), "other.txt");
+    env.cmd()
+        .args(["--yes", "restore", "--identity"])
+        .arg(&other)
+        .arg("--snapshot")
+        .arg(&aged)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("none of the identities"));
+    assert!(env.calls().is_empty());
 }
 
 #[test]
