@@ -447,6 +447,17 @@ pub fn render(file: &ProfileFile) -> String {
         file.backup.keep_last
     ));
     out.push_str(
+        "# compress = true                # zstd (.zst) for stored and off-site copies\n\
+         # recipients = [\"age1…\"]        # encrypt copies with age (`age-keygen -y KEYFILE`)\n\
+         # identity_file = \"/root/talos-dr-age.key\"   # to decrypt for restore/verify\n\
+         # metrics_file = \"/var/lib/prometheus/node-exporter/talos-dr.prom\"\n\
+         # notify_command = 'logger -t talos-dr \"$TALOS_DR_ERROR\"'\n\
+         \n# [offsite]\n# url = \"s3://bucket/prefix\"   # or \"file:///mnt/nfs/talos\"\n\
+         # endpoint = \"https://minio.lan:9000\"   # S3-compatible services\n\
+         # path_style = true\n\
+         # S3 keys: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or credentials_file = \"s3-credentials\" (mode 0600)\n",
+    );
+    out.push_str(
         "\n# [proxmox]\n# endpoint = \"https://pve1.lan:8006\"\n# fingerprint = \"AA:BB:…\"   # or ca_file = \"pve-root-ca.pem\"\n# token: PROXMOX_VE_API_TOKEN=USER@REALM!TOKENID=SECRET, or token_file = \"pve-token\" (mode 0600)\n",
     );
     out
@@ -529,5 +540,26 @@ snapshot_before_restore = true
 
         let dup = GOOD.replace("10.0.0.21", "10.0.0.11");
         assert!(parse(&dup).unwrap_err().contains("appears twice"));
+    }
+
+    #[test]
+    fn packing_and_offsite_keys_are_checked() {
+        let with = |extra: &str| GOOD.replace("keep_last = 3", &format!("keep_last = 3\n{extra}"));
+        let e = parse(&with("encrypt = true")).unwrap_err();
+        assert!(e.contains("backup.recipients"), "{e}");
+        let e = parse(&with("recipients = [\"age1nope\"]")).unwrap_err();
+        assert!(
+            e.contains("backup.recipients") && e.contains("age1nope"),
+            "{e}"
+        );
+        let e = parse(&format!("{GOOD}\n[offsite]\nurl = \"ftp://x/y\"\n")).unwrap_err();
+        assert!(e.contains("offsite.url") && e.contains("ftp"), "{e}");
+        let p = parse(&format!(
+            "{GOOD}\n[offsite]\nurl = \"s3://b/p\"\nendpoint = \"http://127.0.0.1:9000\"\npath_style = true\n"
+        ))
+        .unwrap();
+        let o = p.offsite.unwrap();
+        assert!(o.path_style);
+        assert_eq!(o.retries, 3);
     }
 }

@@ -118,11 +118,14 @@ fn render(r: &Report) -> String {
         Trailer::Missing => "no sha256 trailer",
         Trailer::Mismatch => "sha256 trailer MISMATCH",
     };
-    s.push_str(&format!(
-        "  size {} ({} bytes), {trailer}\n",
-        human_bytes(r.size),
-        r.size
-    ));
+    // A file that could not be read or unpacked has no size or trailer worth printing.
+    if !(r.sha256.is_empty() && r.size == 0) {
+        s.push_str(&format!(
+            "  size {} ({} bytes), {trailer}\n",
+            human_bytes(r.size),
+            r.size
+        ));
+    }
     if let Some(st) = &r.status {
         s.push_str(&format!(
             "  hash {} ({:08x}), revision {}, total keys {}, total size {}\n",
