@@ -595,3 +595,45 @@ fn an_interrupted_upload_leaves_no_object_that_looks_complete() {
     // Nothing under the prefix: no object, no manifest (the multipart upload was never completed).
     assert_eq!(moto.keys("cut/"), Vec::<String>::new());
 }
+
+#[test]
+fn a_dead_server_fails_the_run_but_keeps_the_local_snapshot() {
+    let mut moto = Moto::start();
+    let env = Env::new();
+    let (key, recipient) = keygen(env.tmp.path(), "key.txt");
+    s3_profile(&env, &moto.endpoint(), &recipient, &key);
+    let metrics = env.tmp.path().join("talos-dr.prom");
+    let p = env.config_dir.join("profile.toml");
+    let text = std::fs::read_to_string(&p).unwrap().replace(
+        "[backup]\n",
+        &format!(
+            "[backup]\nmetrics_file = {:?}\n",
+            metrics.display().to_string()
+        ),
+    );
+    std::fs::write(&p, text).unwrap();
+    // The server dies before the run.
+    moto.child.kill().unwrap();
+    moto.child.wait().unwrap();
+    let started = Instant::now();
+    let out = s3_cmd(&env).args(["snapshot"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("but the off-site copy failed"), "{stderr}");
+    assert!(stderr.contains("s3://backups/talos/lab/etcd-"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(90),
+        "gave up too slowly"
+    );
+    // The verified local copy stays; the metrics say the run failed.
+    let files = env.backup_files();
+    assert!(
+        files.iter().any(|f| f.ends_with(".snapshot.zst")),
+        "{files:?}"
+    );
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        prom.contains("talos_dr_snapshot_last_exit_code{profile=\"lab\"} 1\n"),
+        "{prom}"
+    );
+}
