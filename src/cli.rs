@@ -137,6 +137,13 @@ pub enum Command {
     /// restore from the newest snapshot (--yes implied) and the recovery report. Needs no root,
     /// no network, no etcd and no talosctl; uses the real kubectl when it is installed.
     Demo(DemoArgs),
+    /// Print (or install) a systemd timer + service, or a crontab line, that runs `snapshot`
+    ///
+    /// The timer uses OnCalendar= with Persistent=true, so a run missed while the machine was
+    /// off happens at the next boot. With --install the units go to /etc/systemd/system (root) or
+    /// ~/.config/systemd/user and the timer is enabled; with --cron --install the line is added
+    /// to the user's crontab (once).
+    Schedule(ScheduleArgs),
     /// Print shell completions
     Completions {
         #[arg(value_enum)]
@@ -164,16 +171,46 @@ pub struct SnapshotArgs {
     /// Do not apply retention after the snapshot
     #[arg(long)]
     pub no_prune: bool,
+    /// Do not copy the snapshot to the [offsite] target
+    #[arg(long)]
+    pub no_offsite: bool,
     /// How long `talosctl health` may wait for the cluster (e.g. 2m, 90s)
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     pub health_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
+pub struct ScheduleArgs {
+    /// How often: minutes dividing an hour (15m, 30m), hours dividing a day (1h, 6h, 12h), 1d or 7d
+    #[arg(long, value_parser = parse_duration, value_name = "INTERVAL")]
+    pub every: std::time::Duration,
+    /// A crontab line instead of systemd units
+    #[arg(long)]
+    pub cron: bool,
+    /// Install and enable it instead of printing it
+    #[arg(long)]
+    pub install: bool,
+    /// Where to write the units with --install (default: /etc/systemd/system as root, else
+    /// ~/.config/systemd/user)
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires = "install",
+        conflicts_with = "cron"
+    )]
+    pub unit_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// The etcd snapshot to restore (a file made by `talos-dr snapshot` or `talosctl etcd snapshot`)
-    #[arg(long, value_name = "FILE")]
+    /// The etcd snapshot to restore: a file made by `talos-dr snapshot` or `talosctl etcd
+    /// snapshot` (also `.zst` / `.age`), or an off-site copy (`s3://bucket/prefix/NAME`,
+    /// `file:///path/NAME`), which is downloaded, unpacked and verified before anything else
+    #[arg(long, value_name = "FILE|URL")]
     pub snapshot: std::path::PathBuf,
+    /// age identity file to decrypt an encrypted snapshot (default: backup.identity_file)
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
     /// Snapshot the control-plane VMs first, whatever `proxmox.snapshot_before_restore` says
     #[arg(long, conflicts_with = "no_vm_snapshot")]
     pub vm_snapshot: bool,
@@ -281,9 +318,12 @@ pub enum PlaybooksCommand {
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// Snapshot files to check
+    /// Snapshot files to check (`.zst` and `.age` files are unpacked to a temporary file first)
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
+    /// age identity file for encrypted files (default: the profile's backup.identity_file)
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -291,6 +331,9 @@ pub struct ListArgs {
     /// Re-verify every snapshot instead of trusting its sidecar
     #[arg(long)]
     pub verify: bool,
+    /// List the off-site copies (profile [offsite]) instead of the local ones
+    #[arg(long, conflicts_with = "verify")]
+    pub remote: bool,
 }
 
 #[derive(Debug, Args)]

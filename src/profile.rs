@@ -122,6 +122,25 @@ pub struct Backup {
     pub retention_days: u32,
     #[serde(default = "default_keep_last")]
     pub keep_last: u32,
+    /// zstd-compress stored copies (local when `encrypt` is set, and off-site): `.zst`.
+    #[serde(default)]
+    pub compress: bool,
+    /// Encrypt local copies with age to `recipients` (`.age`). Off-site copies are encrypted
+    /// whenever `recipients` is set.
+    #[serde(default)]
+    pub encrypt: bool,
+    /// age X25519 recipients (`age1…`) that can decrypt the copies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
+    /// age identity file (`age-keygen` output) used by `restore` and `verify` to decrypt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_file: Option<PathBuf>,
+    /// Prometheus textfile-collector file written after every `snapshot`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_file: Option<PathBuf>,
+    /// Shell command run (`sh -c`) when `snapshot` fails; the error is in TALOS_DR_* variables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_command: Option<String>,
 }
 
 impl Default for Backup {
@@ -130,6 +149,12 @@ impl Default for Backup {
             dir: default_backup_dir(),
             retention_days: default_retention_days(),
             keep_last: default_keep_last(),
+            compress: false,
+            encrypt: false,
+            recipients: Vec::new(),
+            identity_file: None,
+            metrics_file: None,
+            notify_command: None,
         }
     }
 }
@@ -143,6 +168,34 @@ fn default_retention_days() -> u32 {
 fn default_keep_last() -> u32 {
     3
 }
+fn default_offsite_retries() -> u32 {
+    3
+}
+
+/// `[offsite]`: where verified snapshots are copied after each `snapshot`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Offsite {
+    /// `s3://bucket/prefix` (any S3-compatible service) or `file:///mnt/nfs/talos`.
+    pub url: String,
+    /// S3 endpoint for non-AWS services (MinIO, Ceph RGW, Backblaze B2); `http://` allows plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// S3 region (default: AWS_REGION, then us-east-1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Path-style requests (`endpoint/bucket/key`), as MinIO and Ceph usually need.
+    #[serde(default)]
+    pub path_style: bool,
+    /// File with the S3 keys (`aws_access_key_id = …` / `AWS_ACCESS_KEY_ID=…` lines, mode 0600);
+    /// without it the standard AWS_* environment variables are used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<PathBuf>,
+    /// Whole-upload retries after the per-request ones (exponential backoff).
+    #[serde(default = "default_offsite_retries")]
+    pub retries: u32,
+}
+
 fn default_talosconfig() -> PathBuf {
     PathBuf::from("talosconfig")
 }
@@ -167,6 +220,8 @@ pub struct ProfileFile {
     pub backup: Backup,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxmox: Option<PveConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offsite: Option<Offsite>,
 }
 
 /// A loaded, validated profile with every path resolved.
@@ -228,6 +283,31 @@ impl Profile {
     }
     pub fn sets_dir(&self) -> PathBuf {
         self.config_dir.join("sets")
+    }
+    /// Where `restore` unpacks compressed, encrypted or downloaded snapshots.
+    pub fn unpacked_dir(&self) -> PathBuf {
+        self.config_dir.join("unpacked")
+    }
+    pub fn identity_file(&self) -> Option<PathBuf> {
+        self.file
+            .backup
+            .identity_file
+            .as_deref()
+            .map(|p| self.resolve(p))
+    }
+    pub fn metrics_file(&self) -> Option<PathBuf> {
+        self.file
+            .backup
+            .metrics_file
+            .as_deref()
+            .map(|p| self.resolve(p))
+    }
+    pub fn offsite_credentials_file(&self) -> Option<PathBuf> {
+        self.file
+            .offsite
+            .as_ref()
+            .and_then(|o| o.credentials_file.as_deref())
+            .map(|p| self.resolve(p))
     }
 
     pub fn control_plane(&self) -> impl Iterator<Item = &Node> {
@@ -296,6 +376,21 @@ fn validate(file: &ProfileFile) -> Result<(), String> {
     {
         return Err("proxmox.max_parallel must be at least 1".into());
     }
+    validate_packing(file)
+}
+
+fn validate_packing(file: &ProfileFile) -> Result<(), String> {
+    let b = &file.backup;
+    crate::pack::parse_recipients(&b.recipients).map_err(|e| format!("backup.recipients: {e}"))?;
+    if b.encrypt && b.recipients.is_empty() {
+        return Err(
+            "backup.encrypt = true needs backup.recipients = [\"age1…\"] (see `age-keygen -y KEYFILE`)"
+                .into(),
+        );
+    }
+    if let Some(o) = &file.offsite {
+        crate::offsite::TargetUrl::parse(&o.url).map_err(|e| format!("offsite.url: {e}"))?;
+    }
     Ok(())
 }
 
@@ -351,6 +446,17 @@ pub fn render(file: &ProfileFile) -> String {
         "keep_last = {}        # …but never the newest N valid ones\n",
         file.backup.keep_last
     ));
+    out.push_str(
+        "# compress = true                # zstd (.zst) for stored and off-site copies\n\
+         # recipients = [\"age1…\"]        # encrypt copies with age (`age-keygen -y KEYFILE`)\n\
+         # identity_file = \"/root/talos-dr-age.key\"   # to decrypt for restore/verify\n\
+         # metrics_file = \"/var/lib/prometheus/node-exporter/talos-dr.prom\"\n\
+         # notify_command = 'logger -t talos-dr \"$TALOS_DR_ERROR\"'\n\
+         \n# [offsite]\n# url = \"s3://bucket/prefix\"   # or \"file:///mnt/nfs/talos\"\n\
+         # endpoint = \"https://minio.lan:9000\"   # S3-compatible services\n\
+         # path_style = true\n\
+         # S3 keys: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or credentials_file = \"s3-credentials\" (mode 0600)\n",
+    );
     out.push_str(
         "\n# [proxmox]\n# endpoint = \"https://pve1.lan:8006\"\n# fingerprint = \"AA:BB:…\"   # or ca_file = \"pve-root-ca.pem\"\n# token: PROXMOX_VE_API_TOKEN=USER@REALM!TOKENID=SECRET, or token_file = \"pve-token\" (mode 0600)\n",
     );
@@ -434,5 +540,26 @@ snapshot_before_restore = true
 
         let dup = GOOD.replace("10.0.0.21", "10.0.0.11");
         assert!(parse(&dup).unwrap_err().contains("appears twice"));
+    }
+
+    #[test]
+    fn packing_and_offsite_keys_are_checked() {
+        let with = |extra: &str| GOOD.replace("keep_last = 3", &format!("keep_last = 3\n{extra}"));
+        let e = parse(&with("encrypt = true")).unwrap_err();
+        assert!(e.contains("backup.recipients"), "{e}");
+        let e = parse(&with("recipients = [\"age1nope\"]")).unwrap_err();
+        assert!(
+            e.contains("backup.recipients") && e.contains("age1nope"),
+            "{e}"
+        );
+        let e = parse(&format!("{GOOD}\n[offsite]\nurl = \"ftp://x/y\"\n")).unwrap_err();
+        assert!(e.contains("offsite.url") && e.contains("ftp"), "{e}");
+        let p = parse(&format!(
+            "{GOOD}\n[offsite]\nurl = \"s3://b/p\"\nendpoint = \"http://127.0.0.1:9000\"\npath_style = true\n"
+        ))
+        .unwrap();
+        let o = p.offsite.unwrap();
+        assert!(o.path_style);
+        assert_eq!(o.retries, 3);
     }
 }

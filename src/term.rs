@@ -132,6 +132,33 @@ impl Reporter for TermReporter {
                     }
                 }
             },
+            Event::Progress {
+                key,
+                message,
+                done,
+                total,
+            } => {
+                // Plain logs get the summary line at WaitFinished instead of a stream of numbers.
+                if let Mode::Tty = self.mode
+                    && let Some(bar) = self.bars.lock().expect("bars").get(&key)
+                {
+                    if bar.length() != total {
+                        bar.set_style(
+                            ProgressStyle::with_template(
+                                "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+                            )
+                            .unwrap_or_else(|_| ProgressStyle::default_bar())
+                            .progress_chars("=> "),
+                        );
+                        match total {
+                            Some(t) => bar.set_length(t),
+                            None => bar.unset_length(),
+                        }
+                    }
+                    bar.set_message(message);
+                    bar.set_position(done);
+                }
+            }
             Event::WaitFinished {
                 key,
                 ok,

@@ -39,6 +39,14 @@ pub enum Event {
         message: String,
         elapsed_ms: u64,
     },
+    /// Bytes moved so far by a transfer started with `WaitStarted` under the same key
+    /// (an upload or a download): a bar with bytes and speed on a TTY.
+    Progress {
+        key: String,
+        message: String,
+        done: u64,
+        total: Option<u64>,
+    },
     Retry {
         what: String,
         error: String,

@@ -36,7 +36,9 @@ pub struct Row<'a> {
 
 impl<'a> Row<'a> {
     pub fn new(entry: &'a Entry, reverify: bool) -> Self {
-        if reverify {
+        // Packed files need the identity to be re-verified; their sidecar speaks for them.
+        let packed = !talos_dr::pack::split_name(&entry.name).1.is_empty();
+        if reverify && !packed {
             let r = verify::verify_file(&entry.path).ok();
             return Self {
                 entry,
@@ -48,7 +50,7 @@ impl<'a> Row<'a> {
         }
         match &entry.sidecar {
             // A sidecar describes the file only if the size still matches.
-            Some(s) if s.size == entry.size => Self {
+            Some(s) if s.stored_size() == entry.size => Self {
                 entry,
                 valid: Some(s.valid),
                 revision: s.status.map(|x| x.revision),

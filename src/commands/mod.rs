@@ -6,10 +6,13 @@ mod list;
 mod playbook_run;
 mod playbooks;
 mod pre_upgrade;
+mod prepare;
 mod profile;
 mod prune;
+mod remote;
 mod rollback;
 mod runs;
+mod schedule;
 mod sets;
 mod snapshot;
 mod verify;
@@ -113,6 +116,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
     match cli.command {
         Command::Snapshot(args) => snapshot::run(&ctx, args).await,
         Command::Verify(args) => verify::run(&ctx, &args),
+        Command::List(args) if args.remote => remote::list(&ctx).await,
         Command::List(args) => list::run(&ctx, &args),
         Command::Prune(args) => prune::run(&ctx, &args),
         Command::Restore(args) => playbook_run::restore(&ctx, "restore", args).await,
@@ -130,6 +134,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
             profile::discover_vms(&ctx, write).await
         }
         Command::Demo(args) => demo::run(&ctx, args).await,
+        Command::Schedule(args) => schedule::run(&ctx, &args).await,
         Command::Completions { shell } => completions::run(shell),
         Command::Sim { .. } => unreachable!("handled before the runtime starts"),
     }

@@ -18,14 +18,8 @@ use crate::cli::{RestoreArgs, ResumeArgs};
 
 pub async fn restore(ctx: &Ctx, name: &str, args: RestoreArgs) -> anyhow::Result<Exit> {
     let profile = ctx.profile()?;
-    let snapshot = std::path::absolute(&args.snapshot)?;
-    if !snapshot.is_file() {
-        return Err(
-            UserError::usage(format!("{} does not exist", snapshot.display()))
-                .hint("list your snapshots with `talos-dr list`")
-                .into(),
-        );
-    }
+    // Downloads, decrypts and decompresses (then verifies) before anything else happens.
+    let snapshot = super::prepare::snapshot(ctx, &profile, &args).await?;
     let inputs = Inputs {
         snapshot: Some(snapshot),
         vm_snapshot: if args.vm_snapshot {

@@ -61,6 +61,7 @@ pub async fn init(ctx: &Ctx, args: ProfileInitArgs) -> anyhow::Result<Exit> {
         context: args.context.clone(),
         nodes,
         backup: Backup::default(),
+        offsite: None,
         proxmox: None,
     };
     let text = prof::render(&file);

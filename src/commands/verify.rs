@@ -1,39 +1,110 @@
 //! `verify FILE…`: integrity and etcd status of snapshot files.
+//!
+//! Compressed (`.zst`) and age-encrypted (`.age`) files are unpacked to a private temporary file
+//! first (with `--identity` or the profile's `backup.identity_file`), and the layers are named.
+
+use std::path::{Path, PathBuf};
 
 use serde_json::json;
 use talos_dr::Exit;
+use talos_dr::pack::{self, Identities, Layer};
 use talos_dr::snapshot::verify::{self, Report, Trailer};
 
 use super::{Ctx, human_bytes};
 
 pub fn run(ctx: &Ctx, args: &crate::cli::VerifyArgs) -> anyhow::Result<Exit> {
-    let reports: Vec<Report> = args
-        .files
-        .iter()
-        .map(|path| {
-            verify::verify_file(path).unwrap_or_else(|e| Report {
-                path: path.clone(),
-                valid: false,
-                size: 0,
-                trailer: Trailer::Missing,
-                status: None,
-                problems: vec![format!("cannot read the file: {e}")],
-                notes: Vec::new(),
-                sha256: String::new(),
-            })
-        })
-        .collect();
+    // The profile is optional here: verify also works on files outside any profile.
+    let identity: Option<PathBuf> = args
+        .identity
+        .clone()
+        .or_else(|| ctx.profile().ok().and_then(|p| p.identity_file()));
+    let mut identities: Option<Result<Identities, String>> = None;
+    let mut results: Vec<(Report, Vec<Layer>)> = Vec::new();
+    for path in &args.files {
+        let packed = pack::sniff_file(path).ok().flatten().is_some();
+        let result = if packed {
+            let ids = identity.as_deref().map(|p| {
+                identities
+                    .get_or_insert_with(|| Identities::load(p).map_err(|e| e.to_string()))
+                    .as_ref()
+            });
+            verify_packed(path, ids)
+        } else {
+            (verify_plain(path), Vec::new())
+        };
+        results.push(result);
+    }
+    let reports: Vec<&Report> = results.iter().map(|(r, _)| r).collect();
     let mut text = String::new();
-    for r in &reports {
+    for (r, layers) in &results {
         text.push_str(&render(r));
+        if !layers.is_empty() {
+            text.push_str(&format!("  unpacked: {}\n", pack::describe(layers)));
+        }
     }
     ctx.printer.text(&text);
-    ctx.printer.json(&json!({ "files": reports }));
+    let files: Vec<serde_json::Value> = results
+        .iter()
+        .map(|(r, layers)| {
+            let mut v = serde_json::to_value(r).unwrap_or_default();
+            v["layers"] = json!(layers);
+            v
+        })
+        .collect();
+    ctx.printer.json(&json!({ "files": files }));
     Ok(if reports.iter().all(|r| r.valid) {
         Exit::Success
     } else {
         Exit::InvalidSnapshot
     })
+}
+
+fn verify_plain(path: &Path) -> Report {
+    verify::verify_file(path).unwrap_or_else(|e| failed(path, format!("cannot read the file: {e}")))
+}
+
+fn failed(path: &Path, problem: String) -> Report {
+    Report {
+        path: path.to_path_buf(),
+        valid: false,
+        size: 0,
+        trailer: Trailer::Missing,
+        status: None,
+        problems: vec![problem],
+        notes: Vec::new(),
+        sha256: String::new(),
+    }
+}
+
+/// Unpacks into a private temp directory, verifies the plain snapshot, and reports it under the
+/// packed file's path.
+fn verify_packed(path: &Path, ids: Option<Result<&Identities, &String>>) -> (Report, Vec<Layer>) {
+    let ids = match ids.transpose() {
+        Ok(ids) => ids,
+        Err(e) => return (failed(path, e.clone()), Vec::new()),
+    };
+    let tmp = match tempfile::tempdir() {
+        Ok(t) => t,
+        Err(e) => {
+            return (
+                failed(path, format!("cannot create a temp directory: {e}")),
+                Vec::new(),
+            );
+        }
+    };
+    let plain = tmp.path().join("snapshot");
+    match pack::unpack_file(path, &plain, ids) {
+        Ok(layers) => {
+            let mut r = verify_plain(&plain);
+            r.path = path.to_path_buf();
+            r.notes.push(format!(
+                "unpacked {} to verify; size and sha256 are of the plain snapshot",
+                pack::describe(&layers)
+            ));
+            (r, layers)
+        }
+        Err(e) => (failed(path, format!("cannot unpack: {e}")), Vec::new()),
+    }
 }
 
 fn render(r: &Report) -> String {
@@ -47,11 +118,14 @@ fn render(r: &Report) -> String {
         Trailer::Missing => "no sha256 trailer",
         Trailer::Mismatch => "sha256 trailer MISMATCH",
     };
-    s.push_str(&format!(
-        "  size {} ({} bytes), {trailer}\n",
-        human_bytes(r.size),
-        r.size
-    ));
+    // A file that could not be read or unpacked has no size or trailer worth printing.
+    if !(r.sha256.is_empty() && r.size == 0) {
+        s.push_str(&format!(
+            "  size {} ({} bytes), {trailer}\n",
+            human_bytes(r.size),
+            r.size
+        ));
+    }
     if let Some(st) = &r.status {
         s.push_str(&format!(
             "  hash {} ({:08x}), revision {}, total keys {}, total size {}\n",

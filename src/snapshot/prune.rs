@@ -19,7 +19,9 @@ pub struct PruneOutcome {
 /// else a fresh verification decides.
 pub fn is_valid(entry: &store::Entry) -> bool {
     match &entry.sidecar {
-        Some(s) if s.size == entry.size => s.valid,
+        Some(s) if s.stored_size() == entry.size => s.valid,
+        // A packed file cannot be re-verified without its identity: no sidecar, no trust.
+        _ if !crate::pack::split_name(&entry.name).1.is_empty() => false,
         _ => verify::verify_file(&entry.path).is_ok_and(|r| r.valid),
     }
 }

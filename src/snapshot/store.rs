@@ -1,7 +1,8 @@
 //! Where snapshots live: file naming, the `.json` sidecar with verification results, and listing.
 //!
-//! Scheduled snapshots are named `etcd-YYYYmmdd-HHMMSS.snapshot` (UTC). Only names of exactly
-//! this shape are listed or pruned, so other files in the directory are never touched. The age of
+//! Scheduled snapshots are named `etcd-YYYYmmdd-HHMMSS.snapshot` (UTC), with `.zst` / `.age`
+//! appended when stored compressed or encrypted. Only names of exactly this shape are listed or
+//! pruned, so other files in the directory are never touched. The age of
 //! a snapshot comes from its name, not its mtime (a copy or restore from backup changes mtimes).
 
 use std::path::{Path, PathBuf};
@@ -20,8 +21,10 @@ pub fn file_name(at: Timestamp) -> String {
     format!("{PREFIX}{}{SUFFIX}", at.strftime(STAMP))
 }
 
-/// The time encoded in a scheduled snapshot's name, or `None` if it is not one of ours.
+/// The time encoded in a scheduled snapshot's name (also `….snapshot.zst.age`), or `None` if it
+/// is not one of ours.
 pub fn parse_name(name: &str) -> Option<Timestamp> {
+    let (name, _layers) = crate::pack::split_name(name);
     let stamp = name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?;
     if stamp.len() != 15
         || !stamp.bytes().enumerate().all(|(i, b)| {
@@ -61,6 +64,18 @@ pub struct Sidecar {
     #[serde(default)]
     pub duration_ms: Option<u64>,
     pub tool_version: String,
+    /// Set when the stored file is compressed and/or encrypted: `size`, `sha256` and `status`
+    /// then describe the plain snapshot inside, and this describes the file as stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packed: Option<Packed>,
+}
+
+/// The stored form of a packed snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Packed {
+    pub layers: Vec<crate::pack::Layer>,
+    pub size: u64,
+    pub sha256: String,
 }
 
 impl Sidecar {
@@ -79,7 +94,14 @@ impl Sidecar {
             talos_version: None,
             duration_ms: None,
             tool_version: env!("CARGO_PKG_VERSION").to_owned(),
+            packed: None,
         }
+    }
+
+    /// The size of the file as stored (packed or plain), to tell whether the sidecar still
+    /// describes it.
+    pub fn stored_size(&self) -> u64 {
+        self.packed.as_ref().map_or(self.size, |p| p.size)
     }
 }
 
@@ -160,6 +182,8 @@ mod tests {
         let n = file_name(t);
         assert_eq!(n, "etcd-20261130-020007.snapshot");
         assert_eq!(parse_name(&n), Some(t));
+        assert_eq!(parse_name(&format!("{n}.zst.age")), Some(t));
+        assert_eq!(parse_name(&format!("{n}.age")), Some(t));
     }
 
     #[test]
@@ -172,6 +196,8 @@ mod tests {
             "etcd-20261330-020007.snapshot",
             "db.snapshot",
             "etcd-20261130x020007.snapshot",
+            "etcd-20261130-020007.snapshot.zst.json",
+            "etcd-20261130-020007.snapshot.age.age",
         ] {
             assert_eq!(parse_name(n), None, "{n}");
         }

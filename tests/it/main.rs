@@ -3,6 +3,9 @@
 mod common;
 mod demo;
 mod kube;
+mod monitor;
+mod offsite;
+mod pack;
 mod proxmox_cli;
 mod pve;
 mod pve_fake;

@@ -1,0 +1,225 @@
+//! Backup monitoring: Prometheus textfile-collector metrics and a failure notification hook.
+//!
+//! After every `snapshot`, [`write`] replaces `backup.metrics_file` atomically (node_exporter's
+//! textfile collector must never read half a file). The last-success values survive a failed
+//! run: they are read back from the previous file, so an alert on
+//! `time() - talos_dr_snapshot_last_success_timestamp_seconds` keeps working after failures.
+
+use std::path::Path;
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+/// What one `snapshot` run left behind.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunMetrics {
+    pub profile: String,
+    pub finished_at: Timestamp,
+    pub exit_code: u8,
+    pub duration: Duration,
+    /// Size of the new snapshot as stored, on success.
+    pub size: Option<u64>,
+    /// Valid snapshots in the backup directory after the run.
+    pub local_count: usize,
+    /// Snapshots at the off-site target after the run, when one is configured and was listed.
+    pub offsite_count: Option<usize>,
+}
+
+/// Values carried over from the previous file.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Previous {
+    pub last_success: Option<f64>,
+    pub last_size: Option<f64>,
+}
+
+const PREFIX: &str = "talos_dr_snapshot_";
+
+/// Renders the textfile. Pure, for tests.
+pub fn render(m: &RunMetrics, prev: Previous) -> String {
+    let ok = m.exit_code == 0;
+    let last_success = if ok {
+        Some(m.finished_at.as_millisecond() as f64 / 1000.0)
+    } else {
+        prev.last_success
+    };
+    let last_size = if ok {
+        m.size.map(|s| s as f64).or(prev.last_size)
+    } else {
+        prev.last_size
+    };
+    let label = format!("{{profile=\"{}\"}}", escape_label(&m.profile));
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: Option<f64>| {
+        if let Some(v) = value {
+            out.push_str(&format!(
+                "# HELP {PREFIX}{name} {help}\n# TYPE {PREFIX}{name} {kind}\n{PREFIX}{name}{label} {v}\n"
+            ));
+        }
+    };
+    metric(
+        "last_success_timestamp_seconds",
+        "gauge",
+        "Unix time of the last successful talos-dr snapshot.",
+        last_success,
+    );
+    metric(
+        "last_size_bytes",
+        "gauge",
+        "Size of the last successful snapshot as stored.",
+        last_size,
+    );
+    metric(
+        "last_duration_seconds",
+        "gauge",
+        "Wall time of the last snapshot run, successful or not.",
+        Some(m.duration.as_secs_f64()),
+    );
+    metric(
+        "last_exit_code",
+        "gauge",
+        "Exit code of the last snapshot run (0 = success).",
+        Some(f64::from(m.exit_code)),
+    );
+    metric(
+        "last_run_timestamp_seconds",
+        "gauge",
+        "Unix time the last snapshot run finished, successful or not.",
+        Some(m.finished_at.as_millisecond() as f64 / 1000.0),
+    );
+    metric(
+        "count",
+        "gauge",
+        "Valid snapshots in the local backup directory.",
+        Some(m.local_count as f64),
+    );
+    metric(
+        "offsite_count",
+        "gauge",
+        "Snapshots at the off-site target.",
+        m.offsite_count.map(|c| c as f64),
+    );
+    out
+}
+
+/// Reads the carried-over values from an earlier file (missing or foreign lines are ignored).
+pub fn parse_previous(text: &str) -> Previous {
+    let mut p = Previous::default();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let name = name.split('{').next().unwrap_or(name);
+        let Ok(v) = value.parse::<f64>() else {
+            continue;
+        };
+        match name.strip_prefix(PREFIX) {
+            Some("last_success_timestamp_seconds") => p.last_success = Some(v),
+            Some("last_size_bytes") => p.last_size = Some(v),
+            _ => {}
+        }
+    }
+    p
+}
+
+/// Writes the metrics file atomically (mode 0644: the collector runs as another user).
+pub fn write(path: &Path, m: &RunMetrics) -> std::io::Result<()> {
+    let prev = std::fs::read_to_string(path)
+        .map(|t| parse_previous(&t))
+        .unwrap_or_default();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    crate::fsutil::write_atomic(path, render(m, prev).as_bytes(), 0o644)
+}
+
+fn escape_label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// What a failed run tells `notify_command`, through environment variables (never argv).
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub profile: String,
+    pub command: String,
+    pub exit_code: u8,
+    pub error: String,
+    pub hints: Vec<String>,
+}
+
+/// Runs `sh -c <command>` with `TALOS_DR_PROFILE`, `TALOS_DR_COMMAND`, `TALOS_DR_EXIT_CODE`,
+/// `TALOS_DR_ERROR` and `TALOS_DR_HINT` set. Returns a description of what went wrong, if anything,
+/// so the caller can warn; the hook's own failure never changes the run's exit code.
+pub async fn notify(command: &str, f: &Failure, timeout: Duration) -> Result<(), String> {
+    let env = [
+        ("TALOS_DR_PROFILE".to_owned(), f.profile.clone()),
+        ("TALOS_DR_COMMAND".to_owned(), f.command.clone()),
+        ("TALOS_DR_EXIT_CODE".to_owned(), f.exit_code.to_string()),
+        ("TALOS_DR_ERROR".to_owned(), f.error.clone()),
+        ("TALOS_DR_HINT".to_owned(), f.hints.join("\n")),
+    ];
+    let out = crate::exec::run(
+        Path::new("/bin/sh"),
+        &["-c".to_owned(), command.to_owned()],
+        &env,
+        timeout,
+    )
+    .await
+    .map_err(|e| format!("notify_command could not run: {e}"))?;
+    if out.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "notify_command exited with {}: {}",
+            out.code.map_or("a signal".into(), |c| c.to_string()),
+            out.stderr.trim()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(code: u8) -> RunMetrics {
+        RunMetrics {
+            profile: "lab".into(),
+            finished_at: "2026-11-30T02:00:00Z".parse().unwrap(),
+            exit_code: code,
+            duration: Duration::from_millis(1500),
+            size: Some(4096),
+            local_count: 3,
+            offsite_count: None,
+        }
+    }
+
+    #[test]
+    fn success_then_failure_keeps_the_last_success() {
+        let first = render(&run(0), Previous::default());
+        assert!(first.contains(
+            "talos_dr_snapshot_last_success_timestamp_seconds{profile=\"lab\"} 1796004000\n"
+        ));
+        assert!(first.contains("talos_dr_snapshot_last_size_bytes{profile=\"lab\"} 4096\n"));
+        assert!(first.contains("talos_dr_snapshot_last_exit_code{profile=\"lab\"} 0\n"));
+        assert!(first.contains("talos_dr_snapshot_count{profile=\"lab\"} 3\n"));
+        assert!(!first.contains("offsite_count"));
+
+        let mut failed = run(4);
+        failed.finished_at = "2026-11-30T03:00:00Z".parse().unwrap();
+        failed.size = None;
+        let second = render(&failed, parse_previous(&first));
+        assert!(second.contains(
+            "talos_dr_snapshot_last_success_timestamp_seconds{profile=\"lab\"} 1796004000\n"
+        ));
+        assert!(second.contains("talos_dr_snapshot_last_exit_code{profile=\"lab\"} 4\n"));
+        assert!(second.contains("talos_dr_snapshot_last_size_bytes{profile=\"lab\"} 4096\n"));
+    }
+
+    #[test]
+    fn never_succeeded_has_no_success_line() {
+        let text = render(&run(1), Previous::default());
+        assert!(!text.contains("last_success"));
+        assert!(text.contains("# TYPE talos_dr_snapshot_last_exit_code gauge"));
+    }
+}

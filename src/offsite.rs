@@ -1,0 +1,1078 @@
+//! Off-site copies: an S3-compatible bucket (`s3://bucket/prefix`) or a directory on another disk
+//! (`file:///mnt/nfs/talos`), through the `object_store` crate.
+//!
+//! An upload streams file → zstd → age → multipart upload through bounded buffers (constant
+//! memory for any size), retries the whole upload with backoff on transient errors, and then
+//! confirms it: the object's size is read back, and on S3 the plain snapshot's sha256 and size,
+//! stored as object metadata when the upload starts, are re-read. Only then is the manifest
+//! `<object>.json` written (packed size and sha256, layers, and the snapshot's verification
+//! sidecar). A multipart upload that is interrupted is never completed, so no object appears; an
+//! object without a manifest is never counted as a good copy by retention.
+//!
+//! Remote retention uses the same pure [`retention::apply`] as the local directory.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable};
+use futures::{StreamExt, TryStreamExt};
+use jiff::Timestamp;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjPath;
+use object_store::{
+    Attribute, AttributeValue, Attributes, ClientOptions, GetOptions, ObjectStore,
+    PutMultipartOptions, PutPayload, RetryConfig, WriteMultipart,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use crate::pack::{self, Identities, Layer, Packing};
+use crate::profile::{Offsite, Profile};
+use crate::snapshot::retention::{self, Candidate, Decision, KeepPolicy};
+use crate::snapshot::store::{self, Sidecar};
+use crate::snapshot::verify;
+use crate::ui::{self, Event, Reporter};
+
+/// Multipart part size: S3 needs ≥ 5 MiB parts; 8 MiB keeps memory small and requests few.
+pub const PART_SIZE: usize = 8 << 20;
+/// Parts in flight at once.
+const MAX_CONCURRENCY: usize = 4;
+/// Chunks handed from the packing thread to the uploader.
+const CHUNK: usize = 1 << 20;
+const META_SHA256: &str = "talos-dr-sha256";
+const META_SIZE: &str = "talos-dr-size";
+const META_LAYERS: &str = "talos-dr-layers";
+
+#[derive(Debug, Error)]
+pub enum OffsiteError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{url}: {source}")]
+    Store {
+        url: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("{url}: {message}")]
+    Check { url: String, message: String },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{url}: cannot unpack: {source}")]
+    Unpack {
+        url: String,
+        #[source]
+        source: pack::PackError,
+    },
+}
+
+impl OffsiteError {
+    /// Worth another try: the network or the server, not our configuration or our data.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            OffsiteError::Store { source, .. } => !matches!(
+                source,
+                object_store::Error::NotFound { .. }
+                    | object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. }
+                    | object_store::Error::NotImplemented
+                    | object_store::Error::InvalidPath { .. }
+            ),
+            OffsiteError::Check { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// The parsed `offsite.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetUrl {
+    S3 { bucket: String, prefix: String },
+    File { root: PathBuf },
+}
+
+impl TargetUrl {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let u = url::Url::parse(url).map_err(|e| {
+            format!("{url:?} is not a URL ({e}); expected s3://bucket/prefix or file:///path")
+        })?;
+        match u.scheme() {
+            "s3" => {
+                let bucket = u.host_str().unwrap_or_default().to_owned();
+                if bucket.is_empty() {
+                    return Err(format!(
+                        "{url:?} has no bucket: expected s3://bucket/prefix"
+                    ));
+                }
+                Ok(TargetUrl::S3 {
+                    bucket,
+                    prefix: u.path().trim_matches('/').to_owned(),
+                })
+            }
+            "file" => {
+                let root = u
+                    .to_file_path()
+                    .map_err(|()| format!("{url:?} is not an absolute file:/// URL"))?;
+                Ok(TargetUrl::File { root })
+            }
+            other => Err(format!(
+                "{url:?}: scheme {other:?} is not supported; use s3://bucket/prefix or file:///path"
+            )),
+        }
+    }
+}
+
+/// What the manifest `<object>.json` records about one uploaded copy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub schema: u32,
+    pub object: String,
+    /// Size and sha256 of the object as stored (after compression and encryption).
+    pub size: u64,
+    pub sha256: String,
+    pub layers: Vec<Layer>,
+    pub uploaded_at: Timestamp,
+    /// The plain snapshot's verification results (its sha256, size and etcd status).
+    pub snapshot: Sidecar,
+}
+
+/// One snapshot at the target.
+#[derive(Debug, Clone, Serialize)]
+pub struct RemoteEntry {
+    pub name: String,
+    pub url: String,
+    pub taken_at: Timestamp,
+    pub size: u64,
+    pub layers: Vec<Layer>,
+    pub manifest: Option<Manifest>,
+}
+
+impl RemoteEntry {
+    /// A confirmed, verified copy: its manifest exists, matches the object and says valid.
+    pub fn is_good(&self) -> bool {
+        self.manifest
+            .as_ref()
+            .is_some_and(|m| m.size == self.size && m.snapshot.valid)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Uploaded {
+    pub url: String,
+    pub manifest: Manifest,
+    pub elapsed_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RemotePrune {
+    pub decisions: Vec<Decision>,
+    pub deleted: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// An off-site target, ready to use.
+pub struct Target {
+    url: String,
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjPath,
+    /// S3 keeps user metadata; the local filesystem store does not.
+    metadata: bool,
+    retries: u32,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target").field("url", &self.url).finish()
+    }
+}
+
+impl Target {
+    /// The profile's `[offsite]` target, if it has one.
+    pub fn from_profile(profile: &Profile) -> Result<Option<Self>, OffsiteError> {
+        match &profile.file.offsite {
+            Some(cfg) => Self::new(cfg, profile.offsite_credentials_file().as_deref()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn new(cfg: &Offsite, credentials_file: Option<&Path>) -> Result<Self, OffsiteError> {
+        let url = cfg.url.trim_end_matches('/').to_owned();
+        let parsed = TargetUrl::parse(&url).map_err(OffsiteError::Config)?;
+        let (store, prefix, metadata): (Arc<dyn ObjectStore>, String, bool) = match parsed {
+            TargetUrl::File { root } => {
+                crate::fsutil::create_private_dir(&root).map_err(|source| OffsiteError::Io {
+                    path: root.clone(),
+                    source,
+                })?;
+                let fs = LocalFileSystem::new_with_prefix(&root).map_err(|source| {
+                    OffsiteError::Store {
+                        url: url.clone(),
+                        source,
+                    }
+                })?;
+                (Arc::new(fs), String::new(), false)
+            }
+            TargetUrl::S3 { bucket, prefix } => {
+                let mut b = AmazonS3Builder::from_env()
+                    .with_bucket_name(&bucket)
+                    .with_retry(RetryConfig {
+                        max_retries: 3,
+                        retry_timeout: Duration::from_secs(60),
+                        ..RetryConfig::default()
+                    })
+                    .with_client_options(
+                        ClientOptions::new()
+                            .with_connect_timeout(Duration::from_secs(10))
+                            .with_timeout(Duration::from_secs(300)),
+                    );
+                if let Some(region) = &cfg.region {
+                    b = b.with_region(region);
+                } else if std::env::var_os("AWS_REGION").is_none()
+                    && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+                {
+                    b = b.with_region("us-east-1");
+                }
+                if let Some(endpoint) = &cfg.endpoint {
+                    b = b
+                        .with_endpoint(endpoint.trim_end_matches('/'))
+                        .with_allow_http(endpoint.starts_with("http://"));
+                }
+                b = b.with_virtual_hosted_style_request(!cfg.path_style);
+                if let Some(path) = credentials_file {
+                    let creds = read_credentials(path)?;
+                    b = b
+                        .with_access_key_id(creds.access_key_id)
+                        .with_secret_access_key(creds.secret_access_key);
+                    if let Some(t) = creds.session_token {
+                        b = b.with_token(t);
+                    }
+                }
+                let s3 = b.build().map_err(|source| OffsiteError::Store {
+                    url: url.clone(),
+                    source,
+                })?;
+                (Arc::new(s3), prefix, true)
+            }
+        };
+        Ok(Self {
+            url,
+            store,
+            prefix: ObjPath::from(prefix.as_str()),
+            metadata,
+            retries: cfg.retries,
+        })
+    }
+
+    /// A target for the directory of an object URL (`s3://bucket/prefix/name`), with the
+    /// endpoint, region and credentials of the profile's `[offsite]` (if any). Returns the
+    /// target and the object's name.
+    pub fn for_object_url(
+        object_url: &str,
+        cfg: Option<&Offsite>,
+        credentials_file: Option<&Path>,
+    ) -> Result<(Self, String), OffsiteError> {
+        let (dir, name) = object_url
+            .trim_end_matches('/')
+            .rsplit_once('/')
+            .filter(|(d, n)| !n.is_empty() && !d.ends_with(':') && !d.ends_with("//"))
+            .ok_or_else(|| {
+                OffsiteError::Config(format!(
+                    "{object_url:?} does not name an object: expected s3://bucket/prefix/etcd-….snapshot…"
+                ))
+            })?;
+        let mut c = cfg.cloned().unwrap_or(Offsite {
+            url: String::new(),
+            endpoint: None,
+            region: None,
+            path_style: false,
+            credentials_file: None,
+            retries: 3,
+        });
+        c.url = dir.to_owned();
+        Ok((Self::new(&c, credentials_file)?, name.to_owned()))
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn url_of(&self, name: &str) -> String {
+        format!("{}/{name}", self.url)
+    }
+
+    fn location(&self, name: &str) -> ObjPath {
+        self.prefix.child(name)
+    }
+
+    fn store_err(&self, name: &str) -> impl Fn(object_store::Error) -> OffsiteError + '_ {
+        let url = self.url_of(name);
+        move |source| OffsiteError::Store {
+            url: url.clone(),
+            source,
+        }
+    }
+
+    /// Packs and uploads a verified snapshot, retrying the whole upload on transient errors,
+    /// then confirms it and writes its manifest.
+    pub async fn upload(
+        &self,
+        src: &Path,
+        sidecar: &Sidecar,
+        packing: &Packing,
+        reporter: &dyn Reporter,
+    ) -> Result<Uploaded, OffsiteError> {
+        let name = packing.file_name(&sidecar.file);
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_secs(1))
+            .with_max_delay(Duration::from_secs(30))
+            .with_max_times(self.retries as usize)
+            .with_jitter();
+        (|| self.upload_once(src, &name, sidecar, packing, reporter))
+            .retry(backoff)
+            .sleep(tokio::time::sleep)
+            .when(OffsiteError::is_transient)
+            .notify(|e, delay| {
+                reporter.report(Event::Retry {
+                    what: format!("upload to {}", self.url_of(&name)),
+                    error: e.to_string(),
+                    delay_ms: ui::ms(delay),
+                });
+            })
+            .await
+    }
+
+    async fn upload_once(
+        &self,
+        src: &Path,
+        name: &str,
+        sidecar: &Sidecar,
+        packing: &Packing,
+        reporter: &dyn Reporter,
+    ) -> Result<Uploaded, OffsiteError> {
+        let started = Instant::now();
+        let url = self.url_of(name);
+        let location = self.location(name);
+        let layers = packing.layers();
+        let mut opts = PutMultipartOptions::default();
+        if self.metadata {
+            opts.attributes = metadata(sidecar, &layers);
+        }
+        let upload = self
+            .store
+            .put_multipart_opts(&location, opts)
+            .await
+            .map_err(self.store_err(name))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+
+        // Packing is CPU work on blocking I/O: a blocking thread feeds a bounded channel.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+        let read = Arc::new(AtomicU64::new(0));
+        let packer = {
+            let src = src.to_path_buf();
+            let packing = packing.clone();
+            let read = read.clone();
+            tokio::task::spawn_blocking(move || -> io::Result<u64> {
+                let file = std::fs::File::open(&src)?;
+                let input = CountingReader {
+                    inner: file,
+                    count: read,
+                };
+                let (n, mut w) = pack::pack(input, ChannelWriter::new(tx), &packing)?;
+                w.flush()?;
+                Ok(n)
+            })
+        };
+
+        let key = format!("upload {url}");
+        reporter.report(Event::WaitStarted {
+            key: key.clone(),
+            message: format!("uploading {} to {url}", sidecar.file),
+        });
+        let mut hasher = Sha256::new();
+        let mut sent = 0u64;
+        let mut last_report = Instant::now();
+        let streamed: Result<(), object_store::Error> = async {
+            while let Some(chunk) = rx.recv().await {
+                hasher.update(&chunk);
+                sent += chunk.len() as u64;
+                writer.wait_for_capacity(MAX_CONCURRENCY).await?;
+                writer.write(&chunk);
+                if last_report.elapsed() >= Duration::from_millis(200) {
+                    last_report = Instant::now();
+                    reporter.report(Event::Progress {
+                        key: key.clone(),
+                        message: format!("uploading {}", sidecar.file),
+                        done: read.load(Ordering::Relaxed),
+                        total: Some(sidecar.size),
+                    });
+                }
+            }
+            Ok(())
+        }
+        .await;
+        drop(rx);
+        let packed = packer.await.map_err(|e| OffsiteError::Io {
+            path: src.to_path_buf(),
+            source: io::Error::other(e),
+        })?;
+        let finish = match (streamed, packed) {
+            (Ok(()), Ok(_)) => writer.finish().await.map_err(self.store_err(name)),
+            (Err(e), _) => {
+                let _ = writer.abort().await;
+                Err(self.store_err(name)(e))
+            }
+            (Ok(()), Err(source)) => {
+                let _ = writer.abort().await;
+                Err(OffsiteError::Io {
+                    path: src.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let elapsed_ms = ui::ms(started.elapsed());
+        reporter.report(Event::WaitFinished {
+            key,
+            ok: finish.is_ok(),
+            message: match &finish {
+                Ok(_) => format!(
+                    "uploaded {url} ({}, {})",
+                    human(sent),
+                    rate(sidecar.size, started.elapsed())
+                ),
+                Err(_) => format!("upload to {url} failed"),
+            },
+            elapsed_ms,
+        });
+        finish?;
+
+        let sha256 = hex::encode(hasher.finalize());
+        self.confirm(name, sent, sidecar).await?;
+        let manifest = Manifest {
+            schema: 1,
+            object: name.to_owned(),
+            size: sent,
+            sha256,
+            layers,
+            uploaded_at: Timestamp::now(),
+            snapshot: sidecar.clone(),
+        };
+        self.write_manifest(name, &manifest).await?;
+        Ok(Uploaded {
+            url,
+            manifest,
+            elapsed_ms,
+        })
+    }
+
+    /// Reads back what the server stored: the size, and on S3 the metadata sent with the upload.
+    async fn confirm(&self, name: &str, sent: u64, sidecar: &Sidecar) -> Result<(), OffsiteError> {
+        let url = self.url_of(name);
+        let head = self
+            .store
+            .get_opts(
+                &self.location(name),
+                GetOptions {
+                    head: true,
+                    ..GetOptions::default()
+                },
+            )
+            .await
+            .map_err(self.store_err(name))?;
+        if head.meta.size != sent {
+            return Err(OffsiteError::Check {
+                url,
+                message: format!(
+                    "the server stored {} bytes but {sent} were sent",
+                    head.meta.size
+                ),
+            });
+        }
+        if self.metadata {
+            let sha = head
+                .attributes
+                .get(&Attribute::Metadata(META_SHA256.into()))
+                .map(|v| v.as_ref().to_owned());
+            if sha.as_deref() != Some(sidecar.sha256.as_str()) {
+                return Err(OffsiteError::Check {
+                    url,
+                    message: format!(
+                        "the object's {META_SHA256} metadata reads {sha:?}, expected {}",
+                        sidecar.sha256
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_manifest(&self, name: &str, m: &Manifest) -> Result<(), OffsiteError> {
+        let mname = format!("{name}.json");
+        let body = serde_json::to_vec_pretty(m).map_err(|e| OffsiteError::Check {
+            url: self.url_of(&mname),
+            message: e.to_string(),
+        })?;
+        self.store
+            .put(&self.location(&mname), PutPayload::from(body))
+            .await
+            .map_err(self.store_err(&mname))?;
+        match self.read_manifest(name).await? {
+            Some(back) if back.sha256 == m.sha256 && back.size == m.size => Ok(()),
+            _ => Err(OffsiteError::Check {
+                url: self.url_of(&mname),
+                message: "the manifest read back differs from the one written".into(),
+            }),
+        }
+    }
+
+    async fn read_manifest(&self, name: &str) -> Result<Option<Manifest>, OffsiteError> {
+        let mname = format!("{name}.json");
+        match self.store.get(&self.location(&mname)).await {
+            Ok(r) => {
+                let bytes = r.bytes().await.map_err(self.store_err(&mname))?;
+                Ok(serde_json::from_slice(&bytes).ok())
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.store_err(&mname)(e)),
+        }
+    }
+
+    /// Snapshots at the target, newest first, each with its manifest when it has one.
+    pub async fn list(&self) -> Result<Vec<RemoteEntry>, OffsiteError> {
+        let prefix = (!self.prefix.as_ref().is_empty()).then_some(&self.prefix);
+        let listing = self
+            .store
+            .list_with_delimiter(prefix)
+            .await
+            .map_err(self.store_err(""))?;
+        let mut entries: Vec<RemoteEntry> = listing
+            .objects
+            .into_iter()
+            .filter_map(|o| {
+                let name = o.location.filename()?.to_owned();
+                let (base, layers) = pack::split_name(&name);
+                let taken_at = store::parse_name(base)?;
+                Some(RemoteEntry {
+                    url: self.url_of(&name),
+                    name,
+                    taken_at,
+                    size: o.size,
+                    layers,
+                    manifest: None,
+                })
+            })
+            .collect();
+        let manifests: Vec<Option<Manifest>> = futures::stream::iter(entries.iter())
+            .map(|e| self.read_manifest(&e.name))
+            .buffered(8)
+            .try_collect()
+            .await?;
+        for (e, m) in entries.iter_mut().zip(manifests) {
+            e.manifest = m;
+        }
+        entries.sort_by(|a, b| b.taken_at.cmp(&a.taken_at).then(b.name.cmp(&a.name)));
+        Ok(entries)
+    }
+
+    /// Applies retention at the target: the same policy and pure decision as locally.
+    pub async fn prune(
+        &self,
+        policy: KeepPolicy,
+        now: Timestamp,
+        dry_run: bool,
+    ) -> Result<RemotePrune, OffsiteError> {
+        let entries = self.list().await?;
+        let candidates: Vec<Candidate> = entries
+            .iter()
+            .map(|e| Candidate {
+                name: e.name.clone(),
+                taken_at: e.taken_at,
+                valid: e.is_good(),
+            })
+            .collect();
+        let decisions = retention::apply(policy, &candidates, now);
+        let mut deleted = Vec::new();
+        let mut errors = Vec::new();
+        if !dry_run {
+            for d in decisions.iter().filter(|d| !d.keep) {
+                match self.delete(&d.name).await {
+                    Ok(()) => deleted.push(self.url_of(&d.name)),
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+        }
+        Ok(RemotePrune {
+            decisions,
+            deleted,
+            errors,
+        })
+    }
+
+    /// Deletes an object and its manifest (a missing manifest is fine).
+    pub async fn delete(&self, name: &str) -> Result<(), OffsiteError> {
+        self.store
+            .delete(&self.location(name))
+            .await
+            .map_err(self.store_err(name))?;
+        let mname = format!("{name}.json");
+        match self.store.delete(&self.location(&mname)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.store_err(&mname)(e)),
+        }
+    }
+
+    /// Downloads an object to `dst` (mode 0600) and checks it against its manifest, if any.
+    pub async fn download(
+        &self,
+        name: &str,
+        dst: &Path,
+        reporter: &dyn Reporter,
+    ) -> Result<Option<Manifest>, OffsiteError> {
+        let url = self.url_of(name);
+        let manifest = self.read_manifest(name).await?;
+        let got = self
+            .store
+            .get(&self.location(name))
+            .await
+            .map_err(self.store_err(name))?;
+        let total = got.meta.size;
+        let io_err = |source| OffsiteError::Io {
+            path: dst.to_path_buf(),
+            source,
+        };
+        let dir = dst.parent().unwrap_or(Path::new("."));
+        let tmp = tempfile::Builder::new()
+            .prefix(".tmp-download-")
+            .tempfile_in(dir)
+            .map_err(io_err)?;
+        set_private(tmp.path()).map_err(io_err)?;
+        let key = format!("download {url}");
+        reporter.report(Event::WaitStarted {
+            key: key.clone(),
+            message: format!("downloading {url}"),
+        });
+        let started = Instant::now();
+        let mut file = tokio::fs::File::from_std(tmp.reopen().map_err(io_err)?);
+        let mut hasher = Sha256::new();
+        let mut done = 0u64;
+        let mut stream = got.into_stream();
+        let mut last = Instant::now();
+        let result: Result<(), OffsiteError> = async {
+            use tokio::io::AsyncWriteExt;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(self.store_err(name))?;
+                hasher.update(&chunk);
+                done += chunk.len() as u64;
+                file.write_all(&chunk).await.map_err(io_err)?;
+                if last.elapsed() >= Duration::from_millis(200) {
+                    last = Instant::now();
+                    reporter.report(Event::Progress {
+                        key: key.clone(),
+                        message: format!("downloading {name}"),
+                        done,
+                        total: Some(total),
+                    });
+                }
+            }
+            file.sync_all().await.map_err(io_err)
+        }
+        .await;
+        reporter.report(Event::WaitFinished {
+            key,
+            ok: result.is_ok(),
+            message: match &result {
+                Ok(()) => format!(
+                    "downloaded {url} ({}, {})",
+                    human(done),
+                    rate(done, started.elapsed())
+                ),
+                Err(_) => format!("download of {url} failed"),
+            },
+            elapsed_ms: ui::ms(started.elapsed()),
+        });
+        result?;
+        let sha = hex::encode(hasher.finalize());
+        if let Some(m) = &manifest
+            && (m.size != done || m.sha256 != sha)
+        {
+            return Err(OffsiteError::Check {
+                url,
+                message: format!(
+                    "the download does not match its manifest ({done} bytes, sha256 {sha}; \
+                     the manifest says {} bytes, sha256 {})",
+                    m.size, m.sha256
+                ),
+            });
+        }
+        tmp.persist(dst).map_err(|e| io_err(e.error))?;
+        Ok(manifest)
+    }
+}
+
+/// A snapshot made ready for `restore`: plain, verified, on local disk.
+#[derive(Debug, Clone, Serialize)]
+pub struct Prepared {
+    pub path: PathBuf,
+    /// Where it came from (a URL or the packed local file), when it was not used as given.
+    pub source: Option<String>,
+    pub layers: Vec<Layer>,
+    pub report: Option<verify::Report>,
+}
+
+/// Turns a `restore --snapshot` argument into a plain local file: an `s3://` or `file://` URL is
+/// downloaded, and a compressed or encrypted file is unpacked, into `unpacked_dir`, then
+/// verified. A plain local file is returned as given (preflight verifies it). Nothing here
+/// touches the cluster.
+pub async fn prepare_snapshot(
+    arg: &str,
+    profile: &Profile,
+    identity: Option<&Path>,
+    reporter: &dyn Reporter,
+) -> Result<Prepared, PrepareError> {
+    let dir = profile.unpacked_dir();
+    let is_url = arg.starts_with("s3://") || arg.starts_with("file://");
+    if !is_url {
+        let path = std::path::absolute(arg).map_err(|e| PrepareError::Usage(e.to_string()))?;
+        if !path.is_file() {
+            return Err(PrepareError::Usage(format!(
+                "{} does not exist",
+                path.display()
+            )));
+        }
+        let layer = pack::sniff_file(&path)
+            .map_err(|e| PrepareError::Usage(format!("cannot read {}: {e}", path.display())))?;
+        if layer.is_none() {
+            return Ok(Prepared {
+                path,
+                source: None,
+                layers: Vec::new(),
+                report: None,
+            });
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        return unpack_and_verify(
+            &path,
+            &name,
+            &path.display().to_string(),
+            &dir,
+            identity,
+            None,
+        );
+    }
+    let (target, name) = Target::for_object_url(
+        arg,
+        profile.file.offsite.as_ref(),
+        profile.offsite_credentials_file().as_deref(),
+    )
+    .map_err(|e| PrepareError::Usage(e.to_string()))?;
+    mkdir(&dir)?;
+    let download = dir.join(format!(".download-{name}"));
+    let _cleanup = RemoveOnDrop(download.clone());
+    let manifest = target
+        .download(&name, &download, reporter)
+        .await
+        .map_err(|e| match e {
+            OffsiteError::Store {
+                source: object_store::Error::NotFound { .. },
+                ..
+            } => PrepareError::Usage(format!("{arg} does not exist")),
+            OffsiteError::Check { .. } => PrepareError::Invalid(e.to_string()),
+            other => PrepareError::Failed(other.to_string()),
+        })?;
+    unpack_and_verify(&download, &name, arg, &dir, identity, manifest.as_ref())
+}
+
+fn unpack_and_verify(
+    packed: &Path,
+    name: &str,
+    source: &str,
+    dir: &Path,
+    identity: Option<&Path>,
+    manifest: Option<&Manifest>,
+) -> Result<Prepared, PrepareError> {
+    mkdir(dir)?;
+    let identities = identity
+        .map(Identities::load)
+        .transpose()
+        .map_err(|e| PrepareError::Usage(e.to_string()))?;
+    let (base, _) = pack::split_name(name);
+    let base = if base == name {
+        format!("{name}.snapshot")
+    } else {
+        base.to_owned()
+    };
+    let out = dir.join(&base);
+    let layers = pack::unpack_file(packed, &out, identities.as_ref()).map_err(|e| match e {
+        pack::PackError::NoIdentity
+        | pack::PackError::WrongIdentity { .. }
+        | pack::PackError::Identity { .. } => PrepareError::Usage(format!("{source}: {e}")),
+        other => PrepareError::Invalid(format!("{source}: cannot unpack: {other}")),
+    })?;
+    let report = verify::verify_file(&out)
+        .map_err(|e| PrepareError::Failed(format!("cannot read {}: {e}", out.display())))?;
+    if let Some(m) = manifest
+        && m.snapshot.sha256 != report.sha256
+    {
+        return Err(PrepareError::Invalid(format!(
+            "{source}: the unpacked snapshot's sha256 {} differs from the one recorded at upload ({})",
+            report.sha256, m.snapshot.sha256
+        )));
+    }
+    if !report.valid {
+        return Err(PrepareError::Invalid(format!(
+            "{source}: the unpacked snapshot {} failed verification:\n  {}",
+            out.display(),
+            report.problems.join("\n  ")
+        )));
+    }
+    Ok(Prepared {
+        path: out,
+        source: Some(source.to_owned()),
+        layers,
+        report: Some(report),
+    })
+}
+
+#[derive(Debug, Error)]
+pub enum PrepareError {
+    /// Bad argument or configuration (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The snapshot is not usable (exit 3).
+    #[error("{0}")]
+    Invalid(String),
+    /// The network or the disk failed (exit 1).
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn mkdir(dir: &Path) -> Result<(), PrepareError> {
+    crate::fsutil::create_private_dir(dir)
+        .map_err(|e| PrepareError::Failed(format!("cannot create {}: {e}", dir.display())))
+}
+
+fn metadata(sidecar: &Sidecar, layers: &[Layer]) -> Attributes {
+    let mut a = Attributes::new();
+    a.insert(
+        Attribute::Metadata(META_SHA256.into()),
+        AttributeValue::from(sidecar.sha256.clone()),
+    );
+    a.insert(
+        Attribute::Metadata(META_SIZE.into()),
+        AttributeValue::from(sidecar.size.to_string()),
+    );
+    a.insert(
+        Attribute::Metadata(META_LAYERS.into()),
+        AttributeValue::from(
+            layers
+                .iter()
+                .map(|l| l.name())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+    );
+    a
+}
+
+struct Credentials {
+    access_key_id: String,
+    secret_access_key: String,
+    session_token: Option<String>,
+}
+
+/// Reads `aws_access_key_id = …` (AWS credentials file, first profile) or `AWS_ACCESS_KEY_ID=…`
+/// (env-file) lines. Errors never include the values.
+fn read_credentials(path: &Path) -> Result<Credentials, OffsiteError> {
+    let text = std::fs::read_to_string(path).map_err(|source| OffsiteError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut id = None;
+    let mut secret = None;
+    let mut token = None;
+    let mut sections = 0;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            sections += 1;
+            if sections > 1 {
+                break;
+            }
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        let v = v.trim().trim_matches('"').to_owned();
+        match k.trim().to_ascii_lowercase().as_str() {
+            "aws_access_key_id" => id = Some(v),
+            "aws_secret_access_key" => secret = Some(v),
+            "aws_session_token" => token = Some(v),
+            _ => {}
+        }
+    }
+    match (id, secret) {
+        (Some(access_key_id), Some(secret_access_key)) => Ok(Credentials {
+            access_key_id,
+            secret_access_key,
+            session_token: token,
+        }),
+        _ => Err(OffsiteError::Config(format!(
+            "{}: expected aws_access_key_id and aws_secret_access_key (or AWS_ACCESS_KEY_ID= and AWS_SECRET_ACCESS_KEY=) lines",
+            path.display()
+        ))),
+    }
+}
+
+fn set_private(p: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))
+}
+
+pub fn human(n: u64) -> String {
+    let mib = n as f64 / (1024.0 * 1024.0);
+    if mib >= 1.0 {
+        format!("{mib:.1} MiB")
+    } else {
+        format!("{n} B")
+    }
+}
+
+/// `41.3 MiB/s` of snapshot data.
+pub fn rate(bytes: u64, d: Duration) -> String {
+    let secs = d.as_secs_f64().max(1e-3);
+    format!("{:.1} MiB/s", bytes as f64 / (1024.0 * 1024.0) / secs)
+}
+
+/// Counts bytes read, for progress from another thread.
+struct CountingReader<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// A `Write` that hands 1 MiB chunks to the async uploader; blocks while the channel is full,
+/// which bounds memory. Fails once the uploader has gone away.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    fn new(tx: tokio::sync::mpsc::Sender<Vec<u8>>) -> Self {
+        Self {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+        }
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_or_say_what_is_expected() {
+        assert_eq!(
+            TargetUrl::parse("s3://backups/talos/lab").unwrap(),
+            TargetUrl::S3 {
+                bucket: "backups".into(),
+                prefix: "talos/lab".into()
+            }
+        );
+        assert_eq!(
+            TargetUrl::parse("file:///mnt/nfs/talos").unwrap(),
+            TargetUrl::File {
+                root: "/mnt/nfs/talos".into()
+            }
+        );
+        assert!(TargetUrl::parse("s3:///x").unwrap_err().contains("bucket"));
+        assert!(TargetUrl::parse("ftp://x/y").unwrap_err().contains("ftp"));
+        assert!(TargetUrl::parse("/mnt/x").unwrap_err().contains("file:///"));
+    }
+
+    #[test]
+    fn credentials_come_from_either_format_and_errors_hide_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c");
+        std::fs::write(
+            &p,
+            "[default]\naws_access_key_id = AK\naws_secret_access_key = SK\n[other]\naws_access_key_id = X\n",
+        )
+        .unwrap();
+        let c = read_credentials(&p).unwrap();
+        assert_eq!(
+            (c.access_key_id.as_str(), c.secret_access_key.as_str()),
+            ("AK", "SK")
+        );
+        std::fs::write(&p, "AWS_ACCESS_KEY_ID=AK2\nAWS_SECRET_ACCESS_KEY=\"SK2\"\n").unwrap();
+        let c = read_credentials(&p).unwrap();
+        assert_eq!(
+            (c.access_key_id.as_str(), c.secret_access_key.as_str()),
+            ("AK2", "SK2")
+        );
+        std::fs::write(&p, "AWS_ACCESS_KEY_ID=SECRETVALUE\n").unwrap();
+        let e = read_credentials(&p).err().unwrap().to_string();
+        assert!(!e.contains("SECRETVALUE"), "{e}");
+    }
+
+    #[test]
+    fn channel_writer_chunks_and_reports_a_gone_reader() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let mut w = ChannelWriter::new(tx);
+        w.write_all(&vec![7u8; CHUNK + 10]).unwrap();
+        w.flush().unwrap();
+        assert_eq!(rx.try_recv().unwrap().len(), CHUNK);
+        assert_eq!(rx.try_recv().unwrap().len(), 10);
+        drop(rx);
+        w.write_all(&vec![1u8; CHUNK]).unwrap_err();
+    }
+}

@@ -1,0 +1,501 @@
+//! Packing snapshot files for storage: optional zstd compression, then optional age encryption.
+//!
+//! The layout is siderolabs/talos-backup's: `X.snapshot` → `X.snapshot.zst` → `X.snapshot.zst.age`,
+//! so standard tools undo it (`age -d -i key.txt X.snapshot.zst.age | zstd -d > X.snapshot`), and
+//! talos-backup's files unpack here. Encryption is age v1 to X25519 recipients (`age1…`).
+//!
+//! Everything streams through fixed-size buffers, so memory stays constant for any file size.
+//! Unpacking recognises the layers by their magic bytes, not by the file name, and names the
+//! layers it removed.
+
+use std::fmt;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// zstd level 3 is zstd's (and talos-backup's) default: most of the gain for little CPU.
+pub const ZSTD_LEVEL: i32 = 3;
+const BUF: usize = 1 << 20;
+const AGE_MAGIC: &[u8] = b"age-encryption.org/v1";
+const AGE_ARMOR: &[u8] = b"-----BEGIN AGE ENCRYPTED FILE-----";
+const ZSTD_MAGIC: &[u8] = b"\x28\xb5\x2f\xfd";
+
+/// One storage layer around a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layer {
+    Zstd,
+    Age,
+}
+
+impl Layer {
+    pub fn name(self) -> &'static str {
+        match self {
+            Layer::Zstd => "zstd",
+            Layer::Age => "age",
+        }
+    }
+    pub fn extension(self) -> &'static str {
+        match self {
+            Layer::Zstd => ".zst",
+            Layer::Age => ".age",
+        }
+    }
+}
+
+impl fmt::Display for Layer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `age → zstd` style list of layers, outermost first.
+pub fn describe(layers: &[Layer]) -> String {
+    if layers.is_empty() {
+        "none".into()
+    } else {
+        layers
+            .iter()
+            .map(|l| l.name())
+            .collect::<Vec<_>>()
+            .join(" → ")
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum PackError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error(
+        "it is encrypted with age and no identity was given: pass --identity FILE or set backup.identity_file"
+    )]
+    NoIdentity,
+    #[error(
+        "none of the identities in {} can decrypt it: it was encrypted to other recipients",
+        path.display()
+    )]
+    WrongIdentity { path: PathBuf },
+    #[error("it is ASCII-armored age; dearmor it first (`age -d` reads it directly)")]
+    Armored,
+    #[error("it is not a readable age file: {0}")]
+    Age(String),
+    #[error("cannot use the age identity file {}: {message}", path.display())]
+    Identity { path: PathBuf, message: String },
+    #[error("{value:?} is not an age X25519 recipient (expected age1…): {message}")]
+    Recipient { value: String, message: String },
+}
+
+/// Which layers to add when storing a snapshot.
+#[derive(Clone, Default)]
+pub struct Packing {
+    pub compress: bool,
+    /// Encrypt to these recipients; empty means no encryption.
+    pub recipients: Vec<age::x25519::Recipient>,
+}
+
+impl fmt::Debug for Packing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Packing")
+            .field("compress", &self.compress)
+            .field("recipients", &self.recipients.len())
+            .finish()
+    }
+}
+
+impl Packing {
+    /// Layers in the order they are applied (innermost first), which is also the order of the
+    /// file extensions.
+    pub fn layers(&self) -> Vec<Layer> {
+        let mut v = Vec::new();
+        if self.compress {
+            v.push(Layer::Zstd);
+        }
+        if !self.recipients.is_empty() {
+            v.push(Layer::Age);
+        }
+        v
+    }
+
+    pub fn is_plain(&self) -> bool {
+        self.layers().is_empty()
+    }
+
+    /// `etcd-….snapshot` → `etcd-….snapshot.zst.age`.
+    pub fn file_name(&self, base: &str) -> String {
+        let mut s = base.to_owned();
+        for l in self.layers() {
+            s.push_str(l.extension());
+        }
+        s
+    }
+}
+
+/// Splits `X.snapshot.zst.age` into `X.snapshot` and its layers (in extension order).
+pub fn split_name(name: &str) -> (&str, Vec<Layer>) {
+    let mut base = name;
+    let mut layers = Vec::new();
+    loop {
+        if let Some(b) = base
+            .strip_suffix(".age")
+            .filter(|_| !layers.contains(&Layer::Age))
+        {
+            base = b;
+            layers.insert(0, Layer::Age);
+        } else if let Some(b) = base
+            .strip_suffix(".zst")
+            .filter(|_| !layers.contains(&Layer::Zstd))
+        {
+            base = b;
+            layers.insert(0, Layer::Zstd);
+        } else {
+            return (base, layers);
+        }
+    }
+}
+
+/// The outermost layer of a stream, from its first bytes.
+pub fn sniff(head: &[u8]) -> Option<Layer> {
+    if head.starts_with(AGE_MAGIC) || head.starts_with(AGE_ARMOR) {
+        Some(Layer::Age)
+    } else if head.starts_with(ZSTD_MAGIC) {
+        Some(Layer::Zstd)
+    } else {
+        None
+    }
+}
+
+/// The outermost layer of a file, from its first bytes.
+pub fn sniff_file(path: &Path) -> io::Result<Option<Layer>> {
+    let mut head = [0u8; 34];
+    let mut f = std::fs::File::open(path)?;
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(sniff(&head[..n]))
+}
+
+pub fn parse_recipients(list: &[String]) -> Result<Vec<age::x25519::Recipient>, PackError> {
+    list.iter()
+        .map(|value| {
+            age::x25519::Recipient::from_str(value.trim()).map_err(|message| PackError::Recipient {
+                value: value.clone(),
+                message: message.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// The identities of one age identity file (never printed: they are secret keys).
+pub struct Identities {
+    path: PathBuf,
+    ids: Vec<Box<dyn age::Identity + Send + Sync>>,
+}
+
+impl fmt::Debug for Identities {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Identities({}, {} keys)",
+            self.path.display(),
+            self.ids.len()
+        )
+    }
+}
+
+impl Identities {
+    pub fn load(path: &Path) -> Result<Self, PackError> {
+        let err = |message: String| PackError::Identity {
+            path: path.to_path_buf(),
+            message,
+        };
+        let file = age::IdentityFile::from_file(path.to_string_lossy().into_owned())
+            .map_err(|e| err(e.to_string()))?;
+        let ids = file.into_identities().map_err(|e| err(e.to_string()))?;
+        if ids.is_empty() {
+            return Err(err(
+                "it holds no identity (expected AGE-SECRET-KEY-1… lines, as age-keygen writes)"
+                    .into(),
+            ));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            ids,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Packs `input` into `out`; returns the number of input bytes read and the writer.
+pub fn pack<R: Read, W: Write>(input: R, out: W, packing: &Packing) -> io::Result<(u64, W)> {
+    let mut input = BufReader::with_capacity(BUF, input);
+    let encryptor = if packing.recipients.is_empty() {
+        None
+    } else {
+        Some(
+            age::Encryptor::with_recipients(
+                packing.recipients.iter().map(|r| r as &dyn age::Recipient),
+            )
+            .map_err(io::Error::other)?,
+        )
+    };
+    match (packing.compress, encryptor) {
+        (false, None) => {
+            let mut out = out;
+            let n = io::copy(&mut input, &mut out)?;
+            Ok((n, out))
+        }
+        (true, None) => {
+            let mut z = zstd::Encoder::new(out, ZSTD_LEVEL)?;
+            let n = io::copy(&mut input, &mut z)?;
+            Ok((n, z.finish()?))
+        }
+        (false, Some(enc)) => {
+            let mut a = enc.wrap_output(out)?;
+            let n = io::copy(&mut input, &mut a)?;
+            Ok((n, a.finish()?))
+        }
+        (true, Some(enc)) => {
+            let a = enc.wrap_output(out)?;
+            let mut z = zstd::Encoder::new(a, ZSTD_LEVEL)?;
+            let n = io::copy(&mut input, &mut z)?;
+            let a = z.finish()?;
+            Ok((n, a.finish()?))
+        }
+    }
+}
+
+/// Unpacks `input` into `out`, removing an age layer and then a zstd layer where present.
+/// Returns the layers removed (outermost first) and the bytes written.
+pub fn unpack<R: Read, W: Write>(
+    input: R,
+    mut out: W,
+    identities: Option<&Identities>,
+) -> Result<(Vec<Layer>, u64), PackError> {
+    let mut layers = Vec::new();
+    let mut reader: Box<dyn BufRead + '_> = Box::new(BufReader::with_capacity(BUF, input));
+    let head = reader.fill_buf()?;
+    if head.starts_with(AGE_ARMOR) {
+        return Err(PackError::Armored);
+    }
+    if head.starts_with(AGE_MAGIC) {
+        let ids = identities.ok_or(PackError::NoIdentity)?;
+        let decryptor =
+            age::Decryptor::new_buffered(reader).map_err(|e| PackError::Age(e.to_string()))?;
+        let plain = decryptor
+            .decrypt(ids.ids.iter().map(|i| i.as_ref() as &dyn age::Identity))
+            .map_err(|e| match e {
+                age::DecryptError::NoMatchingKeys => PackError::WrongIdentity {
+                    path: ids.path.clone(),
+                },
+                other => PackError::Age(other.to_string()),
+            })?;
+        reader = Box::new(BufReader::with_capacity(BUF, plain));
+        layers.push(Layer::Age);
+    }
+    let n = if reader.fill_buf()?.starts_with(ZSTD_MAGIC) {
+        layers.push(Layer::Zstd);
+        let mut z = zstd::Decoder::with_buffer(reader)?;
+        io::copy(&mut z, &mut out)?
+    } else {
+        io::copy(&mut reader, &mut out)?
+    };
+    out.flush()?;
+    Ok((layers, n))
+}
+
+/// What [`pack_file`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackedFile {
+    /// Plain bytes read.
+    pub read: u64,
+    /// Bytes written, and their sha256 (hex).
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Packs `src` into a new file `dst` (mode 0600, written under a temp name then renamed).
+pub fn pack_file(src: &Path, dst: &Path, packing: &Packing) -> io::Result<PackedFile> {
+    use sha2::Digest;
+    let input = std::fs::File::open(src)?;
+    let mut out = None;
+    write_atomic(dst, |f| {
+        let hashing = Hashing {
+            inner: f,
+            hasher: sha2::Sha256::new(),
+            written: 0,
+        };
+        let (read, h) = pack(input, hashing, packing)?;
+        out = Some(PackedFile {
+            read,
+            size: h.written,
+            sha256: hex::encode(h.hasher.finalize()),
+        });
+        Ok(read)
+    })?;
+    out.ok_or_else(|| io::Error::other("packing produced nothing"))
+}
+
+/// Hashes and counts what passes through to `inner`.
+struct Hashing<W> {
+    inner: W,
+    hasher: sha2::Sha256,
+    written: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        use sha2::Digest;
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Unpacks `src` into a new file `dst` (mode 0600, written under a temp name then renamed).
+pub fn unpack_file(
+    src: &Path,
+    dst: &Path,
+    identities: Option<&Identities>,
+) -> Result<Vec<Layer>, PackError> {
+    let input = std::fs::File::open(src)?;
+    let mut layers = Vec::new();
+    let mut failure = None;
+    write_atomic(dst, |f| match unpack(input, f, identities) {
+        Ok((l, n)) => {
+            layers = l;
+            Ok(n)
+        }
+        Err(e) => {
+            failure = Some(e);
+            Err(io::Error::other("unpack failed"))
+        }
+    })
+    .map_err(|e| failure.take().unwrap_or(PackError::Io(e)))?;
+    Ok(layers)
+}
+
+fn write_atomic(
+    dst: &Path,
+    body: impl FnOnce(&mut io::BufWriter<&std::fs::File>) -> io::Result<u64>,
+) -> io::Result<u64> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = match dst.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".tmp-pack-")
+        .tempfile_in(dir)?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    let n = {
+        let mut w = io::BufWriter::with_capacity(BUF, tmp.as_file());
+        let n = body(&mut w)?;
+        w.flush()?;
+        n
+    };
+    tmp.as_file().sync_all()?;
+    tmp.persist(dst).map_err(|e| e.error)?;
+    crate::fsutil::sync_dir(dir)?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> (age::x25519::Identity, age::x25519::Recipient) {
+        let id = age::x25519::Identity::generate();
+        let r = id.to_public();
+        (id, r)
+    }
+
+    fn identities(id: &age::x25519::Identity) -> (tempfile::TempDir, Identities) {
+        use age::secrecy::ExposeSecret;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("key.txt");
+        std::fs::write(&p, format!("{}\n", id.to_string().expose_secret())).unwrap();
+        let ids = Identities::load(&p).unwrap();
+        (dir, ids)
+    }
+
+    #[test]
+    fn every_combination_round_trips_and_names_its_layers() {
+        let data: Vec<u8> = (0..300_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        let (id, r) = key();
+        let (_d, ids) = identities(&id);
+        for (compress, encrypt) in [(false, false), (true, false), (false, true), (true, true)] {
+            let p = Packing {
+                compress,
+                recipients: if encrypt { vec![r.clone()] } else { vec![] },
+            };
+            let (n, packed) = pack(&data[..], Vec::new(), &p).unwrap();
+            assert_eq!(n, data.len() as u64);
+            let mut back = Vec::new();
+            let (layers, m) = unpack(&packed[..], &mut back, Some(&ids)).unwrap();
+            assert_eq!(back, data);
+            assert_eq!(m, data.len() as u64);
+            let mut expect = p.layers();
+            expect.reverse();
+            assert_eq!(layers, expect, "compress={compress} encrypt={encrypt}");
+        }
+    }
+
+    #[test]
+    fn wrong_or_missing_identity_is_a_clear_error() {
+        let (_, r) = key();
+        let (other, _) = key();
+        let (_d, ids) = identities(&other);
+        let p = Packing {
+            compress: true,
+            recipients: vec![r],
+        };
+        let (_, packed) = pack(&b"hello"[..], Vec::new(), &p).unwrap();
+        let e = unpack(&packed[..], Vec::new(), Some(&ids)).unwrap_err();
+        assert!(matches!(e, PackError::WrongIdentity { .. }), "{e}");
+        assert!(e.to_string().contains("key.txt"), "{e}");
+        let e = unpack(&packed[..], Vec::new(), None).unwrap_err();
+        assert!(e.to_string().contains("--identity"), "{e}");
+    }
+
+    #[test]
+    fn names_split_into_base_and_layers() {
+        assert_eq!(
+            split_name("etcd-1.snapshot.zst.age"),
+            ("etcd-1.snapshot", vec![Layer::Zstd, Layer::Age])
+        );
+        assert_eq!(
+            split_name("a.snapshot.age"),
+            ("a.snapshot", vec![Layer::Age])
+        );
+        assert_eq!(split_name("a.snapshot"), ("a.snapshot", vec![]));
+        let p = Packing {
+            compress: true,
+            recipients: vec![key().1],
+        };
+        assert_eq!(p.file_name("a.snapshot"), "a.snapshot.zst.age");
+    }
+
+    #[test]
+    fn bad_recipients_name_the_value() {
+        let e = parse_recipients(&["age1nope".into()]).unwrap_err();
+        assert!(e.to_string().contains("age1nope"), "{e}");
+        assert!(parse_recipients(&[key().1.to_string()]).is_ok());
+    }
+}

@@ -1,0 +1,282 @@
+//! Scheduled snapshots: the text of a systemd service + timer pair, or of a crontab line.
+//!
+//! Pure functions of a [`Spec`]; `talos-dr schedule` prints them or installs them. The timer
+//! uses `OnCalendar=` with `Persistent=true`, so a run missed while the machine was off happens
+//! at the next boot. Intervals must divide an hour or a day evenly (or be one week), so that the
+//! same wall-clock times come round every day in both systemd and cron.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How often to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Every {
+    /// Every N minutes, N dividing 60.
+    Minutes(u32),
+    /// Every N hours, N dividing 24.
+    Hours(u32),
+    Daily,
+    Weekly,
+}
+
+impl Every {
+    pub fn from_duration(d: Duration) -> Result<Self, String> {
+        let secs = d.as_secs();
+        let bad = || {
+            format!(
+                "cannot run every {}: use a number of minutes that divides 60 (5m, 15m, 30m), \
+                 of hours that divides 24 (1h, 6h, 12h), 1d or 7d",
+                crate::snapshot::retention::human_age(jiff::SignedDuration::from_secs(
+                    i64::try_from(secs).unwrap_or(i64::MAX)
+                ))
+            )
+        };
+        if secs == 0 || !secs.is_multiple_of(60) {
+            return Err(bad());
+        }
+        let mins = secs / 60;
+        Ok(match mins {
+            m if m < 60 && 60u64.is_multiple_of(m) => Every::Minutes(m as u32),
+            m if m % 60 == 0 && m < 24 * 60 && (24 * 60) % m == 0 => Every::Hours((m / 60) as u32),
+            m if m == 24 * 60 => Every::Daily,
+            m if m == 7 * 24 * 60 => Every::Weekly,
+            _ => return Err(bad()),
+        })
+    }
+
+    /// systemd `OnCalendar=` expression.
+    pub fn on_calendar(self) -> String {
+        match self {
+            Every::Minutes(1) => "*-*-* *:*:00".into(),
+            Every::Minutes(n) => format!("*-*-* *:00/{n}:00"),
+            Every::Hours(1) => "*-*-* *:00:00".into(),
+            Every::Hours(n) => format!("*-*-* 00/{n}:00:00"),
+            Every::Daily => "*-*-* 00:00:00".into(),
+            Every::Weekly => "Mon *-*-* 00:00:00".into(),
+        }
+    }
+
+    /// The five time fields of a crontab line.
+    pub fn cron_fields(self) -> String {
+        match self {
+            Every::Minutes(1) => "* * * * *".into(),
+            Every::Minutes(n) => format!("*/{n} * * * *"),
+            Every::Hours(1) => "0 * * * *".into(),
+            Every::Hours(n) => format!("0 */{n} * * *"),
+            Every::Daily => "0 0 * * *".into(),
+            Every::Weekly => "0 0 * * 1".into(),
+        }
+    }
+}
+
+impl fmt::Display for Every {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Every::Minutes(n) => write!(f, "every {n} min"),
+            Every::Hours(n) => write!(f, "every {n} h"),
+            Every::Daily => f.write_str("daily"),
+            Every::Weekly => f.write_str("weekly"),
+        }
+    }
+}
+
+/// What to schedule.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub every: Every,
+    /// Absolute path of the talos-dr binary.
+    pub binary: PathBuf,
+    pub profile_name: String,
+    /// The profile directory, passed as `--config-dir` so the job does not depend on $HOME.
+    pub config_dir: PathBuf,
+}
+
+impl Spec {
+    /// `talos-dr-snapshot-<profile>`; the profile name is already restricted to `[A-Za-z0-9._-]`.
+    pub fn unit_name(&self) -> String {
+        let safe: String = self
+            .profile_name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        format!("talos-dr-snapshot-{safe}")
+    }
+
+    fn argv(&self) -> Vec<String> {
+        vec![
+            self.binary.display().to_string(),
+            "--config-dir".into(),
+            self.config_dir.display().to_string(),
+            "snapshot".into(),
+        ]
+    }
+
+    /// Optional `KEY=VALUE` file for S3 credentials and the like, so no secret sits in a unit.
+    pub fn env_file(&self) -> PathBuf {
+        self.config_dir.join("env")
+    }
+}
+
+pub fn systemd_service(spec: &Spec) -> String {
+    let exec = spec
+        .argv()
+        .iter()
+        .map(|a| systemd_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!(
+        "[Unit]
+Description=talos-dr: etcd snapshot of Talos cluster {name}
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=oneshot
+ExecStart={exec}
+# Optional KEY=VALUE lines (AWS_ACCESS_KEY_ID=…, AWS_SECRET_ACCESS_KEY=…), mode 0600.
+EnvironmentFile=-{env}
+Nice=10
+IOSchedulingClass=best-effort
+IOSchedulingPriority=7
+TimeoutStartSec=2h
+",
+        name = spec.profile_name,
+        env = systemd_quote(&spec.env_file().display().to_string()),
+    )
+}
+
+pub fn systemd_timer(spec: &Spec) -> String {
+    format!(
+        "[Unit]
+Description=talos-dr: etcd snapshot of Talos cluster {name}, {every}
+
+[Timer]
+OnCalendar={cal}
+# Catch up at boot on a run missed while the machine was off.
+Persistent=true
+RandomizedDelaySec=60
+AccuracySec=1min
+Unit={unit}.service
+
+[Install]
+WantedBy=timers.target
+",
+        name = spec.profile_name,
+        every = spec.every,
+        cal = spec.every.on_calendar(),
+        unit = spec.unit_name(),
+    )
+}
+
+/// One crontab line. Output goes to `<config_dir>/snapshot.log` so cron mails nothing on success;
+/// failures are still visible there, in the metrics file and through `notify_command`.
+pub fn crontab_line(spec: &Spec) -> String {
+    let cmd = spec
+        .argv()
+        .iter()
+        .map(|a| shell_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let log = shell_quote(&spec.config_dir.join("snapshot.log").display().to_string());
+    format!(
+        "{} {cmd} >>{log} 2>&1  # {}\n",
+        spec.every.cron_fields(),
+        spec.unit_name()
+    )
+}
+
+/// Where units go: the system directory as root, else the user's.
+pub fn default_unit_dir(is_root: bool, home: Option<&Path>) -> Option<PathBuf> {
+    if is_root {
+        Some(PathBuf::from("/etc/systemd/system"))
+    } else {
+        home.map(|h| h.join(".config/systemd/user"))
+    }
+}
+
+/// systemd command-line quoting: plain words stay, anything else is double-quoted with `\` escapes.
+/// `%` is doubled because systemd expands specifiers in ExecStart.
+fn systemd_quote(s: &str) -> String {
+    let s = s.replace('%', "%%");
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/-_.,:=+@%".contains(c))
+    {
+        s
+    } else {
+        format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+    }
+}
+
+/// POSIX shell quoting; `%` is escaped because cron turns a bare `%` into a newline.
+fn shell_quote(s: &str) -> String {
+    let q = if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/-_.,:=+@".contains(c))
+    {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    };
+    q.replace('%', "\\%")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(every: Every) -> Spec {
+        Spec {
+            every,
+            binary: "/usr/local/bin/talos-dr".into(),
+            profile_name: "lab".into(),
+            config_dir: "/root/.config/talos-dr/lab dir".into(),
+        }
+    }
+
+    #[test]
+    fn intervals_map_to_calendar_and_cron() {
+        let h = |n: u64| Duration::from_secs(3600 * n);
+        assert_eq!(Every::from_duration(h(24)).unwrap(), Every::Daily);
+        assert_eq!(Every::from_duration(h(6)).unwrap(), Every::Hours(6));
+        assert_eq!(Every::from_duration(h(168)).unwrap(), Every::Weekly);
+        assert_eq!(
+            Every::from_duration(Duration::from_secs(900)).unwrap(),
+            Every::Minutes(15)
+        );
+        let e = Every::from_duration(h(5)).unwrap_err();
+        assert!(e.contains("divides 24"), "{e}");
+        assert!(Every::from_duration(Duration::from_secs(90)).is_err());
+        assert_eq!(Every::Hours(6).on_calendar(), "*-*-* 00/6:00:00");
+        assert_eq!(Every::Hours(6).cron_fields(), "0 */6 * * *");
+        assert_eq!(Every::Minutes(15).cron_fields(), "*/15 * * * *");
+        assert_eq!(Every::Daily.cron_fields(), "0 0 * * *");
+    }
+
+    #[test]
+    fn units_are_persistent_and_quote_paths() {
+        let s = spec(Every::Daily);
+        let timer = systemd_timer(&s);
+        assert!(timer.contains("Persistent=true"));
+        assert!(timer.contains("Unit=talos-dr-snapshot-lab.service"));
+        let service = systemd_service(&s);
+        assert!(service.contains(
+            "ExecStart=/usr/local/bin/talos-dr --config-dir \"/root/.config/talos-dr/lab dir\" snapshot"
+        ));
+        let cron = crontab_line(&s);
+        assert!(
+            cron.starts_with(
+                "0 0 * * * /usr/local/bin/talos-dr --config-dir '/root/.config/talos-dr/lab dir' snapshot"
+            ),
+            "{cron}"
+        );
+        assert_eq!(shell_quote("50%"), "'50\\%'");
+    }
+}
