@@ -102,7 +102,6 @@ pub fn setup(dir: &Path, exe: &Path, real_kubectl: bool, faults: &[Fault]) -> io
             n.address, n.machine_type, n.hostname
         ));
     }
-    profile.push_str("\n[backup]\nretention_days = 7\nkeep_last = 3\n");
     std::fs::write(config_dir.join("profile.toml"), profile)?;
 
     shim(&bin_dir.join("talosctl"), exe, "talosctl")?;

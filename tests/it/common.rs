@@ -33,6 +33,9 @@ impl Env {
         let mut cluster = Cluster::load(&env.state).unwrap();
         cluster.timing = talos_dr::sim::state::Timing::default();
         cluster.save(&env.state).unwrap();
+        let profile = env.config_dir.join("profile.toml");
+        let text = std::fs::read_to_string(&profile).unwrap();
+        std::fs::write(&profile, text.replace("name = \"demo\"", "name = \"lab\"")).unwrap();
         Self {
             runtime: None,
             tmp,

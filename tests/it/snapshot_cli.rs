@@ -323,9 +323,7 @@ fn overlapping_runs_are_refused_with_exit_4() {
 fn bad_profile_names_file_and_key() {
     let env = Env::new();
     let p = env.config_dir.join("profile.toml");
-    let text = std::fs::read_to_string(&p)
-        .unwrap()
-        .replace("retention_days = 7", "retention_dayz = 7");
+    let text = std::fs::read_to_string(&p).unwrap() + "\n[backup]\nretention_dayz = 3\n";
     std::fs::write(&p, text).unwrap();
     env.cmd()
         .arg("list")
