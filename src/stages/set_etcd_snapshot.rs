@@ -70,9 +70,55 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
         id.label,
         path.display()
     ));
+    let offsite = upload(ctx, &path).await;
     Ok(StageOutcome::Done(json!({
         "etcd": etcd,
+        "offsite": offsite,
         "reused": reused,
         "manifest": sets::manifest_path(&sets_dir, &id.label),
     })))
+}
+
+/// With `[offsite]`, a copy of the set's etcd snapshot goes off the cluster too (packed as the
+/// profile says). Its name is outside the scheduled pattern, so remote retention never deletes it.
+/// A failed upload is a warning: the set is complete locally and the VM snapshots matter more now.
+async fn upload(ctx: &StageCtx<'_>, path: &std::path::Path) -> serde_json::Value {
+    if let Some(url) = ctx.own_outputs()["offsite"]["url"].as_str() {
+        return json!({ "url": url, "reused": true });
+    }
+    let profile = ctx.profile();
+    let target = match crate::offsite::Target::from_profile(profile) {
+        Ok(Some(t)) => t,
+        Ok(None) => return serde_json::Value::Null,
+        Err(e) => {
+            ctx.reporter.warn(&format!(
+                "no off-site copy of the set's etcd snapshot: [offsite]: {e}"
+            ));
+            return json!({ "error": e.to_string() });
+        }
+    };
+    let backup = &profile.file.backup;
+    let packing = match crate::pack::parse_recipients(&backup.recipients) {
+        Ok(recipients) => crate::pack::Packing {
+            compress: backup.compress,
+            recipients,
+        },
+        Err(e) => {
+            ctx.reporter
+                .warn(&format!("no off-site copy: backup.recipients: {e}"));
+            return json!({ "error": e.to_string() });
+        }
+    };
+    let Some(sidecar) = store::read_sidecar(path) else {
+        return json!({ "error": "the snapshot's sidecar is missing" });
+    };
+    match target.upload(path, &sidecar, &packing, ctx.reporter).await {
+        Ok(u) => json!({ "url": u.url, "elapsed_ms": u.elapsed_ms }),
+        Err(e) => {
+            ctx.reporter.warn(&format!(
+                "the off-site copy of the set's etcd snapshot failed ({e}); the set is complete locally"
+            ));
+            json!({ "error": e.to_string() })
+        }
+    }
 }

@@ -252,3 +252,45 @@ fn zfs_refuses_rolling_back_past_a_newer_snapshot_and_says_why() {
     let vm = c.pve.vms.iter().find(|v| v.vmid == 101).unwrap();
     assert!(vm.snapshots.iter().any(|s| s.name == "manual-after"));
 }
+
+#[test]
+fn pre_upgrade_copies_the_sets_etcd_snapshot_off_site() {
+    let env = Env::with_pve(true);
+    env.edit_cluster(|c| c.pve.task_duration_ms = 200);
+    let remote = env.tmp.path().join("nfs");
+    std::fs::create_dir_all(&remote).unwrap();
+    crate::pack::append_profile(
+        &env,
+        &format!("\n[offsite]\nurl = \"file://{}\"\n", remote.display()),
+    );
+    env.cmd()
+        .args(["--yes", "pre-upgrade", "--label", "offsite-set"])
+        .assert()
+        .code(0);
+    let mut names: Vec<String> = walk(&remote);
+    names.sort();
+    assert!(
+        names.iter().any(|n| n.ends_with("offsite-set.snapshot")),
+        "{names:?}"
+    );
+    // The copy is byte-identical to the local one.
+    let local = std::fs::read(env.config_dir.join("sets/offsite-set.snapshot")).unwrap();
+    let copy = names
+        .iter()
+        .find(|n| n.ends_with("offsite-set.snapshot"))
+        .unwrap();
+    assert_eq!(std::fs::read(copy).unwrap(), local);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p.display().to_string());
+        }
+    }
+    out
+}
