@@ -521,7 +521,7 @@ impl PveClient {
             .sleep(tokio::time::sleep)
             .when(PveError::is_transient)
             .notify(|e, delay| {
-                tracing::warn!(error = %e, ?delay, "retrying PVE request");
+                tracing::debug!(error = %e, ?delay, "retrying PVE request");
                 self.reporter().report(Event::Retry {
                     what: format!("GET {path}"),
                     error: e.to_string(),
