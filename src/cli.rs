@@ -27,10 +27,22 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// Cluster profile name (a directory under $TALOS_DR_HOME, default ~/.config/talos-dr)
-    #[arg(short = 'p', long, env = "TALOS_DR_PROFILE", global = true)]
+    #[arg(
+        short = 'p',
+        long,
+        env = "TALOS_DR_PROFILE",
+        global = true,
+        hide_env_values = true
+    )]
     pub profile: Option<String>,
     /// Use this profile directory instead of a named profile
-    #[arg(long, env = "TALOS_DR_CONFIG_DIR", global = true, value_name = "DIR")]
+    #[arg(
+        long,
+        env = "TALOS_DR_CONFIG_DIR",
+        global = true,
+        value_name = "DIR",
+        hide_env_values = true
+    )]
     pub config_dir: Option<PathBuf>,
     /// Output format: human-readable text, or one JSON document on stdout
     #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text, global = true)]

@@ -1,5 +1,6 @@
 //! One integration-test binary (ripgrep/uv style): modules per area.
 
+mod cli_snapshots;
 mod common;
 mod demo;
 mod kube;
@@ -12,5 +13,6 @@ mod pve_fake;
 mod pve_sim;
 mod restore;
 mod sets;
+mod sim_golden;
 mod snapshot_cli;
 mod verify;
