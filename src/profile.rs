@@ -75,6 +75,14 @@ pub fn locate(name: Option<&str>, config_dir: Option<&Path>) -> Result<Location,
     }
 }
 
+/// `talos-dr -p NAME` if `dir` is where `-p NAME` leads, else `talos-dr --config-dir DIR`.
+pub fn cli_for(dir: &Path, name: &str) -> String {
+    match profiles_home() {
+        Ok(home) if home.join(name) == dir => format!("talos-dr -p {name}"),
+        _ => format!("talos-dr --config-dir {}", dir.display()),
+    }
+}
+
 pub fn validate_profile_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
@@ -259,6 +267,12 @@ impl Profile {
 
     pub fn name(&self) -> &str {
         &self.file.name
+    }
+
+    /// How to name this profile on the command line, for hints: `talos-dr -p NAME` when it is
+    /// the named profile's directory, else `talos-dr --config-dir DIR`.
+    pub fn cli(&self) -> String {
+        cli_for(&self.config_dir, self.name())
     }
 
     fn resolve(&self, p: &Path) -> PathBuf {

@@ -152,8 +152,8 @@ async fn execute(
         .json(&json!({ "run_id": st.run_id, "status": st.status, "report": report }));
     result.map(|()| Exit::Success).map_err(|e| {
         let hint = format!(
-            "the checkpoint is saved: `talos-dr -p {} resume {}` continues from the failed stage",
-            profile.name(),
+            "the checkpoint is saved: `{} resume {}` continues from the failed stage",
+            profile.cli(),
             st.run_id
         );
         let (exit, _) = talos_dr::error::classify(&e);
@@ -207,9 +207,9 @@ fn summary(st: &RunState, report: &Value, profile: &Profile) -> String {
             st.outputs_of(talos_dr::engine::playbook::StageKind::RecordSet)["label"].as_str()
     {
         out.push_str(&format!(
-            "set {label} recorded: {}\nroll back to it with: talos-dr -p {} rollback --label {label}\n",
+            "set {label} recorded: {}\nroll back to it with: {} rollback --label {label}\n",
             talos_dr::sets::manifest_path(&profile.sets_dir(), label).display(),
-            profile.name()
+            profile.cli()
         ));
     }
     let dir = profile.runs_dir().join(&st.run_id);

@@ -17,12 +17,14 @@ pub async fn run(ctx: &Ctx, args: PreUpgradeArgs) -> anyhow::Result<Exit> {
             .hint("a label is 1-21 characters of a-z, 0-9, '-' and '_', e.g. --label talos-1-10")
     })?;
     if !args.dry_run && sets::exists(&profile.sets_dir(), &label) {
-        return Err(UserError::usage(format!("snapshot set {label:?} already exists"))
-            .hint(format!(
-                "choose another --label, or remove the old set with `talos-dr -p {} sets delete {label}`",
-                profile.name()
-            ))
-            .into());
+        return Err(
+            UserError::usage(format!("snapshot set {label:?} already exists"))
+                .hint(format!(
+                    "choose another --label, or remove the old set with `{} sets delete {label}`",
+                    profile.cli()
+                ))
+                .into(),
+        );
     }
     let inputs = Inputs {
         label: Some(label),

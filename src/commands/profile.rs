@@ -77,14 +77,13 @@ pub async fn init(ctx: &Ctx, args: ProfileInitArgs) -> anyhow::Result<Exit> {
         .iter()
         .filter(|n| n.role == Role::ControlPlane)
         .count();
+    let cli = prof::cli_for(dir, &args.name);
     ctx.printer.text(&format!(
-        "created {}\n  {} control-plane and {} worker nodes (from {source})\n  talosconfig: {}\nnext: `talos-dr -p {} profile check`, then `talos-dr -p {} snapshot`\n",
+        "created {}\n  {} control-plane and {} worker nodes (from {source})\n  talosconfig: {}\nnext: `{cli} profile check`, then `{cli} snapshot`\n",
         file_path.display(),
         cp,
         file.nodes.len() - cp,
         file.talosconfig.display(),
-        args.name,
-        args.name
     ));
     ctx.printer.json(&json!({
         "created": file_path,

@@ -10,10 +10,8 @@ use crate::cli::RollbackArgs;
 pub async fn run(ctx: &Ctx, args: RollbackArgs) -> anyhow::Result<Exit> {
     let profile = ctx.profile()?;
     sets::load(&profile.sets_dir(), &args.label).map_err(|e| {
-        UserError::usage(e.to_string()).hint(format!(
-            "list the sets with `talos-dr -p {} sets list`",
-            profile.name()
-        ))
+        UserError::usage(e.to_string())
+            .hint(format!("list the sets with `{} sets list`", profile.cli()))
     })?;
     let inputs = Inputs {
         label: Some(args.label),

@@ -54,8 +54,8 @@ pub async fn run(ctx: &Ctx, command: Option<SetsCommand>) -> anyhow::Result<Exit
             }
             if all.is_empty() {
                 ctx.printer.text(&format!(
-                    "no snapshot sets yet; make one with `talos-dr -p {} pre-upgrade --label L`\n",
-                    profile.name()
+                    "no snapshot sets yet; make one with `{} pre-upgrade --label L`\n",
+                    profile.cli()
                 ));
             } else {
                 ctx.printer.text(&talos_dr::table::render(&rows));
@@ -117,8 +117,8 @@ pub async fn run(ctx: &Ctx, command: Option<SetsCommand>) -> anyhow::Result<Exit
                     "set {label} was only partly deleted; its manifest now lists what is left"
                 ))
                 .hint(format!(
-                    "fix the cause and run `talos-dr -p {} sets delete {label}` again",
-                    profile.name()
+                    "fix the cause and run `{} sets delete {label}` again",
+                    profile.cli()
                 ))
                 .into())
             }
@@ -129,10 +129,7 @@ pub async fn run(ctx: &Ctx, command: Option<SetsCommand>) -> anyhow::Result<Exit
 fn load(profile: &talos_dr::profile::Profile, label: &str) -> anyhow::Result<SetManifest> {
     sets::load(&profile.sets_dir(), label).map_err(|e| {
         UserError::usage(e.to_string())
-            .hint(format!(
-                "list the sets with `talos-dr -p {} sets list`",
-                profile.name()
-            ))
+            .hint(format!("list the sets with `{} sets list`", profile.cli()))
             .into()
     })
 }

@@ -20,8 +20,8 @@ pub fn load_set(ctx: &StageCtx<'_>) -> anyhow::Result<SetManifest> {
     sets::load(&ctx.profile().sets_dir(), &label).map_err(|e| {
         UserError::usage(e.to_string())
             .hint(format!(
-                "list the sets with `talos-dr -p {} sets list`",
-                ctx.profile().name()
+                "list the sets with `{} sets list`",
+                ctx.profile().cli()
             ))
             .into()
     })

@@ -115,8 +115,8 @@ fn set_exists(ctx: &StageCtx<'_>, label: &str) -> anyhow::Error {
         ctx.profile().sets_dir().display()
     ))
     .hint(format!(
-        "choose another --label, or remove the old set with `talos-dr -p {} sets delete {label}`",
-        ctx.profile().name()
+        "choose another --label, or remove the old set with `{} sets delete {label}`",
+        ctx.profile().cli()
     ))
     .into()
 }

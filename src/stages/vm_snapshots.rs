@@ -154,7 +154,7 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     sets::save(&ctx.profile().sets_dir(), &m)?;
 
     if !failed.is_empty() {
-        let profile = ctx.profile().name();
+        let profile = ctx.profile().cli();
         let run_id = ctx.journal.snapshot().run_id;
         return Err(UserError::failed(format!(
             "{} of {} VM snapshots of set {} failed; the set is incomplete (its manifest lists the {} that exist):\n  - {}",
@@ -165,10 +165,10 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
             failure_list(&failed)
         ))
         .hint(format!(
-            "fix the cause, then create only the missing snapshots: `talos-dr -p {profile} resume {run_id}`"
+            "fix the cause, then create only the missing snapshots: `{profile} resume {run_id}`"
         ))
         .hint(format!(
-            "or remove the partial set (VM snapshots and etcd snapshot): `talos-dr -p {profile} sets delete {}`",
+            "or remove the partial set (VM snapshots and etcd snapshot): `{profile} sets delete {}`",
             id.label
         ))
         .into());

@@ -378,10 +378,11 @@ async fn failed_vm_snapshots_leave_a_truthful_partial_set_and_resume_makes_only_
         "{text}"
     );
     assert!(
-        text.contains(&format!("talos-dr -p lab resume {run_id}")),
+        text.contains(&format!("talos-dr --config-dir "))
+            && text.contains(&format!(" resume {run_id}`")),
         "{text}"
     );
-    assert!(text.contains("talos-dr -p lab sets delete up1"), "{text}");
+    assert!(text.contains(" sets delete up1`"), "{text}");
 
     let m = sets::load(&h.sets_dir(), "up1").unwrap();
     assert_eq!(m.status, SetStatus::Incomplete);
