@@ -378,8 +378,7 @@ async fn failed_vm_snapshots_leave_a_truthful_partial_set_and_resume_makes_only_
         "{text}"
     );
     assert!(
-        text.contains(&format!("talos-dr --config-dir "))
-            && text.contains(&format!(" resume {run_id}`")),
+        text.contains("talos-dr --config-dir ") && text.contains(&format!(" resume {run_id}`")),
         "{text}"
     );
     assert!(text.contains(" sets delete up1`"), "{text}");
