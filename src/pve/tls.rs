@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use rustls::DigitallySignedStruct;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use sha2::{Digest, Sha256};
 
@@ -194,7 +195,8 @@ pub fn ca_config(path: &Path) -> Result<rustls::ClientConfig, PveError> {
     let pem = std::fs::read(path)
         .map_err(|e| PveError::Config(format!("cannot read CA file {}: {e}", path.display())))?;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+    // rustls-pemfile is unmaintained (RUSTSEC-2025-0134); pki-types parses PEM itself.
+    for cert in CertificateDer::pem_slice_iter(pem.as_slice()) {
         let cert = cert
             .map_err(|e| PveError::Config(format!("CA file {}: bad PEM: {e}", path.display())))?;
         roots.add(cert).map_err(|e| {
