@@ -12,7 +12,8 @@ use serde_json::Value;
 
 use super::playbook::{Playbook, StageKind};
 
-/// Current schema. Version 1 had no `attempt`, `inputs` or `updated_at`; serde defaults fill them.
+/// Current schema. Version 1 had no `attempt`, `updated_at` or run-level `error`; serde defaults
+/// fill them.
 pub const SCHEMA: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -74,7 +74,13 @@ impl Runner<'_> {
             st.status = RunStatus::Running;
             st.error = None;
         })?;
-        let inputs: Inputs = serde_json::from_value(journal.snapshot().inputs).unwrap_or_default();
+        // Never resume with silently defaulted inputs (a lost --no-start would start VMs).
+        let inputs: Inputs = serde_json::from_value(journal.snapshot().inputs).map_err(|e| {
+            UserError::usage(format!(
+                "the run's inputs in {} cannot be read: {e}",
+                journal.dir().join("state.json").display()
+            ))
+        })?;
         for spec in &self.playbook.stages {
             let record = journal
                 .snapshot()

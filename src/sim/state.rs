@@ -146,6 +146,9 @@ pub struct Faults {
     /// Milliseconds the snapshot stream takes (for overlap tests).
     #[serde(default)]
     pub snapshot_delay_ms: u64,
+    /// `reset` fails on these nodes before it takes effect.
+    #[serde(default)]
+    pub reset_fails: Vec<String>,
     /// These nodes never reach `Preparing` after a reset.
     #[serde(default)]
     pub never_preparing: Vec<String>,

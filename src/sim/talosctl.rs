@@ -610,6 +610,11 @@ fn reset(ctx: &Ctx, state_path: &Path, flags: &[&str], err: &mut dyn Write) -> R
     }
     for address in &ctx.nodes {
         lookup(ctx, address)?;
+        if ctx.cluster.faults.reset_fails.contains(address) {
+            return Err(format!(
+                "error executing reset: 1 error occurred:\n\t* {address}: rpc error: code = Unavailable desc = connection reset by peer"
+            ));
+        }
     }
     let timing = ctx.cluster.timing.clone();
     let never = ctx.cluster.faults.never_preparing.clone();

@@ -73,18 +73,35 @@ async fn reset_all(ctx: &StageCtx<'_>, cp: &[String], prior: &Value) -> anyhow::
         .unwrap_or_default();
     let mut to_reset = Vec::new();
     for node in cp {
-        let status = talos.service_etcd(node).await.map_err(|e| {
-            UserError::precondition(format!("control-plane node {node} does not answer: {e}"))
-        })?;
         let earlier = resets.get(node).cloned().unwrap_or(Value::Null);
+        // A reset we sent (and that did not come back as an error) may still be under way.
+        let in_flight = earlier["issued_at"].is_string() && earlier["failed_at"].is_null();
+        let status = match talos.service_etcd(node).await {
+            Ok(s) => s,
+            // Rebooting after our reset: wait for it below instead of resetting again.
+            Err(_) if in_flight => continue,
+            Err(e) => {
+                return Err(UserError::precondition(format!(
+                    "control-plane node {node} does not answer: {e}"
+                ))
+                .into());
+            }
+        };
         if status.is_preparing() {
             if earlier.is_null() {
                 resets.insert(node.clone(), json!({ "skipped": "etcd already Preparing" }));
             }
             continue;
         }
-        // Issued before a crash and the node is rebooting: let it finish instead of resetting again.
-        if earlier["issued_at"].is_string() && !status.is_running_ok() {
+        // Visibly mid-reset (etcd stopped, the node booting): let it finish. In any other state
+        // (Running, Failed, …) the reset did not take effect, and resetting again is harmless:
+        // this node's etcd data is being replaced anyway.
+        if in_flight
+            && matches!(
+                status.state.as_str(),
+                "Stopping" | "Waiting" | "Starting" | "Initialized"
+            )
+        {
             continue;
         }
         resets.insert(
@@ -119,14 +136,20 @@ async fn reset_all(ctx: &StageCtx<'_>, cp: &[String], prior: &Value) -> anyhow::
                     v["done_at"] = json!(Timestamp::now());
                 }
             }
-            Err(e) => failures.push(format!("{node}: {e}")),
+            Err(e) => {
+                if let Some(v) = resets.get_mut(&node) {
+                    v["failed_at"] = json!(Timestamp::now());
+                    v["error"] = json!(e.to_string());
+                }
+                failures.push(format!("{node}: {e}"));
+            }
         }
     }
     ctx.record("resets", json!(resets))?;
     if !failures.is_empty() {
         return Err(
             UserError::failed(format!("reset failed on:\n  {}", failures.join("\n  ")))
-                .hint("fix the node and `talos-dr resume`; nodes already reset are not reset again")
+                .hint("fix the node and `talos-dr resume`: it resets the nodes whose reset failed, and does not reset again the ones already on their way")
                 .into(),
         );
     }
@@ -274,14 +297,28 @@ async fn bootstrap_once(
     }
 }
 
-/// Errors that prove the Bootstrap RPC did not start a restore: local checks before any upload,
-/// and the server's precondition refusals.
+/// Errors that prove the Bootstrap RPC did not start a restore: talosctl's own checks before
+/// any upload, the upload itself, and the server's precondition refusals (talos.md §3.1). Anything
+/// else — a panic, an unknown message, a timeout — counts as "maybe it happened".
 fn is_refusal_before_bootstrap(stderr: &str) -> bool {
-    if !stderr.contains("error executing bootstrap") {
-        // stat/open/integrity/upload errors happen before the Bootstrap RPC is sent.
-        return !stderr.trim().is_empty();
+    const BEFORE_BOOTSTRAP: [&str; 7] = [
+        "stat ",
+        "error opening snapshot file",
+        "error uploading snapshot",
+        "integrity check failed",
+        "invalid database",
+        "is not supported with multiple nodes",
+        "etcd service is not ready for recovery yet",
+    ];
+    let first = stderr
+        .lines()
+        .find(|l| !l.trim().is_empty() && !l.starts_with("WARNING:"))
+        .unwrap_or_default();
+    if first.starts_with("error executing bootstrap") {
+        return first.contains("code = FailedPrecondition")
+            || first.contains("code = AlreadyExists");
     }
-    stderr.contains("code = FailedPrecondition") || stderr.contains("code = AlreadyExists")
+    BEFORE_BOOTSTRAP.iter().any(|m| first.contains(m))
 }
 
 async fn wait_bootstrap_node(
@@ -402,5 +439,9 @@ mod tests {
             "error executing bootstrap: rpc error: code = DeadlineExceeded desc = context deadline exceeded"
         ));
         assert!(!refused(""));
+        assert!(!refused("panic: runtime error: invalid memory address"));
+        assert!(refused(
+            "WARNING: 10.0.0.1: server version 1.9.4 is older than client version 1.9.5\nerror executing bootstrap: rpc error: code = FailedPrecondition desc = time is not in sync yet"
+        ));
     }
 }

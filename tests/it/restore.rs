@@ -477,3 +477,35 @@ fn runs_lists_and_abandon_stops_resume_from_picking_it() {
         .code(2)
         .stderr(predicate::str::contains("no unfinished run"));
 }
+
+#[test]
+fn a_failed_reset_is_retried_on_resume_and_bootstrap_still_happens_once() {
+    let env = Env::new();
+    env.disaster();
+    env.edit_cluster(|c| c.faults.reset_fails = vec!["10.5.0.12".into()]);
+    restore(&env)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("reset failed on"))
+        .stderr(predicate::str::contains("10.5.0.12"));
+    assert!(env.calls_of(&["bootstrap"]).is_empty());
+    let st = the_run(&env);
+    let resets = &st.stage("etcd-recover").unwrap().outputs["resets"];
+    assert!(resets["10.5.0.12"]["failed_at"].is_string(), "{resets}");
+    assert!(resets["10.5.0.11"]["done_at"].is_string(), "{resets}");
+
+    // The node is fixed: resume resets it (again), not the others, and bootstraps once.
+    env.edit_cluster(|c| c.faults.reset_fails.clear());
+    resume(&env).assert().code(0);
+    let per_node = |n: &str| {
+        env.calls_of(&["reset"])
+            .iter()
+            .filter(|c| node_args(c) == [n])
+            .count()
+    };
+    assert_eq!(per_node("10.5.0.12"), 2);
+    assert_eq!(per_node("10.5.0.11"), 1);
+    assert_eq!(per_node("10.5.0.13"), 1);
+    assert_eq!(env.calls_of(&["bootstrap"]).len(), 1);
+    assert_eq!(env.cluster().bootstrapped.len(), 1);
+}
