@@ -122,7 +122,7 @@ async fn rollback_one(
                 e.polls = Some(polls);
             }
             Err(err) => {
-                e.state = VmState::Failed;
+                e.state = super::vm_snapshots::state_after_error(&err, e.upid.is_some());
                 e.error = Some(explain(&err, &vm, &v.snapname));
             }
         }
@@ -165,7 +165,11 @@ async fn rollback_one(
             (VmState::Failed, _) => {}
         }
     }
-    journal(ctx, &e);
+    if !journal(ctx, &e) {
+        e.state = VmState::Failed;
+        e.error = Some("the checkpoint could not be saved, so the rollback was not sent".into());
+        return e;
+    }
     let upid = match client.rollback_snapshot(&vm, &name, start).await {
         Ok(u) => u,
         Err(err) => return finish(e, Err(err)),

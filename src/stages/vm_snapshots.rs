@@ -70,6 +70,21 @@ impl VmEntry {
     }
 }
 
+/// Where a VM stands after a failed call, so that `resume` never repeats a task that may have
+/// run: a task that ended badly, or a request PVE answered with an error, or one that never left,
+/// can be sent again (`Failed`); a task whose end we did not see is waited for (`Started`); a POST
+/// whose answer was lost is left for the operator to check (`Posting`).
+pub fn state_after_error(err: &PveError, had_upid: bool) -> VmState {
+    match err {
+        PveError::TaskFailed { .. } => VmState::Failed,
+        _ if had_upid => VmState::Started,
+        PveError::Transport { not_sent: true, .. } => VmState::Failed,
+        PveError::Api { status, .. } if !matches!(status, 502..=504 | 595 | 596) => VmState::Failed,
+        PveError::Api { .. } | PveError::Transport { .. } => VmState::Posting,
+        _ => VmState::Failed,
+    }
+}
+
 /// `VM 101 on node pve1: <error>` lines, one per failed VM, for error messages.
 pub fn failure_list(failed: &[&VmEntry]) -> String {
     failed
@@ -185,7 +200,9 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     })))
 }
 
-pub(super) fn journal(ctx: &StageCtx<'_>, e: &VmEntry) {
+/// Saves this VM's entry in the checkpoint; `false` if it could not be written (then no task
+/// may be started for it: a crash would leave no trace of the request).
+pub(super) fn journal(ctx: &StageCtx<'_>, e: &VmEntry) -> bool {
     let value = serde_json::to_value(e).unwrap_or_default();
     let stage = ctx.spec.id.clone();
     let key = e.vmid.to_string();
@@ -200,12 +217,13 @@ pub(super) fn journal(ctx: &StageCtx<'_>, e: &VmEntry) {
             s.outputs["vms"][key] = value;
         }
     });
-    if let Err(err) = saved {
+    if let Err(err) = &saved {
         ctx.reporter.warn(&format!(
             "VM {} on node {}: could not save the checkpoint: {err}",
             e.vmid, e.node
         ));
     }
+    saved.is_ok()
 }
 
 /// PVE's own words where there are some (task exit status, API message), else our error text.
@@ -274,7 +292,7 @@ async fn snapshot_one(
                     // The task cannot be followed (log rotated, node rebooted): the list decides.
                     Err(err) => match listed(client, vm, &req.name).await {
                         Listed::Complete => Ok(("recovered".to_owned(), None)),
-                        _ => Err(pve_message(&err)),
+                        _ => return still_running(ctx, e, &err),
                     },
                 };
                 return finish(e, r);
@@ -297,7 +315,12 @@ async fn snapshot_one(
         }
     }
 
-    journal(ctx, &e);
+    if !journal(ctx, &e) {
+        return finish(
+            e,
+            Err("the checkpoint could not be saved, so the snapshot was not requested".into()),
+        );
+    }
     let upid = match client.create_snapshot(vm, req).await {
         Ok(upid) => upid,
         Err(err) if err.is_transient() => match listed(client, vm, &req.name).await {
@@ -315,12 +338,26 @@ async fn snapshot_one(
     e.state = VmState::Started;
     e.upid = Some(upid.to_string());
     journal(ctx, &e);
-    let r = client
+    match client
         .wait_for_task(&upid, &spinner_key(vm), &Target::vm(vm))
         .await
-        .map(|o| (o.exitstatus, Some(o.polls)))
-        .map_err(|err| pve_message(&err));
-    finish(e, r)
+    {
+        Ok(o) => finish(e, Ok((o.exitstatus, Some(o.polls)))),
+        Err(err @ PveError::TaskFailed { .. }) => finish(e, Err(pve_message(&err))),
+        Err(err) => still_running(ctx, e, &err),
+    }
+}
+
+/// The task's end was not seen (timeout, status unreadable): it stays `Started` with its UPID, so
+/// `resume` waits for it instead of starting a second one.
+fn still_running(ctx: &StageCtx<'_>, mut e: VmEntry, err: &PveError) -> VmEntry {
+    e.state = VmState::Started;
+    e.error = Some(format!(
+        "{} (the task may still be running; `talos-dr resume` waits for it)",
+        pve_message(err)
+    ));
+    journal(ctx, &e);
+    e
 }
 
 enum Listed {
@@ -338,5 +375,67 @@ async fn listed(client: &PveClient, vm: &crate::pve::VmRef, name: &SnapshotName)
             None => Listed::Absent,
         },
         Err(e) => Listed::Error(pve_message(&e)),
+    }
+}
+
+#[cfg(test)]
+mod state_tests {
+    use std::time::Duration;
+
+    use super::{VmState, state_after_error};
+    use crate::pve::{PveError, Target};
+
+    fn api(status: u16) -> PveError {
+        PveError::Api {
+            target: Box::new(Target::none()),
+            method: "POST",
+            path: "/nodes/pve1/qemu/101/snapshot".into(),
+            status,
+            message: "x".into(),
+            errors: Default::default(),
+        }
+    }
+
+    fn transport(not_sent: bool) -> PveError {
+        PveError::Transport {
+            target: Box::new(Target::none()),
+            method: "POST",
+            path: "/nodes/pve1/qemu/101/snapshot".into(),
+            detail: "reset".into(),
+            transient: true,
+            not_sent,
+            source: None,
+        }
+    }
+
+    #[test]
+    fn only_proven_outcomes_allow_sending_the_task_again() {
+        let failed = PveError::TaskFailed {
+            target: Box::new(Target::none()),
+            upid: "u".into(),
+            task_type: "qmrollback".into(),
+            exitstatus: "VM is locked (backup)".into(),
+            log_tail: Vec::new(),
+        };
+        let timeout = PveError::TaskTimeout {
+            target: Box::new(Target::none()),
+            upid: "u".into(),
+            task_type: "qmrollback".into(),
+            elapsed: Duration::from_secs(600),
+        };
+        // The task ended badly: nothing to repeat by accident.
+        assert_eq!(state_after_error(&failed, true), VmState::Failed);
+        // The task's end was not seen: wait for it on resume.
+        assert_eq!(state_after_error(&timeout, true), VmState::Started);
+        assert_eq!(state_after_error(&transport(false), true), VmState::Started);
+        // A POST PVE refused, or that never left: safe to send again.
+        assert_eq!(state_after_error(&api(500), false), VmState::Failed);
+        assert_eq!(state_after_error(&transport(true), false), VmState::Failed);
+        // A POST whose answer was lost: the operator must check.
+        assert_eq!(state_after_error(&api(596), false), VmState::Posting);
+        assert_eq!(
+            state_after_error(&transport(false), false),
+            VmState::Posting
+        );
     }
 }
