@@ -531,3 +531,47 @@ fn help_documents_exit_codes_and_completions_work() {
         .code(0)
         .stdout(predicate::str::contains("talos-dr"));
 }
+
+#[test]
+fn bit_rot_that_keeps_the_size_never_pushes_out_good_snapshots() {
+    let env = Env::new();
+    let now = Timestamp::now();
+    let good: Vec<_> = [30, 31]
+        .iter()
+        .map(|d| {
+            plant_snapshot(
+                &env,
+                &small(),
+                now - SignedDuration::from_hours(24 * d),
+                true,
+            )
+        })
+        .collect();
+    // Newer snapshots whose sidecars say "valid", rotten on disk since (same size).
+    let rotten: Vec<_> = [20, 21]
+        .iter()
+        .map(|d| {
+            let p = plant_snapshot(
+                &env,
+                &small(),
+                now - SignedDuration::from_hours(24 * d),
+                true,
+            );
+            let mut bytes = std::fs::read(&p).unwrap();
+            let i = bytes.len() - 40;
+            bytes[i] ^= 0x10;
+            std::fs::write(&p, bytes).unwrap();
+            p
+        })
+        .collect();
+    env.cmd()
+        .args(["prune", "--keep-last", "2"])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("failed verification"));
+    assert!(
+        good.iter().all(|p| p.exists()),
+        "the good snapshots must stay"
+    );
+    assert!(rotten.iter().all(|p| !p.exists()));
+}
