@@ -108,9 +108,15 @@ pub fn redact(text: &str) -> String {
             out.push_str(&word[..=eq]);
             out.push_str("***");
         } else if let Some(eq) = word.find('=').filter(|_| {
-            ["token=", "password=", "secret="]
-                .iter()
-                .any(|k| lower.contains(k))
+            [
+                "token=",
+                "password=",
+                "secret=",
+                "secret_access_key=",
+                "identity=",
+            ]
+            .iter()
+            .any(|k| lower.contains(k))
         }) {
             out.push_str(&word[..=eq]);
             out.push_str("***");

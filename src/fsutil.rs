@@ -44,6 +44,21 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 
 use std::os::unix::fs::DirBuilderExt;
 
+/// `Some(mode)` when a file holding a secret can be read or written by group or others.
+pub fn exposed_mode(path: &Path) -> std::io::Result<Option<u32>> {
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    Ok((mode & 0o077 != 0).then_some(mode))
+}
+
+/// The message for a secret file others can read, with the fix.
+pub fn exposed_message(what: &str, path: &Path, mode: u32) -> String {
+    format!(
+        "{what} {} is accessible by group or others (mode {mode:04o}); run `chmod 600 {}`",
+        path.display(),
+        path.display()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

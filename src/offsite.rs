@@ -893,6 +893,13 @@ struct Credentials {
 /// Reads `aws_access_key_id = …` (AWS credentials file, first profile) or `AWS_ACCESS_KEY_ID=…`
 /// (env-file) lines. Errors never include the values.
 fn read_credentials(path: &Path) -> Result<Credentials, OffsiteError> {
+    if let Ok(Some(mode)) = crate::fsutil::exposed_mode(path) {
+        return Err(OffsiteError::Config(crate::fsutil::exposed_message(
+            "credentials file",
+            path,
+            mode,
+        )));
+    }
     let text = std::fs::read_to_string(path).map_err(|source| OffsiteError::Io {
         path: path.to_path_buf(),
         source,
@@ -1043,23 +1050,25 @@ mod tests {
     fn credentials_come_from_either_format_and_errors_hide_values() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c");
-        std::fs::write(
-            &p,
+        let write = |text: &str| crate::fsutil::write_atomic(&p, text.as_bytes(), 0o600).unwrap();
+        std::fs::write(&p, "AWS_ACCESS_KEY_ID=A\nAWS_SECRET_ACCESS_KEY=S\n").unwrap();
+        let e = read_credentials(&p).err().unwrap().to_string();
+        assert!(e.contains("chmod 600") && !e.contains("=S"), "{e}");
+        write(
             "[default]\naws_access_key_id = AK\naws_secret_access_key = SK\n[other]\naws_access_key_id = X\n",
-        )
-        .unwrap();
+        );
         let c = read_credentials(&p).unwrap();
         assert_eq!(
             (c.access_key_id.as_str(), c.secret_access_key.as_str()),
             ("AK", "SK")
         );
-        std::fs::write(&p, "AWS_ACCESS_KEY_ID=AK2\nAWS_SECRET_ACCESS_KEY=\"SK2\"\n").unwrap();
+        write("AWS_ACCESS_KEY_ID=AK2\nAWS_SECRET_ACCESS_KEY=\"SK2\"\n");
         let c = read_credentials(&p).unwrap();
         assert_eq!(
             (c.access_key_id.as_str(), c.secret_access_key.as_str()),
             ("AK2", "SK2")
         );
-        std::fs::write(&p, "AWS_ACCESS_KEY_ID=SECRETVALUE\n").unwrap();
+        write("AWS_ACCESS_KEY_ID=SECRETVALUE\n");
         let e = read_credentials(&p).err().unwrap().to_string();
         assert!(!e.contains("SECRETVALUE"), "{e}");
     }

@@ -215,6 +215,13 @@ impl Identities {
             path: path.to_path_buf(),
             message,
         };
+        // A private key others can read is no longer private: refuse it, like ssh does.
+        if let Ok(Some(mode)) = crate::fsutil::exposed_mode(path) {
+            return Err(err(format!(
+                "it is accessible by group or others (mode {mode:04o}); run `chmod 600 {}`",
+                path.display()
+            )));
+        }
         let file = age::IdentityFile::from_file(path.to_string_lossy().into_owned())
             .map_err(|e| err(e.to_string()))?;
         let ids = file.into_identities().map_err(|e| err(e.to_string()))?;
@@ -428,7 +435,12 @@ mod tests {
         use age::secrecy::ExposeSecret;
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("key.txt");
-        std::fs::write(&p, format!("{}\n", id.to_string().expose_secret())).unwrap();
+        let text = format!("{}\n", id.to_string().expose_secret());
+        std::fs::write(&p, &text).unwrap();
+        // A key others can read is refused, with the fix.
+        let e = Identities::load(&p).unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        crate::fsutil::write_atomic(&p, text.as_bytes(), 0o600).unwrap();
         let ids = Identities::load(&p).unwrap();
         (dir, ids)
     }

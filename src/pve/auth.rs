@@ -81,25 +81,19 @@ impl ApiToken {
     }
 }
 
-#[cfg(unix)]
 fn check_private(path: &Path) -> Result<(), PveError> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path)
-        .map_err(|e| PveError::Config(format!("cannot read token file {}: {e}", path.display())))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(PveError::Config(format!(
-            "token file {} is accessible by group or others (mode {mode:04o}); run `chmod 600 {}`",
-            path.display(),
+    match crate::fsutil::exposed_mode(path) {
+        Ok(None) => Ok(()),
+        Ok(Some(mode)) => Err(PveError::Config(crate::fsutil::exposed_message(
+            "token file",
+            path,
+            mode,
+        ))),
+        Err(e) => Err(PveError::Config(format!(
+            "cannot read token file {}: {e}",
             path.display()
-        )));
+        ))),
     }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn check_private(_path: &Path) -> Result<(), PveError> {
-    Ok(())
 }
 
 #[cfg(test)]

@@ -292,9 +292,10 @@ fn s3_upload_list_retention_and_restore_round_trip() {
 
     // An old confirmed copy, uploaded through the library as an earlier run would have.
     let creds = env.tmp.path().join("s3-credentials");
-    std::fs::write(
+    talos_dr::fsutil::write_atomic(
         &creds,
-        "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
+        b"[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
+        0o600,
     )
     .unwrap();
     let cfg = talos_dr::profile::Offsite {
@@ -547,9 +548,10 @@ fn an_interrupted_upload_leaves_no_object_that_looks_complete() {
         }
     }
     let creds = dir.path().join("creds");
-    std::fs::write(
+    talos_dr::fsutil::write_atomic(
         &creds,
-        "AWS_ACCESS_KEY_ID=testing\nAWS_SECRET_ACCESS_KEY=testing\n",
+        b"AWS_ACCESS_KEY_ID=testing\nAWS_SECRET_ACCESS_KEY=testing\n",
+        0o600,
     )
     .unwrap();
     let cfg = talos_dr::profile::Offsite {
