@@ -75,14 +75,30 @@ async fn snapshot(
         );
     }
 
+    // With local packing the plain snapshot only lives under a hidden name (never listed, never
+    // counted by retention) until it is packed and uploaded; leftovers of a crashed run go now.
+    let hidden_plain = if local_packing.is_plain() {
+        None
+    } else {
+        let dir = profile.backup_dir();
+        remove_stale_plain(&dir);
+        Some(dir.join(format!(
+            ".{}.plain",
+            store::file_name(jiff::Timestamp::now())
+        )))
+    };
     let opts = TakeOptions {
         node: args.node.clone(),
-        output: args.output_file.clone(),
+        output: args.output_file.clone().or_else(|| hidden_plain.clone()),
         skip_health: args.skip_health,
         health_timeout: args.health_timeout,
         ..TakeOptions::default()
     };
-    let taken = take::take(profile, &talos, &opts, ctx.reporter.as_ref()).await?;
+    let mut taken = take::take(profile, &talos, &opts, ctx.reporter.as_ref()).await?;
+    if hidden_plain.is_some() {
+        // The stored (packed) file carries the scheduled name of the moment it was taken.
+        taken.sidecar.file = store::file_name(taken.sidecar.taken_at);
+    }
     let plain = taken.path.clone();
     let s = &taken.sidecar;
     let mut stored = plain.clone();
@@ -213,6 +229,21 @@ async fn snapshot(
 }
 
 /// Packs the verified plain snapshot beside itself and writes the packed file's sidecar.
+/// Removes hidden plain copies a crashed run left behind (the profile lock is held, so none is
+/// in use). They are unencrypted, so they must not linger.
+fn remove_stale_plain(dir: &Path) {
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in read.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".etcd-") && (name.ends_with(".plain") || name.ends_with(".plain.json"))
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 async fn store_packed(
     plain: &Path,
     sidecar: &Sidecar,

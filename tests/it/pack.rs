@@ -69,6 +69,13 @@ fn encrypted_local_copies_open_with_age_and_zstd_clis() {
         &env,
         &format!("\n[backup]\ncompress = true\nencrypt = true\nrecipients = [\"{recipient}\"]\n"),
     );
+    // A plain copy a crashed run left under its hidden name is removed by the next run.
+    std::fs::create_dir_all(env.backups()).unwrap();
+    std::fs::write(
+        env.backups().join(".etcd-20261101-000000.snapshot.plain"),
+        "x",
+    )
+    .unwrap();
     let out = env.cmd().args(["-o", "json", "snapshot"]).output().unwrap();
     ok(&out);
     // Only the packed file and its sidecar remain: no plain copy on disk.
