@@ -146,6 +146,9 @@ pub struct Faults {
     /// Milliseconds the snapshot stream takes (for overlap tests).
     #[serde(default)]
     pub snapshot_delay_ms: u64,
+    /// The next N `bootstrap` calls are refused with "bootstrap is not available yet".
+    #[serde(default)]
+    pub bootstrap_refusals: u32,
     /// `reset` fails on these nodes before it takes effect.
     #[serde(default)]
     pub reset_fails: Vec<String>,

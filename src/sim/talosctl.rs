@@ -718,6 +718,10 @@ fn bootstrap(
             .filter(|n| n.machine_type != "worker")
             .map(|n| (n.address.clone(), n.etcd.state.clone()))
             .collect();
+        if c.faults.bootstrap_refusals > 0 {
+            c.faults.bootstrap_refusals -= 1;
+            return Err("error executing bootstrap: rpc error: code = FailedPrecondition desc = bootstrap is not available yet".into());
+        }
         let n = c.node_mut(&node.address).ok_or("unknown node")?;
         if n.machine_type == "worker" {
             return Err("error executing bootstrap: rpc error: code = FailedPrecondition desc = bootstrap can only be performed on a control plane node".into());

@@ -509,3 +509,17 @@ fn a_failed_reset_is_retried_on_resume_and_bootstrap_still_happens_once() {
     assert_eq!(env.calls_of(&["bootstrap"]).len(), 1);
     assert_eq!(env.cluster().bootstrapped.len(), 1);
 }
+
+#[test]
+fn a_bootstrap_refused_as_not_available_yet_is_retried_and_happens_once() {
+    let env = Env::new();
+    env.disaster();
+    env.edit_cluster(|c| c.faults.bootstrap_refusals = 1);
+    restore(&env)
+        .assert()
+        .code(0)
+        .stderr(predicate::str::contains("bootstrap is not available yet"));
+    // Two calls (one refused before anything happened), one bootstrap.
+    assert_eq!(env.calls_of(&["bootstrap"]).len(), 2);
+    assert_eq!(env.cluster().bootstrapped, vec!["10.5.0.11"]);
+}
