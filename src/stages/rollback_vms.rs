@@ -82,10 +82,7 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
         }
         return Err(err.into());
     }
-    let vms: BTreeMap<String, VmEntry> = results
-        .into_iter()
-        .map(|e| (e.vmid.to_string(), e))
-        .collect();
+    let vms = super::vm_snapshots::by_vmid(results);
     Ok(StageOutcome::Done(json!({
         "label": m.label,
         "started": start,

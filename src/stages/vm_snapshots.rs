@@ -85,6 +85,14 @@ pub fn state_after_error(err: &PveError, had_upid: bool) -> VmState {
     }
 }
 
+/// Entries keyed by VMID, as the checkpoint outputs hold them.
+pub fn by_vmid(entries: Vec<VmEntry>) -> BTreeMap<String, VmEntry> {
+    entries
+        .into_iter()
+        .map(|e| (e.vmid.to_string(), e))
+        .collect()
+}
+
 /// `VM 101 on node pve1: <error>` lines, one per failed VM, for error messages.
 pub fn failure_list(failed: &[&VmEntry]) -> String {
     failed
@@ -189,10 +197,7 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
         .into());
     }
     let polls: u32 = results.iter().filter_map(|e| e.polls).sum();
-    let vms: BTreeMap<String, VmEntry> = results
-        .into_iter()
-        .map(|e| (e.vmid.to_string(), e))
-        .collect();
+    let vms = by_vmid(results);
     Ok(StageOutcome::Done(json!({
         "snapname": id.snapname,
         "vms": vms,

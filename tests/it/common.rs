@@ -223,6 +223,21 @@ pub fn plant_snapshot(env: &Env, src: &Path, taken_at: jiff::Timestamp, valid: b
     path
 }
 
+/// Plants valid copies of `small.snapshot` taken that many whole days ago; returns their paths.
+pub fn plant_days_ago(env: &Env, days: &[i64]) -> Vec<PathBuf> {
+    let now = jiff::Timestamp::now();
+    days.iter()
+        .map(|d| {
+            plant_snapshot(
+                env,
+                &fixture("snapshots/small.snapshot"),
+                now - jiff::SignedDuration::from_hours(24 * d),
+                true,
+            )
+        })
+        .collect()
+}
+
 pub fn sha256_hex(path: &Path) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))

@@ -136,16 +136,8 @@ fn zero_byte_result_stores_nothing() {
 #[test]
 fn corrupted_stream_is_rejected_and_never_pushes_out_good_snapshots() {
     let env = Env::new();
-    let now = Timestamp::now();
     // Three good snapshots, all past retention: the newest keep_last (3) must stay.
-    for days in [10, 11, 12] {
-        plant_snapshot(
-            &env,
-            &small(),
-            now - SignedDuration::from_hours(24 * days),
-            true,
-        );
-    }
+    plant_days_ago(&env, &[10, 11, 12]);
     env.edit_cluster(|c| c.faults.snapshot_bitflip = true);
     env.cmd()
         .arg("snapshot")
@@ -160,16 +152,7 @@ fn corrupted_stream_is_rejected_and_never_pushes_out_good_snapshots() {
 #[test]
 fn snapshot_prunes_after_success_keeping_the_newest_valid() {
     let env = Env::new();
-    let now = Timestamp::now();
-    let mut planted = Vec::new();
-    for days in [8, 9, 10, 11] {
-        planted.push(plant_snapshot(
-            &env,
-            &small(),
-            now - SignedDuration::from_hours(24 * days),
-            true,
-        ));
-    }
+    let planted = plant_days_ago(&env, &[8, 9, 10, 11]);
     // Not ours: never touched.
     std::fs::write(env.backups().join("notes.txt"), "keep me").unwrap();
     std::fs::write(env.backups().join("etcd-manual.snapshot"), "x").unwrap();
@@ -199,18 +182,7 @@ fn snapshot_prunes_after_success_keeping_the_newest_valid() {
 #[test]
 fn no_prune_leaves_old_snapshots() {
     let env = Env::new();
-    let now = Timestamp::now();
-    let old: Vec<_> = [20, 21, 22, 23]
-        .iter()
-        .map(|d| {
-            plant_snapshot(
-                &env,
-                &small(),
-                now - SignedDuration::from_hours(24 * d),
-                true,
-            )
-        })
-        .collect();
+    let old = plant_days_ago(&env, &[20, 21, 22, 23]);
     env.cmd().args(["snapshot", "--no-prune"]).assert().code(0);
     assert!(old.iter().all(|p| p.exists()));
     assert_eq!(snapshot_files(&env).len(), 5);
@@ -219,15 +191,7 @@ fn no_prune_leaves_old_snapshots() {
 #[test]
 fn prune_dry_run_explains_and_deletes_nothing() {
     let env = Env::new();
-    let now = Timestamp::now();
-    for days in [1, 20, 21, 22] {
-        plant_snapshot(
-            &env,
-            &small(),
-            now - SignedDuration::from_hours(24 * days),
-            true,
-        );
-    }
+    plant_days_ago(&env, &[1, 20, 21, 22]);
     let before = env.backup_files();
     env.cmd()
         .args(["prune", "--dry-run", "--keep-last", "2"])
@@ -259,17 +223,7 @@ fn prune_dry_run_explains_and_deletes_nothing() {
 fn invalid_snapshots_do_not_count_towards_keep_last() {
     let env = Env::new();
     let now = Timestamp::now();
-    let good: Vec<_> = [30, 31]
-        .iter()
-        .map(|d| {
-            plant_snapshot(
-                &env,
-                &small(),
-                now - SignedDuration::from_hours(24 * d),
-                true,
-            )
-        })
-        .collect();
+    let good = plant_days_ago(&env, &[30, 31]);
     // Three newer but damaged files (truncated), without trustworthy sidecars.
     for d in [20, 21, 22] {
         let p = plant_snapshot(
@@ -536,17 +490,7 @@ fn help_documents_exit_codes_and_completions_work() {
 fn bit_rot_that_keeps_the_size_never_pushes_out_good_snapshots() {
     let env = Env::new();
     let now = Timestamp::now();
-    let good: Vec<_> = [30, 31]
-        .iter()
-        .map(|d| {
-            plant_snapshot(
-                &env,
-                &small(),
-                now - SignedDuration::from_hours(24 * d),
-                true,
-            )
-        })
-        .collect();
+    let good = plant_days_ago(&env, &[30, 31]);
     // Newer snapshots whose sidecars say "valid", rotten on disk since (same size).
     let rotten: Vec<_> = [20, 21]
         .iter()
