@@ -122,7 +122,7 @@ impl PodInfo {
 }
 
 /// A pod that needs attention.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodProblem {
     /// `namespace/name`.
     pub pod: String,
@@ -131,7 +131,7 @@ pub struct PodProblem {
 }
 
 /// What `summarize_pods` found: `total == running + succeeded + not_running.len()`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodSummary {
     pub total: usize,
     /// Phase Running and Ready.
@@ -143,7 +143,7 @@ pub struct PodSummary {
 }
 
 /// What `summarize_nodes` found: `total == ready + not_ready.len()`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeSummary {
     pub total: usize,
     pub ready: usize,

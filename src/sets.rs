@@ -236,7 +236,7 @@ pub struct RetentionCandidate {
     pub status: SetStatus,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetentionDecision {
     pub label: String,
     pub keep: bool,
@@ -305,7 +305,7 @@ pub fn is_ours(name: &str, label: &str) -> bool {
 }
 
 /// What [`delete_set`] did.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DeleteReport {
     /// `VM 101 on node pve1: talosdr-x-2405241418`.
     pub deleted: Vec<String>,

@@ -10,7 +10,9 @@ use talos_dr::exec;
 use talos_dr::kube::Kubectl;
 use talos_dr::profile::Profile;
 use talos_dr::pve::PveClient;
-use talos_dr::stages::{self, Inputs, Services};
+use talos_dr::stages::record_set::RecordSetOutputs;
+use talos_dr::stages::report::RunReport;
+use talos_dr::stages::{self, Inputs, Plan, Services};
 use talos_dr::{Exit, UserError};
 
 use super::{Ctx, prune};
@@ -146,8 +148,16 @@ async fn execute(
     };
     let result = runner.execute(journal).await;
     let st = journal.snapshot();
-    let report = talos_dr::stages::report::build(&st, profile.name());
-    ctx.printer.text(&summary(&st, &report, profile));
+    // A checkpoint record that cannot be read must not hide the run's own result.
+    let report = match stages::report::build(&st, profile.name()) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            ctx.reporter
+                .warn(&format!("cannot summarise run {}: {e:#}", st.run_id));
+            None
+        }
+    };
+    ctx.printer.text(&summary(&st, report.as_ref(), profile));
     ctx.printer
         .json(&json!({ "run_id": st.run_id, "status": st.status, "report": report }));
     result.map(|()| Exit::Success).map_err(|e| {
@@ -165,47 +175,41 @@ async fn execute(
     })
 }
 
-fn summary(st: &RunState, report: &Value, profile: &Profile) -> String {
-    let mut rows = vec![vec!["STAGE".to_owned(), "STATUS".into(), "TIME".into()]];
-    for s in report["stages"].as_array().into_iter().flatten() {
-        rows.push(vec![
-            s["id"].as_str().unwrap_or("?").to_owned(),
-            s["status"].as_str().unwrap_or("?").to_owned(),
-            s["elapsed_ms"]
-                .as_u64()
-                .map_or("-".into(), stages::report::secs),
-        ]);
-    }
+fn summary(st: &RunState, report: Option<&RunReport>, profile: &Profile) -> String {
     let mut out = format!(
         "run {} ({}): {}\n",
         st.run_id,
         st.playbook,
         status_word(st.status)
     );
-    out.push_str(&talos_dr::table::render(&rows));
-    if st.status == RunStatus::Succeeded && matches!(st.playbook.as_str(), "restore" | "drill") {
-        out.push_str(&format!(
-            "recovery time: {}\n",
-            report["total_ms"]
-                .as_u64()
-                .map_or("-".into(), stages::report::secs)
-        ));
-    }
-    if let Some(p) = report["pre_restore_snapshot"].as_str() {
-        out.push_str(&format!("state before the restore: {p}\n"));
-    }
-    for u in report["undo"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-    {
-        out.push_str(&format!("undo: {u}\n"));
+    if let Some(report) = report {
+        let mut rows = vec![vec!["STAGE".to_owned(), "STATUS".into(), "TIME".into()]];
+        for s in &report.stages {
+            rows.push(vec![
+                s.id.clone(),
+                stages::report::status_text(s.status),
+                s.elapsed_ms.map_or("-".into(), stages::report::secs),
+            ]);
+        }
+        out.push_str(&talos_dr::table::render(&rows));
+        if st.status == RunStatus::Succeeded && matches!(st.playbook.as_str(), "restore" | "drill")
+        {
+            out.push_str(&format!(
+                "recovery time: {}\n",
+                stages::report::secs(report.total_ms)
+            ));
+        }
+        if let Some(p) = &report.pre_restore_snapshot {
+            out.push_str(&format!("state before the restore: {}\n", p.display()));
+        }
+        for u in &report.undo {
+            out.push_str(&format!("undo: {u}\n"));
+        }
     }
     if st.status == RunStatus::Succeeded
-        && let Some(label) =
-            st.outputs_of(talos_dr::engine::playbook::StageKind::RecordSet)["label"].as_str()
+        && let Ok(Some(set)) = st.data::<RecordSetOutputs>()
     {
+        let label = &set.label;
         out.push_str(&format!(
             "set {label} recorded: {}\nroll back to it with: {} rollback --label {label}\n",
             talos_dr::sets::manifest_path(&profile.sets_dir(), label).display(),
@@ -230,7 +234,8 @@ fn status_word(s: RunStatus) -> &'static str {
 }
 
 pub fn load_playbook(name: &str, profile: &Profile) -> anyhow::Result<Playbook> {
-    playbook::load(name, &profile.config_dir).map_err(|e| UserError::usage(e.to_string()).into())
+    stages::load_playbook(name, &profile.config_dir)
+        .map_err(|e| UserError::usage(e.to_string()).into())
 }
 
 pub fn services(ctx: &Ctx, profile: &Profile) -> anyhow::Result<Services> {
@@ -278,8 +283,8 @@ pub fn render_plan(
     );
     for (i, s) in pb.stages.iter().enumerate() {
         let mut flags = Vec::new();
-        if s.confirm != playbook::Confirm::No {
-            flags.push(format!("confirm: {:?}", s.confirm).to_lowercase());
+        if s.confirm() != playbook::Confirm::No {
+            flags.push(format!("confirm: {:?}", s.confirm()).to_lowercase());
         }
         if s.best_effort {
             flags.push("best effort".into());
@@ -304,9 +309,9 @@ pub fn render_plan(
             } else {
                 format!(" [{}]", flags.join(", "))
             },
-            stages::title(s.kind)
+            s.stage().title()
         ));
-        for line in stages::describe(s.kind, profile, &services.talos, inputs) {
+        for line in s.stage().describe(&plan(profile, services, inputs)) {
             out.push_str(&format!("   $ {line}\n"));
         }
     }
@@ -322,13 +327,21 @@ pub fn plan_json(pb: &Playbook, profile: &Profile, services: &Services, inputs: 
         "stages": pb.stages.iter().map(|s| json!({
             "id": s.id,
             "kind": s.kind,
-            "confirm": s.confirm,
+            "confirm": s.confirm(),
             "timeout": s.timeout,
             "best_effort": s.best_effort,
             "when": s.when,
-            "calls": stages::describe(s.kind, profile, &services.talos, inputs),
+            "calls": s.stage().describe(&plan(profile, services, inputs)),
         })).collect::<Vec<_>>(),
     })
+}
+
+fn plan<'a>(profile: &'a Profile, services: &'a Services, inputs: &'a Inputs) -> Plan<'a> {
+    Plan {
+        profile,
+        talos: &services.talos,
+        inputs,
+    }
 }
 
 pub fn run_dir(profile: &Profile, id: &str) -> anyhow::Result<std::path::PathBuf> {

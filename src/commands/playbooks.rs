@@ -22,7 +22,7 @@ pub fn run(ctx: &Ctx, command: Option<PlaybooksCommand>) -> anyhow::Result<Exit>
             for (name, _) in BUILT_IN {
                 let d = dir.clone().unwrap_or_default();
                 let (origin, _) = playbook::origin(name, &d);
-                match playbook::load(name, &d) {
+                match talos_dr::stages::load_playbook(name, &d) {
                     Ok(pb) => {
                         rows.push(vec![
                             name.into(),

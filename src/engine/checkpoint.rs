@@ -10,11 +10,12 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::playbook::{Playbook, StageKind};
+use super::playbook::Playbook;
 
 /// Current schema. Version 1 had no `attempt`, `updated_at` or run-level `error`; serde defaults
-/// fill them.
-pub const SCHEMA: u32 = 2;
+/// fill them. Version 3 holds each stage's outputs as that stage's typed record
+/// (`engine::stage::StageData`); the records are shaped so that version 2 outputs read as they are.
+pub const SCHEMA: u32 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -45,7 +46,8 @@ pub enum StageStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageRecord {
     pub id: String,
-    pub kind: StageKind,
+    /// The stage kind's registry name.
+    pub kind: String,
     pub status: StageStatus,
     #[serde(default)]
     pub attempt: u32,
@@ -94,13 +96,6 @@ impl RunState {
     }
     pub fn stage_mut(&mut self, id: &str) -> Option<&mut StageRecord> {
         self.stages.iter_mut().find(|s| s.id == id)
-    }
-    /// Outputs of the first stage of `kind` (stages find each other by kind, not id).
-    pub fn outputs_of(&self, kind: StageKind) -> Value {
-        self.stages
-            .iter()
-            .find(|s| s.kind == kind)
-            .map_or(Value::Null, |s| s.outputs.clone())
     }
 }
 
@@ -163,7 +158,7 @@ impl Journal {
                 .iter()
                 .map(|s| StageRecord {
                     id: s.id.clone(),
-                    kind: s.kind,
+                    kind: s.kind.as_str().to_owned(),
                     status: StageStatus::Pending,
                     attempt: 0,
                     started_at: None,
@@ -209,19 +204,6 @@ impl Journal {
 
     pub fn save(&self) -> Result<(), CheckpointError> {
         self.update(|_| ())
-    }
-
-    /// Records one sub-step inside a stage's outputs (`outputs[key] = value`) and saves at once:
-    /// used *before* destructive calls so a crash mid-call is known on resume.
-    pub fn record(&self, stage_id: &str, key: &str, value: Value) -> Result<(), CheckpointError> {
-        self.update(|st| {
-            if let Some(s) = st.stage_mut(stage_id) {
-                if !s.outputs.is_object() {
-                    s.outputs = empty_object();
-                }
-                s.outputs[key] = value;
-            }
-        })
     }
 
     /// Appends one event line (best effort: the checkpoint is what matters).
@@ -298,36 +280,6 @@ pub fn list_runs(runs_dir: &Path) -> Vec<(PathBuf, Result<RunState, CheckpointEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
-
-    #[test]
-    fn create_record_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let pb = super::super::playbook::load("restore", dir.path()).unwrap();
-        let j =
-            Journal::create(dir.path(), &pb, "lab", serde_json::json!({"snapshot": "x"})).unwrap();
-        j.record(
-            "etcd-recover",
-            "bootstrap",
-            serde_json::json!({"node": "10.0.0.1"}),
-        )
-        .unwrap();
-        let path = j.dir().join("state.json");
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        let again = Journal::open(j.dir()).unwrap().snapshot();
-        assert_eq!(again.plan_fingerprint, pb.fingerprint());
-        assert_eq!(
-            again.outputs_of(StageKind::EtcdRecover)["bootstrap"]["node"],
-            "10.0.0.1"
-        );
-        assert!(
-            again
-                .stages
-                .iter()
-                .all(|s| s.status == StageStatus::Pending)
-        );
-    }
 
     #[test]
     fn newer_schema_is_refused_with_advice() {

@@ -8,3 +8,4 @@
 pub mod checkpoint;
 pub mod playbook;
 pub mod run;
+pub mod stage;

@@ -7,6 +7,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::stage::{Registry, Stage};
+
 pub const BUILT_IN: [(&str, &str); 4] = [
     ("restore", include_str!("../../playbooks/restore.toml")),
     ("drill", include_str!("../../playbooks/drill.toml")),
@@ -17,48 +19,42 @@ pub const BUILT_IN: [(&str, &str); 4] = [
     ("rollback", include_str!("../../playbooks/rollback.toml")),
 ];
 
-/// Every stage kind the engine knows. Unknown kinds are load errors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StageKind {
-    Preflight,
-    PreRestoreSnapshot,
-    ProxmoxCheck,
-    EtcdRecover,
-    PostVerify,
-    Report,
-    UpgradePreflight,
-    SetEtcdSnapshot,
-    VmSnapshots,
-    RecordSet,
-    SetRetention,
-    RollbackPreflight,
-    RollbackVms,
-    WaitHealthy,
-}
+/// A stage kind from the registry. It serialises as its name, so plan fingerprints and
+/// checkpoints read the same as before the registry existed.
+#[derive(Clone, Copy)]
+pub struct StageKind(&'static dyn Stage);
 
 impl StageKind {
+    pub fn stage(self) -> &'static dyn Stage {
+        self.0
+    }
     pub fn as_str(self) -> &'static str {
-        match self {
-            StageKind::Preflight => "preflight",
-            StageKind::PreRestoreSnapshot => "pre-restore-snapshot",
-            StageKind::ProxmoxCheck => "proxmox-check",
-            StageKind::EtcdRecover => "etcd-recover",
-            StageKind::PostVerify => "post-verify",
-            StageKind::Report => "report",
-            StageKind::UpgradePreflight => "upgrade-preflight",
-            StageKind::SetEtcdSnapshot => "set-etcd-snapshot",
-            StageKind::VmSnapshots => "vm-snapshots",
-            StageKind::RecordSet => "record-set",
-            StageKind::SetRetention => "set-retention",
-            StageKind::RollbackPreflight => "rollback-preflight",
-            StageKind::RollbackVms => "rollback-vms",
-            StageKind::WaitHealthy => "wait-healthy",
-        }
+        self.0.kind()
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+impl PartialEq for StageKind {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+impl Eq for StageKind {}
+
+impl std::fmt::Debug for StageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for StageKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// Ordered from weakest to strictest: the confirmation that runs is the stricter of the
+/// playbook's and the stage's minimum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Confirm {
     #[default]
@@ -77,20 +73,19 @@ pub enum When {
     Proxmox,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One `[[stages]]` entry, resolved against the registry. Field order is the canonical JSON of
+/// the plan fingerprint: keep it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StageSpec {
     pub id: String,
     pub kind: StageKind,
-    #[serde(default)]
-    pub confirm: Confirm,
+    /// What the playbook asked for; see [`StageSpec::confirm`] for what runs.
+    #[serde(rename = "confirm")]
+    pub declared_confirm: Confirm,
     /// e.g. "10m"; the stage fails (checkpoint saved) when it runs longer.
-    #[serde(default)]
     pub timeout: Option<String>,
     /// A failure is recorded but does not stop the run.
-    #[serde(default)]
     pub best_effort: bool,
-    #[serde(default)]
     pub when: Option<When>,
 }
 
@@ -98,14 +93,21 @@ impl StageSpec {
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout.as_deref().and_then(|t| parse_duration(t).ok())
     }
+    /// The confirmation that runs: the stricter of the playbook's and the stage's own minimum,
+    /// so no playbook can remove the typed confirmation of a destructive stage.
+    pub fn confirm(&self) -> Confirm {
+        self.declared_confirm.max(self.kind.stage().min_confirm())
+    }
+    pub fn stage(&self) -> &'static dyn Stage {
+        self.kind.stage()
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Playbook {
     pub name: String,
     pub summary: String,
-    #[serde(default)]
+    /// Derived from the stages: a playbook is destructive when one of its stages is.
     pub destructive: bool,
     pub stages: Vec<StageSpec>,
 }
@@ -119,12 +121,76 @@ impl Playbook {
     }
 }
 
+/// A playbook file as written; [`parse`] resolves it against the registry.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlaybookFile {
+    name: String,
+    summary: String,
+    /// Older playbooks declared it; it is derived from the stages now and ignored here.
+    #[serde(default, rename = "destructive")]
+    _destructive: Option<bool>,
+    stages: Vec<StageEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StageEntry {
+    id: String,
+    kind: toml::Spanned<String>,
+    #[serde(default)]
+    confirm: Confirm,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    best_effort: bool,
+    #[serde(default)]
+    when: Option<When>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PlaybookError {
     #[error("no playbook named {0:?} (built-in: restore, drill, pre-upgrade, rollback)")]
     Unknown(String),
-    #[error("{origin}: {message}")]
-    Invalid { origin: String, message: String },
+    #[error("{origin}: {source}")]
+    Invalid {
+        origin: String,
+        #[source]
+        source: ParseError,
+    },
+    #[error("{origin}: {source}")]
+    Read {
+        origin: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What is wrong with a playbook's text; messages name the line or the stage.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("{0}")]
+    Toml(String),
+    #[error("line {line}: unknown stage kind `{kind}`, expected one of {expected}")]
+    UnknownKind {
+        line: usize,
+        kind: String,
+        expected: String,
+    },
+    #[error("stage id {0:?} is used twice")]
+    DuplicateId(String),
+    #[error("stage {stage:?}: timeout {message}")]
+    Timeout { stage: String, message: String },
+    #[error(
+        "stage {stage:?} ({kind}) reads the outputs of a `{needs}` stage, which must come before it in the playbook"
+    )]
+    MissingInput {
+        stage: String,
+        kind: &'static str,
+        needs: &'static str,
+    },
+    #[error("a playbook needs at least one [[stages]] entry")]
+    Empty,
 }
 
 /// Where a playbook came from, for messages.
@@ -138,12 +204,12 @@ pub fn origin(name: &str, config_dir: &Path) -> (String, Option<PathBuf>) {
 }
 
 /// Loads `name`, preferring `<config_dir>/playbooks/<name>.toml`.
-pub fn load(name: &str, config_dir: &Path) -> Result<Playbook, PlaybookError> {
+pub fn load(name: &str, config_dir: &Path, registry: &Registry) -> Result<Playbook, PlaybookError> {
     let (origin, path) = origin(name, config_dir);
     let text = match path {
-        Some(p) => std::fs::read_to_string(&p).map_err(|e| PlaybookError::Invalid {
+        Some(p) => std::fs::read_to_string(&p).map_err(|source| PlaybookError::Read {
             origin: origin.clone(),
-            message: e.to_string(),
+            source,
         })?,
         None => BUILT_IN
             .iter()
@@ -151,25 +217,66 @@ pub fn load(name: &str, config_dir: &Path) -> Result<Playbook, PlaybookError> {
             .map(|(_, t)| (*t).to_owned())
             .ok_or_else(|| PlaybookError::Unknown(name.to_owned()))?,
     };
-    parse(&text).map_err(|message| PlaybookError::Invalid { origin, message })
+    parse(&text, registry).map_err(|source| PlaybookError::Invalid { origin, source })
 }
 
-/// Parses and checks a playbook; errors carry the line (from toml) and what is expected.
-pub fn parse(text: &str) -> Result<Playbook, String> {
-    let pb: Playbook = toml::from_str(text).map_err(|e| e.to_string().trim().to_owned())?;
+/// Parses and checks a playbook: known kinds, unique ids, valid timeouts, and every stage's
+/// required inputs produced by an earlier stage.
+pub fn parse(text: &str, registry: &Registry) -> Result<Playbook, ParseError> {
+    let file: PlaybookFile =
+        toml::from_str(text).map_err(|e| ParseError::Toml(e.to_string().trim().to_owned()))?;
+    if file.stages.is_empty() {
+        return Err(ParseError::Empty);
+    }
     let mut seen = std::collections::HashSet::new();
-    for s in &pb.stages {
-        if !seen.insert(s.id.as_str()) {
-            return Err(format!("stage id {:?} is used twice", s.id));
+    let mut stages: Vec<StageSpec> = Vec::with_capacity(file.stages.len());
+    for e in file.stages {
+        if !seen.insert(e.id.clone()) {
+            return Err(ParseError::DuplicateId(e.id));
         }
-        if let Some(t) = &s.timeout {
-            parse_duration(t).map_err(|e| format!("stage {:?}: timeout {e}", s.id))?;
+        let stage = registry
+            .get(e.kind.get_ref())
+            .ok_or_else(|| ParseError::UnknownKind {
+                line: text[..e.kind.span().start].lines().count().max(1),
+                kind: e.kind.get_ref().clone(),
+                expected: registry
+                    .kinds()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        if let Some(t) = &e.timeout {
+            parse_duration(t).map_err(|message| ParseError::Timeout {
+                stage: e.id.clone(),
+                message,
+            })?;
         }
+        for needs in stage.requires() {
+            if !stages.iter().any(|s| s.kind.as_str() == *needs) {
+                return Err(ParseError::MissingInput {
+                    stage: e.id.clone(),
+                    kind: stage.kind(),
+                    needs,
+                });
+            }
+        }
+        stages.push(StageSpec {
+            id: e.id,
+            kind: StageKind(stage),
+            declared_confirm: e.confirm,
+            timeout: e.timeout,
+            best_effort: e.best_effort,
+            when: e.when,
+        });
     }
-    if pb.stages.is_empty() {
-        return Err("a playbook needs at least one [[stages]] entry".into());
-    }
-    Ok(pb)
+    Ok(Playbook {
+        name: file.name,
+        summary: file.summary,
+        destructive: stages
+            .iter()
+            .any(|s| s.stage().min_confirm() == Confirm::Typed),
+        stages,
+    })
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -180,48 +287,4 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
         .map_err(|e| e.to_string())?;
     Duration::try_from(d).map_err(|_| format!("{s:?} must be positive"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn built_ins_load() {
-        let dir = tempfile::tempdir().unwrap();
-        for (name, _) in BUILT_IN {
-            let pb = load(name, dir.path()).unwrap();
-            assert_eq!(pb.name, name);
-            let key = match name {
-                "pre-upgrade" => StageKind::VmSnapshots,
-                "rollback" => StageKind::RollbackVms,
-                _ => StageKind::EtcdRecover,
-            };
-            assert!(pb.stages.iter().any(|s| s.kind == key), "{name}");
-        }
-    }
-
-    #[test]
-    fn unknown_kind_and_option_name_the_line() {
-        let bad =
-            "name = \"x\"\nsummary = \"s\"\n\n[[stages]]\nid = \"a\"\nkind = \"etcd-recovr\"\n";
-        let e = parse(bad).unwrap_err();
-        assert!(e.contains("line 6") && e.contains("etcd-recover"), "{e}");
-        let bad = "name = \"x\"\nsummary = \"s\"\n\n[[stages]]\nid = \"a\"\nkind = \"report\"\nretries = 3\n";
-        let e = parse(bad).unwrap_err();
-        assert!(e.contains("line 7") && e.contains("retries"), "{e}");
-    }
-
-    #[test]
-    fn override_in_config_dir_wins_and_changes_the_fingerprint() {
-        let dir = tempfile::tempdir().unwrap();
-        let builtin = load("restore", dir.path()).unwrap();
-        std::fs::create_dir_all(dir.path().join("playbooks")).unwrap();
-        let text = BUILT_IN[0]
-            .1
-            .replace("timeout = \"20m\"", "timeout = \"30m\"");
-        std::fs::write(dir.path().join("playbooks/restore.toml"), text).unwrap();
-        let custom = load("restore", dir.path()).unwrap();
-        assert_ne!(builtin.fingerprint(), custom.fingerprint());
-    }
 }

@@ -12,13 +12,14 @@ use jiff::Timestamp;
 use serde_json::{Value, json};
 
 use super::checkpoint::{Journal, RunStatus, StageStatus};
-use super::playbook::{Confirm, Playbook, StageKind, When};
+use super::playbook::{Confirm, Playbook, StageSpec, When};
+use super::stage::{Inputs, Services, StageCtx, StageOutcome, confirmation_result};
 use crate::error::UserError;
-use crate::stages::{self, Inputs, Services, StageCtx, StageOutcome};
 use crate::ui::{self, Event, Prompter, Reporter};
 
 /// Test-only fault injection: abort the process right after this stage's checkpoint is written,
-/// as a crash (SIGABRT) would. Documented in the README's test section.
+/// as a crash (SIGABRT) would. Only debug builds (what `cargo test` runs) honour it; a release
+/// build ignores the variable. Documented in the README's test section.
 pub const ENV_CRASH_AFTER: &str = "TALOS_DR_CRASH_AFTER_STAGE";
 
 pub struct Runner<'a> {
@@ -108,7 +109,7 @@ impl Runner<'_> {
                 )?;
                 continue;
             }
-            self.confirm(spec.confirm, &spec.id, spec.kind, &inputs)?;
+            self.confirm(spec, &inputs)?;
 
             let started = Instant::now();
             journal.update(|st| {
@@ -122,11 +123,11 @@ impl Runner<'_> {
             })?;
             journal.event(
                 "stage_started",
-                json!({ "stage": spec.id, "kind": spec.kind, "resumed": resumed }),
+                json!({ "stage": spec.id, "kind": spec.kind.as_str(), "resumed": resumed }),
             );
             self.reporter.report(Event::StageStarted {
                 stage: spec.id.clone(),
-                title: stages::title(spec.kind).to_owned(),
+                title: spec.stage().title().to_owned(),
             });
             let ctx = StageCtx {
                 services: self.services,
@@ -137,7 +138,7 @@ impl Runner<'_> {
                 spec,
                 resumed,
             };
-            let fut = stages::run(spec.kind, &ctx);
+            let fut = spec.stage().run(&ctx);
             let result = match spec.timeout() {
                 Some(t) => match tokio::time::timeout(t, fut).await {
                     Ok(r) => r,
@@ -195,25 +196,22 @@ impl Runner<'_> {
         Ok(())
     }
 
-    fn confirm(
-        &self,
-        confirm: Confirm,
-        stage: &str,
-        kind: StageKind,
-        inputs: &Inputs,
-    ) -> anyhow::Result<()> {
-        let expected = self.services.profile.name().to_owned();
-        let answer = match confirm {
+    /// Asks before a stage: the stricter of the playbook's confirmation and the stage's own
+    /// minimum (`StageSpec::confirm`), so an edited playbook cannot remove a typed confirmation.
+    fn confirm(&self, spec: &StageSpec, inputs: &Inputs) -> anyhow::Result<()> {
+        let profile = &self.services.profile;
+        let answer = match spec.confirm() {
             Confirm::No => return Ok(()),
-            Confirm::Yes => self
-                .prompter
-                .confirm(&format!("Run stage {stage} ({})?", kind.as_str())),
+            Confirm::Yes => {
+                self.prompter
+                    .confirm(&format!("Run stage {} ({})?", spec.id, spec.kind.as_str()))
+            }
             Confirm::Typed => self.prompter.confirm_typed(
-                &stages::typed_warning(kind, &self.services.profile, inputs, stage),
-                &expected,
+                &spec.stage().typed_warning(profile, inputs, &spec.id),
+                profile.name(),
             ),
         }?;
-        stages::confirmation_result(answer, stage)
+        confirmation_result(answer, &spec.id)
     }
 
     fn finish(
@@ -259,6 +257,7 @@ impl Runner<'_> {
                     .map(str::to_owned)
             }),
         });
+        #[cfg(debug_assertions)]
         if std::env::var(ENV_CRASH_AFTER).is_ok_and(|v| v == id) {
             std::process::abort();
         }

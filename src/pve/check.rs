@@ -32,7 +32,7 @@ impl Default for CheckOptions {
 }
 
 /// The result for one VM. `ok` is `problems.is_empty()`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmCheck {
     pub vm: VmRef,
     pub ok: bool,

@@ -9,15 +9,19 @@
 //!    `Failed` ends the stage with the node's last event), then for the others to join.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use jiff::Timestamp;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
-use super::{Poller, StageCtx, StageOutcome};
-use crate::engine::playbook::StageKind;
+use super::preflight::PreflightOutputs;
+use super::{Inputs, Plan, Poller, Stage, StageCtx, StageData, StageOutcome};
+use crate::engine::playbook::Confirm;
 use crate::error::UserError;
-use crate::talos::ServiceStatus;
+use crate::profile::Profile;
+use crate::talos::{EtcdMember, ServiceStatus};
 use crate::ui::{self, Event};
 
 const RESET_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -25,31 +29,154 @@ const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// Refusals that come back before the Bootstrap RPC did anything: safe to try again later.
 const NOT_YET: [&str; 2] = ["bootstrap is not available yet", "time is not in sync yet"];
 
-pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
+pub struct EtcdRecover;
+
+impl Stage for EtcdRecover {
+    fn kind(&self) -> &'static str {
+        "etcd-recover"
+    }
+    fn title(&self) -> &'static str {
+        "wipe etcd on every control-plane node and restore the snapshot"
+    }
+    fn describe(&self, plan: &Plan<'_>) -> Vec<String> {
+        let (profile, talos) = (plan.profile, plan.talos);
+        let cp = profile.control_plane_addresses();
+        let first = cp.first().cloned().unwrap_or_default();
+        let snap = plan
+            .inputs
+            .snapshot
+            .as_ref()
+            .map_or_else(|| "<snapshot>".to_owned(), |p| p.display().to_string());
+        let mut v = vec![format!("typed confirmation ({:?})", profile.name())];
+        for n in &cp {
+            v.push(
+                talos.render(Some(n), &crate::talos::RESET_ARGS)
+                    + "   (unless etcd is already Preparing)",
+            );
+        }
+        v.push(
+            "wait until `service etcd` shows STATE Preparing on every control-plane node".into(),
+        );
+        v.push(
+            talos.render(
+                Some(&first),
+                &["bootstrap", &format!("--recover-from={snap}")],
+            ) + "   (exactly once)",
+        );
+        v.push(format!(
+            "wait until etcd on {first} is Running/OK, then the others join"
+        ));
+        v.push(talos.render(Some(&first), &["etcd", "members"]));
+        v
+    }
+    fn min_confirm(&self) -> Confirm {
+        Confirm::Typed
+    }
+    fn typed_warning(&self, profile: &Profile, _inputs: &Inputs, stage: &str) -> String {
+        format!(
+            "Stage {stage} is destructive: it wipes etcd on every control-plane node of cluster {:?} and restores it from the snapshot.",
+            profile.name()
+        )
+    }
+    fn requires(&self) -> &'static [&'static str] {
+        &[PreflightOutputs::KIND]
+    }
+    fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> BoxFuture<'a, anyhow::Result<StageOutcome>> {
+        Box::pin(run(ctx))
+    }
+}
+
+/// The stage's journal and outputs: every reset and the bootstrap are recorded *before* they are
+/// sent, so that a resumed attempt knows what may already have happened.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EtcdRecoverRecord {
+    /// Per control-plane node.
+    pub resets: BTreeMap<String, ResetRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<BootstrapIntent>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<EtcdMember>,
+}
+
+impl StageData for EtcdRecoverRecord {
+    const KIND: &'static str = "etcd-recover";
+}
+
+impl EtcdRecoverRecord {
+    /// A bootstrap that may have reached its node: from then on a resume only waits and checks.
+    pub fn bootstrap_issued(&self) -> Option<&BootstrapIntent> {
+        self.bootstrap.as_ref().filter(|b| !b.refused)
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ResetRecord {
+    /// Why no reset was sent (etcd was already waiting for a bootstrap).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<Timestamp>,
+    /// etcd's state when the reset was decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_was: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub done_at: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_at: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl ResetRecord {
+    /// Sent, and not known to have failed: the node may still be rebooting from it.
+    fn in_flight(&self) -> bool {
+        self.issued_at.is_some() && self.failed_at.is_none()
+    }
+}
+
+/// The one bootstrap of the run, recorded before the call.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BootstrapIntent {
+    pub node: String,
+    pub issued_at: Timestamp,
+    pub file: PathBuf,
+    #[serde(default)]
+    pub skip_hash_check: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub returned_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<String>,
+    /// The node refused before anything happened (a proven refusal): it may be sent again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refused: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     let cp = ctx.profile().control_plane_addresses();
     let file = ctx.snapshot_path()?;
-    let skip_hash = ctx.outputs_of(StageKind::Preflight)["skip_hash_check"] == true;
-    let wait_budget = Duration::from_secs(ctx.inputs.wait_timeout_s.unwrap_or(15 * 60));
-    let prior = ctx.own_outputs();
+    let skip_hash = ctx.output::<PreflightOutputs>()?.skip_hash_check;
+    let wait_budget = ctx.inputs.wait_timeout();
+    let prior: EtcdRecoverRecord = ctx.own()?;
 
-    let bootstrap_issued = prior["bootstrap"].is_object() && prior["bootstrap"]["refused"] != true;
-    if bootstrap_issued {
+    if let Some(b) = prior.bootstrap_issued() {
         ctx.reporter.info(&format!(
             "bootstrap was already issued on {} ({}); checking etcd instead of bootstrapping again",
-            prior["bootstrap"]["node"].as_str().unwrap_or("?"),
-            prior["bootstrap"]["issued_at"].as_str().unwrap_or("?"),
+            b.node, b.issued_at,
         ));
     } else {
-        reset_all(ctx, &cp, &prior).await?;
+        reset_all(ctx, &cp, prior.resets).await?;
         wait_all(ctx, &cp, wait_budget, "Preparing", |s| s.is_preparing()).await?;
         bootstrap_once(ctx, &cp[0], &file, skip_hash).await?;
     }
 
-    let outputs = ctx.own_outputs();
-    let node = outputs["bootstrap"]["node"]
-        .as_str()
-        .unwrap_or(&cp[0])
-        .to_owned();
+    let node = ctx
+        .own::<EtcdRecoverRecord>()?
+        .bootstrap
+        .map_or_else(|| cp[0].clone(), |b| b.node);
     wait_bootstrap_node(ctx, &node, wait_budget).await?;
     let others: Vec<String> = cp.iter().filter(|n| **n != node).cloned().collect();
     wait_all(
@@ -61,21 +188,24 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     )
     .await?;
     let members = wait_members(ctx, &node, cp.len(), wait_budget).await?;
-    ctx.record("members", json!(members))?;
-    Ok(StageOutcome::Done(json!({ "members": members })))
+    let record = ctx.update(|r: &mut EtcdRecoverRecord| {
+        r.members = members;
+        r.clone()
+    })?;
+    StageOutcome::done(&record)
 }
 
-async fn reset_all(ctx: &StageCtx<'_>, cp: &[String], prior: &Value) -> anyhow::Result<()> {
+async fn reset_all(
+    ctx: &StageCtx<'_>,
+    cp: &[String],
+    mut resets: BTreeMap<String, ResetRecord>,
+) -> anyhow::Result<()> {
     let talos = ctx.talos();
-    let mut resets: BTreeMap<String, Value> = prior["resets"]
-        .as_object()
-        .map(|m| m.clone().into_iter().collect())
-        .unwrap_or_default();
     let mut to_reset = Vec::new();
     for node in cp {
-        let earlier = resets.get(node).cloned().unwrap_or(Value::Null);
+        let earlier = resets.get(node).cloned();
         // A reset we sent (and that did not come back as an error) may still be under way.
-        let in_flight = earlier["issued_at"].is_string() && earlier["failed_at"].is_null();
+        let in_flight = earlier.as_ref().is_some_and(ResetRecord::in_flight);
         let status = match talos.service_etcd(node).await {
             Ok(s) => s,
             // Rebooting after our reset: wait for it below instead of resetting again.
@@ -88,8 +218,14 @@ async fn reset_all(ctx: &StageCtx<'_>, cp: &[String], prior: &Value) -> anyhow::
             }
         };
         if status.is_preparing() {
-            if earlier.is_null() {
-                resets.insert(node.clone(), json!({ "skipped": "etcd already Preparing" }));
+            if earlier.is_none() {
+                resets.insert(
+                    node.clone(),
+                    ResetRecord {
+                        skipped: Some("etcd already Preparing".into()),
+                        ..ResetRecord::default()
+                    },
+                );
             }
             continue;
         }
@@ -106,12 +242,16 @@ async fn reset_all(ctx: &StageCtx<'_>, cp: &[String], prior: &Value) -> anyhow::
         }
         resets.insert(
             node.clone(),
-            json!({ "issued_at": Timestamp::now(), "etcd_was": status.state }),
+            ResetRecord {
+                issued_at: Some(Timestamp::now()),
+                etcd_was: Some(status.state),
+                ..ResetRecord::default()
+            },
         );
         to_reset.push(node.clone());
     }
     // Every intent is on disk before the first reset goes out.
-    ctx.record("resets", json!(resets))?;
+    save_resets(ctx, &resets)?;
     // In parallel: each reset waits for its node's reboot, which takes minutes.
     let started = Instant::now();
     let calls = to_reset.iter().map(|node| async move {
@@ -133,19 +273,19 @@ async fn reset_all(ctx: &StageCtx<'_>, cp: &[String], prior: &Value) -> anyhow::
         match r {
             Ok(()) => {
                 if let Some(v) = resets.get_mut(&node) {
-                    v["done_at"] = json!(Timestamp::now());
+                    v.done_at = Some(Timestamp::now());
                 }
             }
             Err(e) => {
                 if let Some(v) = resets.get_mut(&node) {
-                    v["failed_at"] = json!(Timestamp::now());
-                    v["error"] = json!(e.to_string());
+                    v.failed_at = Some(Timestamp::now());
+                    v.error = Some(e.to_string());
                 }
                 failures.push(format!("{node}: {e}"));
             }
         }
     }
-    ctx.record("resets", json!(resets))?;
+    save_resets(ctx, &resets)?;
     if !failures.is_empty() {
         return Err(
             UserError::failed(format!("reset failed on:\n  {}", failures.join("\n  ")))
@@ -154,6 +294,10 @@ async fn reset_all(ctx: &StageCtx<'_>, cp: &[String], prior: &Value) -> anyhow::
         );
     }
     Ok(())
+}
+
+fn save_resets(ctx: &StageCtx<'_>, resets: &BTreeMap<String, ResetRecord>) -> anyhow::Result<()> {
+    ctx.update(|r: &mut EtcdRecoverRecord| r.resets = resets.clone())
 }
 
 /// Waits until every node in `nodes` satisfies `ok`; the error names the nodes that did not.
@@ -237,17 +381,24 @@ async fn wait_all(
 async fn bootstrap_once(
     ctx: &StageCtx<'_>,
     node: &str,
-    file: &std::path::Path,
+    file: &Path,
     skip_hash: bool,
 ) -> anyhow::Result<()> {
     let talos = ctx.talos();
     let mut refusals = 0u32;
     loop {
         // The intent goes to disk before the call: from here on, a resume never bootstraps again.
-        ctx.record(
-            "bootstrap",
-            json!({ "node": node, "issued_at": Timestamp::now(), "file": file, "skip_hash_check": skip_hash }),
-        )?;
+        let intent = BootstrapIntent {
+            node: node.to_owned(),
+            issued_at: Timestamp::now(),
+            file: file.to_path_buf(),
+            skip_hash_check: skip_hash,
+            returned_at: None,
+            stdout: None,
+            refused: false,
+            error: None,
+        };
+        ctx.update(|r: &mut EtcdRecoverRecord| r.bootstrap = Some(intent))?;
         ctx.reporter.info(&format!(
             "bootstrapping etcd on {node} from {}",
             file.display()
@@ -257,20 +408,24 @@ async fn bootstrap_once(
             .await
         {
             Ok(stdout) => {
-                let mut b = ctx.own_outputs()["bootstrap"].clone();
-                b["returned_at"] = json!(Timestamp::now());
-                b["stdout"] = json!(stdout.trim());
-                ctx.record("bootstrap", b)?;
+                ctx.update(|r: &mut EtcdRecoverRecord| {
+                    if let Some(b) = &mut r.bootstrap {
+                        b.returned_at = Some(Timestamp::now());
+                        b.stdout = Some(stdout.trim().to_owned());
+                    }
+                })?;
                 return Ok(());
             }
             Err(e) => {
                 let text = e.stderr().to_owned();
                 let definitive = is_refusal_before_bootstrap(&text);
                 if definitive {
-                    let mut b = ctx.own_outputs()["bootstrap"].clone();
-                    b["refused"] = json!(true);
-                    b["error"] = json!(text);
-                    ctx.record("bootstrap", b)?;
+                    ctx.update(|r: &mut EtcdRecoverRecord| {
+                        if let Some(b) = &mut r.bootstrap {
+                            b.refused = true;
+                            b.error = Some(text.clone());
+                        }
+                    })?;
                 }
                 if definitive && NOT_YET.iter().any(|m| text.contains(m)) && refusals < 6 {
                     refusals += 1;
@@ -395,7 +550,7 @@ async fn wait_members(
     node: &str,
     expected: usize,
     budget: Duration,
-) -> anyhow::Result<Vec<crate::talos::EtcdMember>> {
+) -> anyhow::Result<Vec<EtcdMember>> {
     let talos = ctx.talos();
     let mut seen = 0;
     let mut poller = Poller::new(budget, ctx.inputs.poll_max());

@@ -3,13 +3,72 @@
 
 use std::time::Instant;
 
-use serde_json::json;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 
-use super::{StageCtx, StageOutcome};
+use super::post_verify_kube::KubeCheck;
+use super::{Plan, Stage, StageCtx, StageData, StageOutcome};
 use crate::error::UserError;
 use crate::ui::{self, Event};
 
-pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
+pub struct PostVerify;
+
+impl Stage for PostVerify {
+    fn kind(&self) -> &'static str {
+        "post-verify"
+    }
+    fn title(&self) -> &'static str {
+        "verify the cluster with talosctl and kubectl"
+    }
+    fn describe(&self, plan: &Plan<'_>) -> Vec<String> {
+        let profile = plan.profile;
+        let cp = profile.control_plane_addresses();
+        let first = cp.first().cloned().unwrap_or_default();
+        let wait = format!("{}s", plan.inputs.health_timeout().as_secs());
+        let mut args = vec!["health", "--wait-timeout", &wait];
+        let cps = cp.join(",");
+        let wk = profile.worker_addresses().join(",");
+        if !cps.is_empty() {
+            args.extend(["--control-plane-nodes", &cps]);
+        }
+        if !wk.is_empty() {
+            args.extend(["--worker-nodes", &wk]);
+        }
+        vec![
+            plan.talos.render(Some(&first), &args),
+            format!(
+                "kubectl --kubeconfig {} get nodes -o json   (all Ready)",
+                profile.kubeconfig().display()
+            ),
+            format!(
+                "kubectl --kubeconfig {} get pods -A -o json   (summary)",
+                profile.kubeconfig().display()
+            ),
+        ]
+    }
+    fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> BoxFuture<'a, anyhow::Result<StageOutcome>> {
+        Box::pin(run(ctx))
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PostVerifyOutputs {
+    pub health: HealthPassed,
+    pub kubernetes: KubeCheck,
+}
+
+impl StageData for PostVerifyOutputs {
+    const KIND: &'static str = "post-verify";
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HealthPassed {
+    pub ok: bool,
+    pub elapsed_ms: u64,
+}
+
+async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     let p = ctx.profile();
     let cp = p.control_plane_addresses();
     let workers = p.worker_addresses();
@@ -49,11 +108,14 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
                 "no kubeconfig at {}: Kubernetes nodes and pods were not checked",
                 p.kubeconfig().display()
             ));
-            json!({ "checked": false })
+            KubeCheck::default()
         }
     };
-    Ok(StageOutcome::Done(json!({
-        "health": { "ok": true, "elapsed_ms": ui::ms(started.elapsed()) },
-        "kubernetes": kube,
-    })))
+    StageOutcome::done(&PostVerifyOutputs {
+        health: HealthPassed {
+            ok: true,
+            elapsed_ms: ui::ms(started.elapsed()),
+        },
+        kubernetes: kube,
+    })
 }

@@ -2,13 +2,24 @@
 //! summary of the pods that are not running. Pods still starting are reported, not fatal: the
 //! control plane is back, and workloads catch up at their own pace.
 
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use super::StageCtx;
 use crate::error::UserError;
-use crate::kube::{self, Kubectl};
+use crate::kube::{self, Kubectl, NodeSummary, PodSummary};
 
-pub async fn check(ctx: &StageCtx<'_>, kubectl: &Kubectl) -> anyhow::Result<Value> {
+/// What Kubernetes looked like after the restore; `checked` is false without a kubeconfig.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KubeCheck {
+    pub checked: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<NodeSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pods: Option<PodSummary>,
+}
+
+pub async fn check(ctx: &StageCtx<'_>, kubectl: &Kubectl) -> anyhow::Result<KubeCheck> {
     let expected: Vec<String> = ctx
         .profile()
         .file
@@ -47,9 +58,9 @@ pub async fn check(ctx: &StageCtx<'_>, kubectl: &Kubectl) -> anyhow::Result<Valu
             }
         ));
     }
-    Ok(json!({
-        "checked": true,
-        "nodes": kube::summarize_nodes(&nodes),
-        "pods": summary,
-    }))
+    Ok(KubeCheck {
+        checked: true,
+        nodes: Some(kube::summarize_nodes(&nodes)),
+        pods: Some(summary),
+    })
 }

@@ -2,15 +2,114 @@
 //! the current etcd state is recorded. If etcd is still healthy on a quorum, say plainly that a
 //! restore discards every change since the snapshot and ask for the profile name.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 
-use super::{StageCtx, StageOutcome, confirmation_result};
+use super::{Plan, Stage, StageCtx, StageData, StageOutcome, confirmation_result, on_each_cp};
 use crate::error::{Exit, UserError};
-use crate::snapshot::verify::{self, Trailer};
+use crate::snapshot::verify::{self, Status, Trailer};
 
-pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
+pub struct Preflight;
+
+impl Stage for Preflight {
+    fn kind(&self) -> &'static str {
+        "preflight"
+    }
+    fn title(&self) -> &'static str {
+        "check the snapshot and the control-plane nodes"
+    }
+    fn describe(&self, plan: &Plan<'_>) -> Vec<String> {
+        let (profile, talos) = (plan.profile, plan.talos);
+        let cp = profile.control_plane_addresses();
+        let first = cp.first().cloned().unwrap_or_default();
+        let snap = plan
+            .inputs
+            .snapshot
+            .as_ref()
+            .map_or_else(|| "<snapshot>".to_owned(), |p| p.display().to_string());
+        let mut v = vec![format!(
+            "verify {snap} (sha256 trailer, bbolt structure, etcd status)"
+        )];
+        v.extend(on_each_cp(plan, &["version"]));
+        v.extend(on_each_cp(plan, &["service", "etcd"]));
+        v.push(talos.render(Some(&cp.join(",")), &["get", "machinetype", "-o", "json"]));
+        v.push(
+            talos.render(Some(&first), &["health", "--wait-timeout", "30s"])
+                + "   (for information)",
+        );
+        v.push(format!(
+            "if etcd is healthy on a quorum: typed confirmation ({:?})",
+            profile.name()
+        ));
+        v
+    }
+    fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> BoxFuture<'a, anyhow::Result<StageOutcome>> {
+        Box::pin(run(ctx))
+    }
+}
+
+/// What the preflight found; later stages read it with `ctx.output::<PreflightOutputs>()`.
+/// Every field has a default, so checkpoints of older releases read too.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PreflightOutputs {
+    pub snapshot: Option<SnapshotFacts>,
+    /// The file is a raw `db` copy: bootstrap needs `--recover-skip-hash-check`.
+    pub skip_hash_check: bool,
+    /// etcd's state per control-plane node, before anything was changed.
+    pub etcd: BTreeMap<String, NodeEtcd>,
+    pub healthy_members: usize,
+    pub healthy_quorum: bool,
+    pub health: Option<HealthNote>,
+}
+
+impl StageData for PreflightOutputs {
+    const KIND: &'static str = "preflight";
+}
+
+impl PreflightOutputs {
+    /// Control-plane nodes whose etcd was Running and healthy.
+    pub fn serving(&self) -> Vec<String> {
+        self.etcd
+            .iter()
+            .filter(|(_, e)| e.state == "Running" && e.health.as_deref() == Some("OK"))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotFacts {
+    pub path: PathBuf,
+    pub size: u64,
+    pub sha256: String,
+    pub trailer: Trailer,
+    pub status: Option<Status>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeEtcd {
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HealthNote {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     let path = ctx.snapshot_path()?;
     let report = verify::verify_file(&path).map_err(|e| {
         UserError::new(
@@ -41,7 +140,7 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     let talos = ctx.talos();
     let cp = ctx.profile().control_plane_addresses();
     let mut problems = Vec::new();
-    let mut etcd = Map::new();
+    let mut etcd = BTreeMap::new();
     let mut healthy = 0usize;
     for node in &cp {
         if let Err(e) = talos.server_version(node).await {
@@ -58,13 +157,22 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
                 }
                 etcd.insert(
                     node.clone(),
-                    json!({ "state": s.state, "health": s.health, "last_event": s.last_event() }),
+                    NodeEtcd {
+                        last_event: s.last_event().map(str::to_owned),
+                        state: s.state,
+                        health: Some(s.health),
+                        error: None,
+                    },
                 );
             }
             Err(e) => {
                 etcd.insert(
                     node.clone(),
-                    json!({ "state": "unknown", "error": e.to_string() }),
+                    NodeEtcd {
+                        state: "unknown".into(),
+                        error: Some(e.to_string()),
+                        ..NodeEtcd::default()
+                    },
                 );
             }
         }
@@ -100,8 +208,14 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
         )
         .await
     {
-        Ok(()) => json!({ "ok": true }),
-        Err(e) => json!({ "ok": false, "detail": last_line(e.stderr()) }),
+        Ok(()) => HealthNote {
+            ok: true,
+            detail: None,
+        },
+        Err(e) => HealthNote {
+            ok: false,
+            detail: Some(last_line(e.stderr()).to_owned()),
+        },
     };
 
     let quorum = healthy > cp.len() / 2;
@@ -122,20 +236,20 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
         confirmation_result(answer, &ctx.spec.id)?;
     }
 
-    Ok(StageOutcome::Done(json!({
-        "snapshot": {
-            "path": path,
-            "size": report.size,
-            "sha256": report.sha256,
-            "trailer": report.trailer,
-            "status": report.status,
-        },
-        "skip_hash_check": skip_hash_check,
-        "etcd": Value::Object(etcd),
-        "healthy_members": healthy,
-        "healthy_quorum": quorum,
-        "health": health,
-    })))
+    StageOutcome::done(&PreflightOutputs {
+        snapshot: Some(SnapshotFacts {
+            path,
+            size: report.size,
+            sha256: report.sha256,
+            trailer: report.trailer,
+            status: report.status,
+        }),
+        skip_hash_check,
+        etcd,
+        healthy_members: healthy,
+        healthy_quorum: quorum,
+        health: Some(health),
+    })
 }
 
 fn first_line(s: &str) -> &str {

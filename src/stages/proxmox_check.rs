@@ -4,18 +4,106 @@
 //! Snapshots are journaled per VM. On resume a VM whose snapshot already exists is not
 //! snapshotted again: the list of snapshots decides, never a blind second POST.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde_json::{Map, Value, json};
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{StageCtx, StageOutcome};
+use super::{Plan, Stage, StageCtx, StageData, StageOutcome};
 use crate::error::UserError;
-use crate::pve::check::{self, CheckOptions};
+use crate::pve::check::{self, CheckOptions, VmCheck};
 use crate::pve::{SnapshotName, SnapshotRequest, VmRef};
 
-pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
+pub struct ProxmoxCheck;
+
+impl Stage for ProxmoxCheck {
+    fn kind(&self) -> &'static str {
+        "proxmox-check"
+    }
+    fn title(&self) -> &'static str {
+        "check the control-plane VMs and snapshot them"
+    }
+    fn describe(&self, plan: &Plan<'_>) -> Vec<String> {
+        let profile = plan.profile;
+        let Some(px) = &profile.file.proxmox else {
+            return vec!["nothing: the profile has no [proxmox] section".into()];
+        };
+        let snapshot = plan
+            .inputs
+            .vm_snapshot
+            .unwrap_or(px.snapshot_before_restore);
+        let mut v = Vec::new();
+        for n in profile.control_plane() {
+            match &n.vm {
+                Some(vm) => {
+                    v.push(format!(
+                        "GET /nodes/{}/qemu/{}/status/current, /config, /feature?feature=snapshot",
+                        vm.node, vm.vmid
+                    ));
+                    if snapshot {
+                        v.push(format!("POST /nodes/{}/qemu/{}/snapshot snapname=talosdr-restore-<yymmddhhmm>, then poll the task", vm.node, vm.vmid));
+                    }
+                }
+                None => v.push(format!(
+                    "node {}: no vm mapping in the profile (the stage will fail)",
+                    n.address
+                )),
+            }
+        }
+        v
+    }
+    fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> BoxFuture<'a, anyhow::Result<StageOutcome>> {
+        Box::pin(run(ctx))
+    }
+}
+
+/// The VM checks and the VM snapshots taken before the restore, keyed by VMID. The snapshot
+/// name is journaled before the first POST, so a resume reuses it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProxmoxCheckRecord {
+    pub checks: Vec<VmCheck>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapname: Option<String>,
+    /// Older releases wrote `[]` when no snapshot was taken.
+    #[serde(deserialize_with = "map_or_empty_list")]
+    pub vm_snapshots: BTreeMap<String, VmSnapshotDone>,
+}
+
+impl StageData for ProxmoxCheckRecord {
+    const KIND: &'static str = "proxmox-check";
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmSnapshotDone {
+    pub node: String,
+    pub vmid: u32,
+    pub snapname: String,
+    pub exitstatus: String,
+}
+
+fn map_or_empty_list<'de, D, T>(d: D) -> Result<BTreeMap<String, T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either<T> {
+        Map(BTreeMap<String, T>),
+        List(Vec<serde::de::IgnoredAny>),
+    }
+    match Either::<T>::deserialize(d)? {
+        Either::Map(m) => Ok(m),
+        Either::List(l) if l.is_empty() => Ok(BTreeMap::new()),
+        Either::List(_) => Err(serde::de::Error::custom("expected a map of VM snapshots")),
+    }
+}
+
+async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     let Some(client) = ctx.services.pve.clone() else {
         return Ok(StageOutcome::Skipped(
             "the profile has no [proxmox] section".into(),
@@ -53,18 +141,18 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
         .vm_snapshot
         .unwrap_or(cfg.snapshot_before_restore);
     if !want_snapshot {
-        return Ok(StageOutcome::Done(
-            json!({ "checks": checks, "vm_snapshots": [] }),
-        ));
+        return StageOutcome::done(&ProxmoxCheckRecord {
+            checks,
+            ..ProxmoxCheckRecord::default()
+        });
     }
 
     // One name for the whole set, chosen once and journaled so a resume reuses it.
-    let own = ctx.own_outputs();
-    let name = match own["snapname"].as_str() {
-        Some(n) => SnapshotName::parse(n)?,
+    let name = match ctx.own::<ProxmoxCheckRecord>()?.snapname {
+        Some(n) => SnapshotName::parse(&n)?,
         None => {
             let n = SnapshotName::for_label("restore", jiff::Timestamp::now())?;
-            ctx.record("snapname", json!(n.to_string()))?;
+            ctx.update(|r: &mut ProxmoxCheckRecord| r.snapname = Some(n.to_string()))?;
             n
         }
     };
@@ -72,7 +160,7 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
         "talos-dr {}: before restoring etcd of {} (run {})",
         env!("CARGO_PKG_VERSION"),
         ctx.profile().name(),
-        ctx.journal.snapshot().run_id
+        ctx.run_id()
     );
     let sem = Arc::new(Semaphore::new(cfg.max_parallel.max(1)));
     let mut set = JoinSet::new();
@@ -104,18 +192,26 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
             (vm, r)
         });
     }
-    let mut done = Map::new();
+    let mut done = BTreeMap::new();
     let mut failures = Vec::new();
     while let Some(joined) = set.join_next().await {
         let (vm, r) = joined?;
         match r {
             Ok(status) => {
-                done.insert(vm.vmid.to_string(), json!({ "node": vm.node, "vmid": vm.vmid, "snapname": name.to_string(), "exitstatus": status }));
+                done.insert(
+                    vm.vmid.to_string(),
+                    VmSnapshotDone {
+                        node: vm.node.clone(),
+                        vmid: vm.vmid,
+                        snapname: name.to_string(),
+                        exitstatus: status,
+                    },
+                );
             }
             Err(e) => failures.push(format!("VM {} on {}: {e}", vm.vmid, vm.node)),
         }
     }
-    ctx.record("vm_snapshots", Value::Object(done.clone()))?;
+    ctx.update(|r: &mut ProxmoxCheckRecord| r.vm_snapshots = done.clone())?;
     if !failures.is_empty() {
         return Err(UserError::failed(format!(
             "VM snapshots failed (nothing destructive has happened yet):\n  - {}",
@@ -124,9 +220,9 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
         .hint("fix the cause and run `talos-dr resume`; existing snapshots are kept and not taken twice")
         .into());
     }
-    Ok(StageOutcome::Done(json!({
-        "checks": checks,
-        "snapname": name.to_string(),
-        "vm_snapshots": Value::Object(done),
-    })))
+    StageOutcome::done(&ProxmoxCheckRecord {
+        checks,
+        snapname: Some(name.to_string()),
+        vm_snapshots: done,
+    })
 }

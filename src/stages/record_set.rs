@@ -2,23 +2,56 @@
 //! with the etcd snapshot (path, sha256) and every VM snapshot (node, vmid, snapname, task
 //! exit status).
 
-use std::collections::BTreeMap;
+use std::path::PathBuf;
 
-use serde_json::json;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 
-use super::upgrade_preflight::{identity, manifest};
-use super::vm_snapshots::{VmEntry, VmState};
-use super::{StageCtx, StageOutcome};
-use crate::engine::playbook::StageKind;
+use super::upgrade_preflight::{UpgradePreflightOutputs, identity, manifest, plan_label};
+use super::vm_snapshots::{VmSnapshotsRecord, VmState};
+use super::{Plan, Stage, StageCtx, StageData, StageOutcome};
 use crate::error::UserError;
 use crate::sets::{self, SetStatus};
 
-pub fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
+pub struct RecordSet;
+
+impl Stage for RecordSet {
+    fn kind(&self) -> &'static str {
+        "record-set"
+    }
+    fn title(&self) -> &'static str {
+        "write the set manifest"
+    }
+    fn describe(&self, plan: &Plan<'_>) -> Vec<String> {
+        vec![format!(
+            "write {}",
+            sets::manifest_path(&plan.profile.sets_dir(), &plan_label(plan)).display()
+        )]
+    }
+    fn requires(&self) -> &'static [&'static str] {
+        &[UpgradePreflightOutputs::KIND, VmSnapshotsRecord::KIND]
+    }
+    fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> BoxFuture<'a, anyhow::Result<StageOutcome>> {
+        Box::pin(async move { run(ctx) })
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RecordSetOutputs {
+    pub manifest: PathBuf,
+    pub label: String,
+    pub vms: usize,
+}
+
+impl StageData for RecordSetOutputs {
+    const KIND: &'static str = "record-set";
+}
+
+fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     let id = identity(ctx)?;
     let mut m = manifest(ctx, &id)?;
-    let vms: BTreeMap<String, VmEntry> =
-        serde_json::from_value(ctx.outputs_of(StageKind::VmSnapshots)["vms"].clone())
-            .unwrap_or_default();
+    let vms = ctx.output::<VmSnapshotsRecord>()?.vms;
     let not_done: Vec<String> = vms
         .values()
         .filter(|e| e.state != VmState::Done)
@@ -56,9 +89,9 @@ pub fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
         m.vms.len(),
         path.display()
     ));
-    Ok(StageOutcome::Done(json!({
-        "manifest": path,
-        "label": id.label,
-        "vms": m.vms.len(),
-    })))
+    StageOutcome::done(&RecordSetOutputs {
+        manifest: path,
+        label: id.label,
+        vms: m.vms.len(),
+    })
 }

@@ -4,15 +4,71 @@
 //! is reported at once (exit 4). Snapshots newer than the set's are a warning: ZFS storage rolls
 //! back only to the newest snapshot and PVE will refuse those VMs.
 
-use serde_json::json;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 
-use super::{Inputs, StageCtx, StageOutcome};
-use crate::engine::playbook::StageKind;
+use super::{Plan, Stage, StageCtx, StageData, StageOutcome};
 use crate::error::UserError;
-use crate::profile::Profile;
 use crate::pve::VmRef;
-use crate::sets::{self, SetManifest, SetStatus};
-use crate::talos::Talosctl;
+use crate::sets::{self, SetEtcd, SetManifest, SetStatus, SetVm};
+
+pub struct RollbackPreflight;
+
+impl Stage for RollbackPreflight {
+    fn kind(&self) -> &'static str {
+        "rollback-preflight"
+    }
+    fn title(&self) -> &'static str {
+        "show the set and check every VM can be rolled back"
+    }
+    fn describe(&self, plan: &Plan<'_>) -> Vec<String> {
+        let label = plan.inputs.label.as_deref().unwrap_or("<label>");
+        let mut v = vec![format!(
+            "read {}",
+            sets::manifest_path(&plan.profile.sets_dir(), label).display()
+        )];
+        v.extend(plan_vms(plan, |vm, _| {
+            format!(
+                "GET /nodes/{}/qemu/{}/status/current, /snapshot",
+                vm.node, vm.vmid
+            )
+        }));
+        v
+    }
+    fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> BoxFuture<'a, anyhow::Result<StageOutcome>> {
+        Box::pin(run(ctx))
+    }
+}
+
+/// The set as it was checked.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RollbackPreflightOutputs {
+    pub label: String,
+    pub snapname: String,
+    pub created_at: Option<jiff::Timestamp>,
+    pub age: String,
+    pub vms: Vec<SetVm>,
+    pub etcd: Option<SetEtcd>,
+    pub warnings: Vec<String>,
+}
+
+impl StageData for RollbackPreflightOutputs {
+    const KIND: &'static str = "rollback-preflight";
+}
+
+/// One plan line per VM of the set named by `--label` (or a line saying it is not found).
+pub fn plan_vms(plan: &Plan<'_>, line: impl Fn(&VmRef, &str) -> String) -> Vec<String> {
+    let label = plan.inputs.label.as_deref().unwrap_or("<label>");
+    match sets::load(&plan.profile.sets_dir(), label) {
+        Ok(m) if !m.vms.is_empty() => m
+            .vms
+            .iter()
+            .map(|v| line(&v.vm_ref(), &v.snapname))
+            .collect(),
+        _ => vec![format!("(set {label} not found: `talos-dr sets list`)")],
+    }
+}
 
 /// Loads the set named by `--label`; a missing set is a usage error.
 pub fn load_set(ctx: &StageCtx<'_>) -> anyhow::Result<SetManifest> {
@@ -27,7 +83,7 @@ pub fn load_set(ctx: &StageCtx<'_>) -> anyhow::Result<SetManifest> {
     })
 }
 
-pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
+async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     let m = load_set(ctx)?;
     let client = ctx.pve()?;
     let now = jiff::Timestamp::now();
@@ -125,15 +181,15 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
         .hint("nothing was stopped or rolled back")
         .into());
     }
-    Ok(StageOutcome::Done(json!({
-        "label": m.label,
-        "snapname": m.snapname,
-        "created_at": m.created_at,
-        "age": m.age(now),
-        "vms": m.vms,
-        "etcd": m.etcd,
-        "warnings": warnings,
-    })))
+    StageOutcome::done(&RollbackPreflightOutputs {
+        age: m.age(now),
+        label: m.label,
+        snapname: m.snapname,
+        created_at: Some(m.created_at),
+        vms: m.vms,
+        etcd: m.etcd,
+        warnings,
+    })
 }
 
 fn newer_warning(vm: &VmRef, snap: &str, newer: &[&str]) -> String {
@@ -143,69 +199,4 @@ fn newer_warning(vm: &VmRef, snap: &str, newer: &[&str]) -> String {
         vm.node,
         newer.join(", ")
     )
-}
-
-/// `playbooks show rollback` / `--dry-run`.
-pub fn describe(
-    kind: StageKind,
-    profile: &Profile,
-    talos: &Talosctl,
-    inputs: &Inputs,
-) -> Vec<String> {
-    let label = inputs.label.as_deref().unwrap_or("<label>");
-    let set = sets::load(&profile.sets_dir(), label).ok();
-    let vms: Vec<(VmRef, String)> = set.as_ref().map_or_else(Vec::new, |m| {
-        m.vms
-            .iter()
-            .map(|v| (v.vm_ref(), v.snapname.clone()))
-            .collect()
-    });
-    let none = || vec![format!("(set {label} not found: `talos-dr sets list`)")];
-    match kind {
-        StageKind::RollbackPreflight => {
-            let mut v = vec![format!(
-                "read {}",
-                sets::manifest_path(&profile.sets_dir(), label).display()
-            )];
-            if vms.is_empty() {
-                v.extend(none());
-            }
-            v.extend(vms.iter().map(|(vm, _)| {
-                format!(
-                    "GET /nodes/{}/qemu/{}/status/current, /snapshot",
-                    vm.node, vm.vmid
-                )
-            }));
-            v
-        }
-        StageKind::RollbackVms => {
-            let mut v = vec![format!(
-                "typed confirmation ({:?}): running VMs are hard-stopped",
-                profile.name()
-            )];
-            if vms.is_empty() {
-                v.extend(none());
-            }
-            v.extend(vms.iter().map(|(vm, snap)| {
-                format!(
-                    "POST /nodes/{}/qemu/{}/snapshot/{snap}/rollback start={}, then poll the task",
-                    vm.node,
-                    vm.vmid,
-                    u8::from(!inputs.no_start)
-                )
-            }));
-            v
-        }
-        _ => {
-            if inputs.no_start {
-                return vec!["skipped: --no-start leaves the VMs stopped".into()];
-            }
-            let cp = profile.control_plane_addresses();
-            let wait = format!("{}s", inputs.health_timeout().as_secs());
-            vec![talos.render(
-                cp.first().map(String::as_str),
-                &["health", "--wait-timeout", &wait],
-            )]
-        }
-    }
 }

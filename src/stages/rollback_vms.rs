@@ -9,18 +9,81 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::json;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-use super::rollback_preflight::load_set;
-use super::vm_snapshots::{VmEntry, VmState, journal, pve_message};
-use super::{StageCtx, StageOutcome};
+use super::rollback_preflight::{load_set, plan_vms};
+use super::vm_snapshots::{VmEntry, VmJournal, VmState, journal, pve_message};
+use super::{Inputs, Plan, Stage, StageCtx, StageData, StageOutcome};
+use crate::engine::playbook::Confirm;
 use crate::error::UserError;
+use crate::profile::Profile;
 use crate::pve::client::spinner_key;
 use crate::pve::{PveClient, PveError, SnapshotName, Target, Upid};
 use crate::sets::{self, SetVm};
 
-pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
+pub struct RollbackVms;
+
+impl Stage for RollbackVms {
+    fn kind(&self) -> &'static str {
+        "rollback-vms"
+    }
+    fn title(&self) -> &'static str {
+        "roll every VM of the set back to its snapshot"
+    }
+    fn describe(&self, plan: &Plan<'_>) -> Vec<String> {
+        let mut v = vec![format!(
+            "typed confirmation ({:?}): running VMs are hard-stopped",
+            plan.profile.name()
+        )];
+        v.extend(plan_vms(plan, |vm, snap| {
+            format!(
+                "POST /nodes/{}/qemu/{}/snapshot/{snap}/rollback start={}, then poll the task",
+                vm.node,
+                vm.vmid,
+                u8::from(!plan.inputs.no_start)
+            )
+        }));
+        v
+    }
+    fn min_confirm(&self) -> Confirm {
+        Confirm::Typed
+    }
+    fn typed_warning(&self, profile: &Profile, inputs: &Inputs, stage: &str) -> String {
+        format!(
+            "Stage {stage} is destructive: it hard-stops every VM of set {} of cluster {:?} and rolls its disks back, discarding everything written since the set was made.",
+            inputs.label.as_deref().unwrap_or("?"),
+            profile.name()
+        )
+    }
+    fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> BoxFuture<'a, anyhow::Result<StageOutcome>> {
+        Box::pin(run(ctx))
+    }
+}
+
+/// The stage's journal and outputs: one entry per VM, keyed by VMID.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RollbackVmsRecord {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started: Option<bool>,
+    pub vms: BTreeMap<String, VmEntry>,
+}
+
+impl StageData for RollbackVmsRecord {
+    const KIND: &'static str = "rollback-vms";
+}
+
+impl VmJournal for RollbackVmsRecord {
+    fn vms_mut(&mut self) -> &mut BTreeMap<String, VmEntry> {
+        &mut self.vms
+    }
+}
+
+async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     let m = load_set(ctx)?;
     let client = ctx.pve()?.clone();
     let max_parallel = ctx
@@ -31,8 +94,7 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
         .map_or(4, |p| p.max_parallel)
         .max(1);
     let start = !ctx.inputs.no_start;
-    let prior: BTreeMap<String, VmEntry> =
-        serde_json::from_value(ctx.own_outputs()["vms"].clone()).unwrap_or_default();
+    let prior = ctx.own::<RollbackVmsRecord>()?.vms;
     let sem = Semaphore::new(max_parallel);
     let results: Vec<VmEntry> = futures::future::join_all(m.vms.iter().map(|v| {
         let prior = prior.get(&v.vmid.to_string()).cloned();
@@ -82,12 +144,11 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
         }
         return Err(err.into());
     }
-    let vms = super::vm_snapshots::by_vmid(results);
-    Ok(StageOutcome::Done(json!({
-        "label": m.label,
-        "started": start,
-        "vms": vms,
-    })))
+    StageOutcome::done(&RollbackVmsRecord {
+        label: Some(m.label),
+        started: Some(start),
+        vms: super::vm_snapshots::by_vmid(results),
+    })
 }
 
 async fn rollback_one(
@@ -123,7 +184,7 @@ async fn rollback_one(
                 e.error = Some(explain(&err, &vm, &v.snapname));
             }
         }
-        journal(ctx, &e);
+        journal::<RollbackVmsRecord>(ctx, &e);
         e
     };
     // The manifest could have been edited: never roll back to a name that is not ours.
@@ -135,7 +196,7 @@ async fn rollback_one(
                 "{} is not a snapshot talos-dr made for set {label}; refused",
                 v.snapname
             ));
-            journal(ctx, &e);
+            journal::<RollbackVmsRecord>(ctx, &e);
             return e;
         }
     };
@@ -162,7 +223,7 @@ async fn rollback_one(
             (VmState::Failed, _) => {}
         }
     }
-    if !journal(ctx, &e) {
+    if !journal::<RollbackVmsRecord>(ctx, &e) {
         e.state = VmState::Failed;
         e.error = Some("the checkpoint could not be saved, so the rollback was not sent".into());
         return e;
@@ -173,7 +234,7 @@ async fn rollback_one(
     };
     e.state = VmState::Started;
     e.upid = Some(upid.to_string());
-    journal(ctx, &e);
+    journal::<RollbackVmsRecord>(ctx, &e);
     let r = client
         .wait_for_task(&upid, &spinner_key(&vm), &Target::vm(&vm))
         .await

@@ -5,17 +5,84 @@
 //! The manifest is written here first (status `incomplete`), so even a run that stops later
 //! leaves a set that `sets list` shows and `sets delete` can remove.
 
-use serde_json::json;
+use std::path::PathBuf;
 
-use super::upgrade_preflight::{identity, manifest};
-use super::{StageCtx, StageOutcome};
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use super::upgrade_preflight::{UpgradePreflightOutputs, identity, manifest, plan_label};
+use super::{Plan, Stage, StageCtx, StageData, StageOutcome};
 use crate::error::UserError;
 use crate::sets::{self, SetEtcd};
 use crate::snapshot::store;
 use crate::snapshot::take::{self, TakeOptions};
 use crate::snapshot::verify::{self, Trailer};
 
-pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
+pub struct SetEtcdSnapshot;
+
+impl Stage for SetEtcdSnapshot {
+    fn kind(&self) -> &'static str {
+        "set-etcd-snapshot"
+    }
+    fn title(&self) -> &'static str {
+        "take a verified etcd snapshot for the set"
+    }
+    fn describe(&self, plan: &Plan<'_>) -> Vec<String> {
+        let path = sets::etcd_path(&plan.profile.sets_dir(), &plan_label(plan));
+        vec![
+            plan.talos.render(
+                Some("<first CP that answers>"),
+                &["etcd", "snapshot", &path.display().to_string()],
+            ) + "   (verified, then renamed into place)",
+        ]
+    }
+    fn requires(&self) -> &'static [&'static str] {
+        &[UpgradePreflightOutputs::KIND]
+    }
+    fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> BoxFuture<'a, anyhow::Result<StageOutcome>> {
+        Box::pin(run(ctx))
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SetEtcdOutputs {
+    pub etcd: Option<SetEtcd>,
+    /// `None` without `[offsite]`.
+    pub offsite: Option<OffsiteCopy>,
+    /// An interrupted attempt had already stored the snapshot.
+    pub reused: bool,
+    pub manifest: Option<PathBuf>,
+}
+
+impl StageData for SetEtcdOutputs {
+    const KIND: &'static str = "set-etcd-snapshot";
+}
+
+/// The off-site copy of the set's etcd snapshot; a failure is recorded, not fatal.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OffsiteCopy {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reused: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub elapsed_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl OffsiteCopy {
+    fn failed(e: impl ToString) -> Option<Self> {
+        Some(Self {
+            error: Some(e.to_string()),
+            ..Self::default()
+        })
+    }
+}
+
+async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     let id = identity(ctx)?;
     let sets_dir = ctx.profile().sets_dir();
     let path = sets::etcd_path(&sets_dir, &id.label);
@@ -70,31 +137,35 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
         id.label,
         path.display()
     ));
-    let offsite = upload(ctx, &path).await;
-    Ok(StageOutcome::Done(json!({
-        "etcd": etcd,
-        "offsite": offsite,
-        "reused": reused,
-        "manifest": sets::manifest_path(&sets_dir, &id.label),
-    })))
+    let offsite = upload(ctx, &path).await?;
+    StageOutcome::done(&SetEtcdOutputs {
+        etcd: Some(etcd),
+        offsite,
+        reused,
+        manifest: Some(sets::manifest_path(&sets_dir, &id.label)),
+    })
 }
 
 /// With `[offsite]`, a copy of the set's etcd snapshot goes off the cluster too (packed as the
 /// profile says). Its name is outside the scheduled pattern, so remote retention never deletes it.
 /// A failed upload is a warning: the set is complete locally and the VM snapshots matter more now.
-async fn upload(ctx: &StageCtx<'_>, path: &std::path::Path) -> serde_json::Value {
-    if let Some(url) = ctx.own_outputs()["offsite"]["url"].as_str() {
-        return json!({ "url": url, "reused": true });
+async fn upload(ctx: &StageCtx<'_>, path: &std::path::Path) -> anyhow::Result<Option<OffsiteCopy>> {
+    if let Some(url) = ctx.own::<SetEtcdOutputs>()?.offsite.and_then(|o| o.url) {
+        return Ok(Some(OffsiteCopy {
+            url: Some(url),
+            reused: true,
+            ..OffsiteCopy::default()
+        }));
     }
     let profile = ctx.profile();
     let target = match crate::offsite::Target::from_profile(profile) {
         Ok(Some(t)) => t,
-        Ok(None) => return serde_json::Value::Null,
+        Ok(None) => return Ok(None),
         Err(e) => {
             ctx.reporter.warn(&format!(
                 "no off-site copy of the set's etcd snapshot: [offsite]: {e}"
             ));
-            return json!({ "error": e.to_string() });
+            return Ok(OffsiteCopy::failed(e));
         }
     };
     let backup = &profile.file.backup;
@@ -106,19 +177,25 @@ async fn upload(ctx: &StageCtx<'_>, path: &std::path::Path) -> serde_json::Value
         Err(e) => {
             ctx.reporter
                 .warn(&format!("no off-site copy: backup.recipients: {e}"));
-            return json!({ "error": e.to_string() });
+            return Ok(OffsiteCopy::failed(e));
         }
     };
     let Some(sidecar) = store::read_sidecar(path) else {
-        return json!({ "error": "the snapshot's sidecar is missing" });
+        return Ok(OffsiteCopy::failed("the snapshot's sidecar is missing"));
     };
-    match target.upload(path, &sidecar, &packing, ctx.reporter).await {
-        Ok(u) => json!({ "url": u.url, "elapsed_ms": u.elapsed_ms }),
-        Err(e) => {
-            ctx.reporter.warn(&format!(
+    Ok(
+        match target.upload(path, &sidecar, &packing, ctx.reporter).await {
+            Ok(u) => Some(OffsiteCopy {
+                url: Some(u.url),
+                elapsed_ms: Some(u.elapsed_ms),
+                ..OffsiteCopy::default()
+            }),
+            Err(e) => {
+                ctx.reporter.warn(&format!(
                 "the off-site copy of the set's etcd snapshot failed ({e}); the set is complete locally"
             ));
-            json!({ "error": e.to_string() })
-        }
-    }
+                OffsiteCopy::failed(e)
+            }
+        },
+    )
 }

@@ -3,14 +3,60 @@
 //! deleted; a VM's other snapshots are never touched. Best effort in the playbook: a failure
 //! here is a warning, the new set stands.
 
-use serde_json::json;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 
-use super::upgrade_preflight::identity;
-use super::{StageCtx, StageOutcome};
+use super::upgrade_preflight::{UpgradePreflightOutputs, identity};
+use super::{Plan, Stage, StageCtx, StageData, StageOutcome};
 use crate::error::UserError;
-use crate::sets::{self, RetentionCandidate};
+use crate::sets::{self, RetentionCandidate, RetentionDecision};
 
-pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
+pub struct SetRetention;
+
+impl Stage for SetRetention {
+    fn kind(&self) -> &'static str {
+        "set-retention"
+    }
+    fn title(&self) -> &'static str {
+        "delete sets beyond proxmox.keep_sets"
+    }
+    fn describe(&self, plan: &Plan<'_>) -> Vec<String> {
+        vec![format!(
+            "delete complete sets beyond proxmox.keep_sets = {} (DELETE …/snapshot/talosdr-<old label>-… only)",
+            plan.profile
+                .file
+                .proxmox
+                .as_ref()
+                .map_or(3, |p| p.keep_sets)
+        )]
+    }
+    fn requires(&self) -> &'static [&'static str] {
+        &[UpgradePreflightOutputs::KIND]
+    }
+    fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> BoxFuture<'a, anyhow::Result<StageOutcome>> {
+        Box::pin(run(ctx))
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SetRetentionOutputs {
+    pub keep_sets: usize,
+    pub decisions: Vec<RetentionDecision>,
+    pub deleted: Vec<DeletedSet>,
+}
+
+impl StageData for SetRetentionOutputs {
+    const KIND: &'static str = "set-retention";
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeletedSet {
+    pub label: String,
+    pub report: sets::DeleteReport,
+}
+
+async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     let id = identity(ctx)?;
     let cfg = ctx.profile().file.proxmox.clone().unwrap_or_default();
     let dir = ctx.profile().sets_dir();
@@ -46,7 +92,10 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
         )
         .await
         {
-            Ok(r) if r.errors.is_empty() => deleted.push(json!({ "label": d.label, "report": r })),
+            Ok(r) if r.errors.is_empty() => deleted.push(DeletedSet {
+                label: d.label.clone(),
+                report: r,
+            }),
             Ok(r) => errors.extend(r.errors.iter().map(|e| format!("set {}: {e}", d.label))),
             Err(e) => errors.push(format!("set {}: {e}", d.label)),
         }
@@ -59,9 +108,9 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
         .hint("see `talos-dr sets list`; `talos-dr sets delete LABEL` retries one set")
         .into());
     }
-    Ok(StageOutcome::Done(json!({
-        "keep_sets": cfg.keep_sets,
-        "decisions": decisions,
-        "deleted": deleted,
-    })))
+    StageOutcome::done(&SetRetentionOutputs {
+        keep_sets: cfg.keep_sets,
+        decisions,
+        deleted,
+    })
 }

@@ -6,19 +6,78 @@
 //! It also fixes the set's identity (label, snapshot name, time) in the checkpoint, so a resumed
 //! run uses the same names. Helpers shared by the other set stages live here too.
 
+use futures::future::BoxFuture;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
-use super::{Inputs, StageCtx, StageOutcome};
-use crate::engine::playbook::StageKind;
+use super::{Plan, Stage, StageCtx, StageData, StageOutcome};
 use crate::error::UserError;
 use crate::profile::{Profile, Role};
-use crate::pve::check::{self, CheckOptions};
+use crate::pve::check::{self, CheckOptions, VmCheck};
 use crate::pve::{SnapshotName, VmRef};
 use crate::sets::{self, SetManifest};
 use crate::snapshot::take;
-use crate::talos::Talosctl;
+
+pub struct UpgradePreflight;
+
+impl Stage for UpgradePreflight {
+    fn kind(&self) -> &'static str {
+        "upgrade-preflight"
+    }
+    fn title(&self) -> &'static str {
+        "check cluster health, the Proxmox API and every VM of the set"
+    }
+    fn describe(&self, plan: &Plan<'_>) -> Vec<String> {
+        let (profile, inputs) = (plan.profile, plan.inputs);
+        let (targets, unmapped) = targets(profile, inputs.control_plane_only);
+        let cp = profile.control_plane_addresses();
+        let wait = format!("{}s", inputs.health_timeout().as_secs());
+        let mut v = vec![
+            plan.talos.render(
+                cp.first().map(String::as_str),
+                &["health", "--wait-timeout", &wait],
+            ) + "   (must pass)",
+        ];
+        v.push("GET /version".into());
+        v.extend(targets.iter().map(|t| {
+            format!(
+                "GET /nodes/{}/qemu/{}/status/current, /feature?feature=snapshot",
+                t.vm.node, t.vm.vmid
+            )
+        }));
+        v.extend(
+            unmapped
+                .iter()
+                .map(|a| format!("node {a}: no vm mapping in the profile (the stage will fail)")),
+        );
+        v
+    }
+    fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> BoxFuture<'a, anyhow::Result<StageOutcome>> {
+        Box::pin(run(ctx))
+    }
+}
+
+/// The set's identity and members, fixed here so that every later stage (and a resume) uses the
+/// same names.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UpgradePreflightOutputs {
+    pub set: Option<SetIdentity>,
+    pub targets: Vec<SetTarget>,
+    pub checks: Vec<VmCheck>,
+    pub health: SetHealth,
+    pub pve_version: Option<String>,
+}
+
+impl StageData for UpgradePreflightOutputs {
+    const KIND: &'static str = "upgrade-preflight";
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SetHealth {
+    pub ok: bool,
+    pub node: Option<String>,
+}
 
 /// Label, common snapshot name and time of the set being made.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,27 +95,22 @@ pub struct SetTarget {
     pub vm: VmRef,
 }
 
-/// The set's identity: from the preflight's outputs, else this stage's, else made now and
-/// journaled (stages run on their own, as the benchmark does, still agree on one name).
+/// The set's identity, as the preflight fixed it.
 pub fn identity(ctx: &StageCtx<'_>) -> anyhow::Result<SetIdentity> {
-    for v in [
-        ctx.outputs_of(StageKind::UpgradePreflight)["set"].clone(),
-        ctx.own_outputs()["set"].clone(),
-    ] {
-        if let Ok(id) = serde_json::from_value::<SetIdentity>(v) {
-            return Ok(id);
-        }
-    }
-    let label = ctx.label()?;
-    let created_at = Timestamp::now();
-    let id = SetIdentity {
-        snapname: SnapshotName::for_label(&label, created_at)
-            .map_err(|e| UserError::usage(e.to_string()))?,
-        label,
-        created_at,
-    };
-    ctx.record("set", serde_json::to_value(&id)?)?;
-    Ok(id)
+    ctx.output::<UpgradePreflightOutputs>()?.set.ok_or_else(|| {
+        anyhow::anyhow!(
+            "stage {}: the upgrade-preflight stage recorded no set identity",
+            ctx.spec.id
+        )
+    })
+}
+
+/// `--label`, or a placeholder, for plans.
+pub fn plan_label(plan: &Plan<'_>) -> String {
+    plan.inputs
+        .label
+        .clone()
+        .unwrap_or_else(|| "<label>".into())
 }
 
 /// The nodes whose VMs belong in the set, and the addresses of nodes without a VM mapping.
@@ -84,16 +138,15 @@ pub fn targets(profile: &Profile, control_plane_only: bool) -> (Vec<SetTarget>, 
     (out, unmapped)
 }
 
-/// The targets as the preflight recorded them, else from the profile.
-pub fn recorded_targets(ctx: &StageCtx<'_>) -> Vec<SetTarget> {
-    serde_json::from_value(ctx.outputs_of(StageKind::UpgradePreflight)["targets"].clone())
-        .unwrap_or_else(|_| targets(ctx.profile(), ctx.inputs.control_plane_only).0)
+/// The VMs of the set, as the preflight recorded them.
+pub fn recorded_targets(ctx: &StageCtx<'_>) -> anyhow::Result<Vec<SetTarget>> {
+    Ok(ctx.output::<UpgradePreflightOutputs>()?.targets)
 }
 
 /// The set's manifest as written so far, or a fresh one for this run.
 pub fn manifest(ctx: &StageCtx<'_>, id: &SetIdentity) -> anyhow::Result<SetManifest> {
     let dir = ctx.profile().sets_dir();
-    let run_id = ctx.journal.snapshot().run_id;
+    let run_id = ctx.run_id();
     let mut m = if sets::exists(&dir, &id.label) {
         let m = sets::load(&dir, &id.label)?;
         if m.run_id.as_deref() != Some(run_id.as_str()) {
@@ -121,9 +174,9 @@ fn set_exists(ctx: &StageCtx<'_>, label: &str) -> anyhow::Error {
     .into()
 }
 
-pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
+async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     let label = ctx.label()?;
-    let run_id = ctx.journal.snapshot().run_id;
+    let run_id = ctx.run_id();
     let sets_dir = ctx.profile().sets_dir();
     if sets::exists(&sets_dir, &label)
         && sets::load(&sets_dir, &label)
@@ -229,83 +282,14 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
         targets.len(),
         id.snapname
     ));
-    Ok(StageOutcome::Done(json!({
-        "set": id,
-        "targets": targets,
-        "checks": checks,
-        "health": { "ok": true, "node": health_node },
-        "pve_version": pve_version,
-    })))
-}
-
-/// `playbooks show pre-upgrade` / `--dry-run`.
-pub fn describe(
-    kind: StageKind,
-    profile: &Profile,
-    talos: &Talosctl,
-    inputs: &Inputs,
-) -> Vec<String> {
-    let label = inputs.label.as_deref().unwrap_or("<label>");
-    let (targets, unmapped) = targets(profile, inputs.control_plane_only);
-    let snap = format!("talosdr-{label}-<yymmddhhmm>");
-    let vms = |f: &dyn Fn(&SetTarget) -> String| -> Vec<String> { targets.iter().map(f).collect() };
-    match kind {
-        StageKind::UpgradePreflight => {
-            let cp = profile.control_plane_addresses();
-            let mut args = vec!["health".to_owned(), "--wait-timeout".into()];
-            args.push(format!("{}s", inputs.health_timeout().as_secs()));
-            let mut v = vec![
-                talos.render(
-                    cp.first().map(String::as_str),
-                    &args.iter().map(String::as_str).collect::<Vec<_>>(),
-                ) + "   (must pass)",
-            ];
-            v.push("GET /version".into());
-            v.extend(vms(&|t| {
-                format!(
-                    "GET /nodes/{}/qemu/{}/status/current, /feature?feature=snapshot",
-                    t.vm.node, t.vm.vmid
-                )
-            }));
-            v.extend(
-                unmapped.iter().map(|a| {
-                    format!("node {a}: no vm mapping in the profile (the stage will fail)")
-                }),
-            );
-            v
-        }
-        StageKind::SetEtcdSnapshot => vec![
-            talos.render(
-                Some("<first CP that answers>"),
-                &[
-                    "etcd",
-                    "snapshot",
-                    &sets::etcd_path(&profile.sets_dir(), label)
-                        .display()
-                        .to_string(),
-                ],
-            ) + "   (verified, then renamed into place)",
-        ],
-        StageKind::VmSnapshots => {
-            let par = profile.file.proxmox.as_ref().map_or(4, |p| p.max_parallel);
-            let mut v = vms(&|t| {
-                format!(
-                    "POST /nodes/{}/qemu/{}/snapshot snapname={snap} vmstate={}, then poll the task",
-                    t.vm.node,
-                    t.vm.vmid,
-                    u8::from(inputs.vmstate)
-                )
-            });
-            v.push(format!("at most {par} at a time (proxmox.max_parallel)"));
-            v
-        }
-        StageKind::RecordSet => vec![format!(
-            "write {}",
-            sets::manifest_path(&profile.sets_dir(), label).display()
-        )],
-        _ => vec![format!(
-            "delete complete sets beyond proxmox.keep_sets = {} (DELETE …/snapshot/talosdr-<old label>-… only)",
-            profile.file.proxmox.as_ref().map_or(3, |p| p.keep_sets)
-        )],
-    }
+    StageOutcome::done(&UpgradePreflightOutputs {
+        set: Some(id),
+        targets,
+        checks,
+        health: SetHealth {
+            ok: true,
+            node: health_node,
+        },
+        pve_version,
+    })
 }

@@ -13,17 +13,82 @@
 
 use std::collections::BTreeMap;
 
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tokio::sync::Semaphore;
 
-use super::upgrade_preflight::{SetTarget, identity, manifest, recorded_targets};
-use super::{StageCtx, StageOutcome};
-use crate::engine::playbook::StageKind;
+use super::set_etcd_snapshot::SetEtcdOutputs;
+use super::upgrade_preflight::{
+    SetTarget, UpgradePreflightOutputs, identity, manifest, plan_label, recorded_targets, targets,
+};
+use super::{Plan, Stage, StageCtx, StageData, StageOutcome};
 use crate::error::UserError;
 use crate::pve::client::spinner_key;
 use crate::pve::{PveClient, PveError, SnapshotName, SnapshotRequest, Target, Upid};
 use crate::sets::{self, SetFailure, SetVm};
+
+pub struct VmSnapshots;
+
+impl Stage for VmSnapshots {
+    fn kind(&self) -> &'static str {
+        "vm-snapshots"
+    }
+    fn title(&self) -> &'static str {
+        "snapshot every VM of the set, in parallel"
+    }
+    fn describe(&self, plan: &Plan<'_>) -> Vec<String> {
+        let (profile, inputs) = (plan.profile, plan.inputs);
+        let snap = format!("talosdr-{}-<yymmddhhmm>", plan_label(plan));
+        let par = profile.file.proxmox.as_ref().map_or(4, |p| p.max_parallel);
+        let mut v: Vec<String> = targets(profile, inputs.control_plane_only)
+            .0
+            .iter()
+            .map(|t| {
+                format!(
+                    "POST /nodes/{}/qemu/{}/snapshot snapname={snap} vmstate={}, then poll the task",
+                    t.vm.node,
+                    t.vm.vmid,
+                    u8::from(inputs.vmstate)
+                )
+            })
+            .collect();
+        v.push(format!("at most {par} at a time (proxmox.max_parallel)"));
+        v
+    }
+    fn requires(&self) -> &'static [&'static str] {
+        &[UpgradePreflightOutputs::KIND]
+    }
+    fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> BoxFuture<'a, anyhow::Result<StageOutcome>> {
+        Box::pin(run(ctx))
+    }
+}
+
+/// The stage's journal and outputs: one entry per VM, keyed by VMID.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct VmSnapshotsRecord {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapname: Option<SnapshotName>,
+    pub vms: BTreeMap<String, VmEntry>,
+    /// Task-status polls of all VMs (for the benchmark).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_polls: Option<u32>,
+}
+
+impl StageData for VmSnapshotsRecord {
+    const KIND: &'static str = "vm-snapshots";
+}
+
+/// A stage that journals one Proxmox task per VM (`vm-snapshots`, `rollback-vms`).
+pub trait VmJournal: StageData {
+    fn vms_mut(&mut self) -> &mut BTreeMap<String, VmEntry>;
+}
+
+impl VmJournal for VmSnapshotsRecord {
+    fn vms_mut(&mut self) -> &mut BTreeMap<String, VmEntry> {
+        &mut self.vms
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -109,10 +174,10 @@ pub fn failure_list(failed: &[&VmEntry]) -> String {
         .join("\n  - ")
 }
 
-pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
+async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     let client = ctx.pve()?.clone();
     let id = identity(ctx)?;
-    let targets = recorded_targets(ctx);
+    let targets = recorded_targets(ctx)?;
     if targets.is_empty() {
         return Err(UserError::usage(format!(
             "profile {} maps no node to a Proxmox VM",
@@ -127,10 +192,11 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
         .as_ref()
         .map_or(4, |p| p.max_parallel)
         .max(1);
-    let etcd_file = ctx.outputs_of(StageKind::SetEtcdSnapshot)["etcd"]["path"]
-        .as_str()
-        .and_then(|p| std::path::Path::new(p).file_name())
-        .map_or_else(|| "none".to_owned(), |f| f.to_string_lossy().into_owned());
+    let etcd_file = ctx
+        .output_if::<SetEtcdOutputs>()?
+        .and_then(|o| o.etcd)
+        .and_then(|e| e.path.file_name().map(|f| f.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "none".to_owned());
     let req = SnapshotRequest {
         name: id.snapname.clone(),
         description: Some(format!(
@@ -140,8 +206,7 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
         )),
         vmstate: ctx.inputs.vmstate,
     };
-    let prior: BTreeMap<String, VmEntry> =
-        serde_json::from_value(ctx.own_outputs()["vms"].clone()).unwrap_or_default();
+    let prior = ctx.own::<VmSnapshotsRecord>()?.vms;
 
     // Concurrent futures on this task (not spawned), so each can journal through `ctx`.
     let sem = Semaphore::new(max_parallel);
@@ -178,7 +243,7 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
 
     if !failed.is_empty() {
         let profile = ctx.profile().cli();
-        let run_id = ctx.journal.snapshot().run_id;
+        let run_id = ctx.run_id();
         return Err(UserError::failed(format!(
             "{} of {} VM snapshots of set {} failed; the set is incomplete (its manifest lists the {} that exist):\n  - {}",
             failed.len(),
@@ -197,30 +262,18 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
         .into());
     }
     let polls: u32 = results.iter().filter_map(|e| e.polls).sum();
-    let vms = by_vmid(results);
-    Ok(StageOutcome::Done(json!({
-        "snapname": id.snapname,
-        "vms": vms,
-        "task_polls": polls,
-    })))
+    StageOutcome::done(&VmSnapshotsRecord {
+        snapname: Some(id.snapname),
+        vms: by_vmid(results),
+        task_polls: Some(polls),
+    })
 }
 
 /// Saves this VM's entry in the checkpoint; `false` if it could not be written (then no task
 /// may be started for it: a crash would leave no trace of the request).
-pub(super) fn journal(ctx: &StageCtx<'_>, e: &VmEntry) -> bool {
-    let value = serde_json::to_value(e).unwrap_or_default();
-    let stage = ctx.spec.id.clone();
-    let key = e.vmid.to_string();
-    let saved = ctx.journal.update(|st| {
-        if let Some(s) = st.stage_mut(&stage) {
-            if !s.outputs.is_object() {
-                s.outputs = json!({});
-            }
-            if !s.outputs["vms"].is_object() {
-                s.outputs["vms"] = json!({});
-            }
-            s.outputs["vms"][key] = value;
-        }
+pub(super) fn journal<T: VmJournal>(ctx: &StageCtx<'_>, e: &VmEntry) -> bool {
+    let saved = ctx.update(|r: &mut T| {
+        r.vms_mut().insert(e.vmid.to_string(), e.clone());
     });
     if let Err(err) = &saved {
         ctx.reporter.warn(&format!(
@@ -274,7 +327,7 @@ async fn snapshot_one(
                 e.error = Some(msg);
             }
         }
-        journal(ctx, &e);
+        journal::<VmSnapshotsRecord>(ctx, &e);
         e
     };
 
@@ -320,7 +373,7 @@ async fn snapshot_one(
         }
     }
 
-    if !journal(ctx, &e) {
+    if !journal::<VmSnapshotsRecord>(ctx, &e) {
         return finish(
             e,
             Err("the checkpoint could not be saved, so the snapshot was not requested".into()),
@@ -342,7 +395,7 @@ async fn snapshot_one(
     };
     e.state = VmState::Started;
     e.upid = Some(upid.to_string());
-    journal(ctx, &e);
+    journal::<VmSnapshotsRecord>(ctx, &e);
     match client
         .wait_for_task(&upid, &spinner_key(vm), &Target::vm(vm))
         .await
@@ -361,7 +414,7 @@ fn still_running(ctx: &StageCtx<'_>, mut e: VmEntry, err: &PveError) -> VmEntry 
         "{} (the task may still be running; `talos-dr resume` waits for it)",
         pve_message(err)
     ));
-    journal(ctx, &e);
+    journal::<VmSnapshotsRecord>(ctx, &e);
     e
 }
 

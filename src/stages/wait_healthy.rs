@@ -3,14 +3,51 @@
 
 use std::time::Instant;
 
-use serde_json::json;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 
-use super::{Poller, StageCtx, StageOutcome};
+use super::{Plan, Poller, Stage, StageCtx, StageData, StageOutcome};
 use crate::error::UserError;
 use crate::snapshot::take;
 use crate::ui::{self, Event, NoopReporter};
 
-pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
+pub struct WaitHealthy;
+
+impl Stage for WaitHealthy {
+    fn kind(&self) -> &'static str {
+        "wait-healthy"
+    }
+    fn title(&self) -> &'static str {
+        "wait for talosctl health"
+    }
+    fn describe(&self, plan: &Plan<'_>) -> Vec<String> {
+        if plan.inputs.no_start {
+            return vec!["skipped: --no-start leaves the VMs stopped".into()];
+        }
+        let cp = plan.profile.control_plane_addresses();
+        let wait = format!("{}s", plan.inputs.health_timeout().as_secs());
+        vec![plan.talos.render(
+            cp.first().map(String::as_str),
+            &["health", "--wait-timeout", &wait],
+        )]
+    }
+    fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> BoxFuture<'a, anyhow::Result<StageOutcome>> {
+        Box::pin(run(ctx))
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WaitHealthyOutputs {
+    pub node: Option<String>,
+    pub elapsed_ms: u64,
+}
+
+impl StageData for WaitHealthyOutputs {
+    const KIND: &'static str = "wait-healthy";
+}
+
+async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     if ctx.inputs.no_start {
         return Ok(StageOutcome::Skipped(
             "--no-start: the VMs were left stopped".into(),
@@ -63,10 +100,10 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
         elapsed_ms: ui::ms(started.elapsed()),
     });
     match result {
-        Ok(()) => Ok(StageOutcome::Done(json!({
-            "node": node,
-            "elapsed_ms": ui::ms(started.elapsed()),
-        }))),
+        Ok(()) => StageOutcome::done(&WaitHealthyOutputs {
+            node,
+            elapsed_ms: ui::ms(started.elapsed()),
+        }),
         Err(e) => Err(UserError::failed(format!(
             "the cluster is not healthy {}s after the rollback: {e}",
             started.elapsed().as_secs()

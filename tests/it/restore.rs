@@ -103,9 +103,12 @@ fn restore_runs_the_real_procedure_and_reports() {
     assert!(last.iter().any(|a| a == "--worker-nodes"));
     let st = the_run(&env);
     assert_eq!(st.status, RunStatus::Succeeded);
-    let pv = st.outputs_of(talos_dr::engine::playbook::StageKind::PostVerify);
-    assert_eq!(pv["kubernetes"]["checked"], true, "{pv}");
-    assert_eq!(pv["kubernetes"]["nodes"]["ready"], 5);
+    let pv = st
+        .data::<talos_dr::stages::post_verify::PostVerifyOutputs>()
+        .unwrap()
+        .expect("post-verify succeeded");
+    assert!(pv.kubernetes.checked, "{pv:?}");
+    assert_eq!(pv.kubernetes.nodes.unwrap().ready, 5);
     // Nothing answered before the restore, so nothing was saved first.
     let pre = st.stage("pre-restore-snapshot").unwrap();
     assert_eq!(pre.status, StageStatus::Skipped);
@@ -429,6 +432,89 @@ fn older_checkpoint_schema_still_loads_and_resumes() {
     // preflight was done in the old run; it is not repeated.
     assert!(env.calls_of(&["get", "machinetype"]).is_empty());
     assert_recovered_once(&env);
+}
+
+/// A checkpoint written by the release before typed stage data (schema 2), killed while the
+/// resets were in flight: the typed records read it, and the resume finishes with one bootstrap.
+#[test]
+fn schema_2_checkpoint_with_resets_in_flight_resumes_to_one_bootstrap() {
+    let env = Env::new();
+    env.disaster();
+    let id = "20261202-112443-restore";
+    let runs = env.config_dir.join("runs").join(id);
+    std::fs::create_dir_all(&runs).unwrap();
+    let text = std::fs::read_to_string(fixture("state/v2-restore-resets-in-flight.json"))
+        .unwrap()
+        .replace("@SNAPSHOT@", &snapshot());
+    std::fs::write(runs.join("state.json"), text).unwrap();
+    // Its plan fingerprint is today's restore playbook's: no --force needed.
+    resume(&env).assert().code(0);
+    // preflight was done in the old run and is not repeated; the in-flight resets are checked
+    // against the world (etcd still Failed: the reset never took) and sent once more.
+    assert!(env.calls_of(&["get", "machinetype"]).is_empty());
+    assert_recovered_once(&env);
+    let st = the_run(&env);
+    assert_eq!(st.schema, checkpoint::SCHEMA);
+    assert_eq!(st.status, RunStatus::Succeeded);
+    let recover = st.stage("etcd-recover").unwrap();
+    assert_eq!(recover.attempt, 2);
+    assert_eq!(recover.outputs["bootstrap"]["node"], "10.5.0.11");
+}
+
+/// The typed confirmation of `etcd-recover` is the stage's own floor: an override playbook that
+/// drops `confirm = "typed"` still stops for it.
+#[test]
+fn an_override_playbook_cannot_remove_the_typed_confirmation() {
+    let env = Env::new();
+    env.disaster();
+    let dir = env.config_dir.join("playbooks");
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = talos_dr::engine::playbook::BUILT_IN[0]
+        .1
+        .replace("confirm = \"typed\"\n", "");
+    assert!(!text.contains("typed"));
+    std::fs::write(dir.join("restore.toml"), text).unwrap();
+    env.cmd()
+        .args(["playbooks", "show", "restore"])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains(
+            "etcd-recover (etcd-recover) [confirm: typed",
+        ))
+        .stdout(predicate::str::contains("(destructive)"));
+    env.cmd()
+        .args(["restore", "--snapshot"])
+        .arg(snapshot())
+        .assert()
+        .code(5)
+        .stderr(predicate::str::contains(
+            "stage etcd-recover needs a confirmation",
+        ));
+    assert!(env.calls_of(&["reset"]).is_empty());
+    assert!(env.cluster().bootstrapped.is_empty());
+}
+
+/// A playbook whose stage reads another stage's outputs that no earlier stage makes is refused
+/// when it is loaded, before anything runs, naming the file and the stage.
+#[test]
+fn an_override_playbook_without_the_stage_a_stage_reads_is_refused_before_anything() {
+    let env = Env::new();
+    env.disaster();
+    let dir = env.config_dir.join("playbooks");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("restore.toml");
+    std::fs::write(
+        &path,
+        "name = \"restore\"\nsummary = \"no preflight\"\n\n[[stages]]\nid = \"wipe\"\nkind = \"etcd-recover\"\n",
+    )
+    .unwrap();
+    restore(&env)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(path.display().to_string()))
+        .stderr(predicate::str::contains("\"wipe\" (etcd-recover)"))
+        .stderr(predicate::str::contains("`preflight`"));
+    assert!(env.calls().is_empty());
 }
 
 #[test]

@@ -107,7 +107,7 @@ impl H {
     }
 
     fn create(&self, name: &str, inputs: &Inputs) -> (playbook::Playbook, Journal) {
-        let pb = playbook::load(name, &self.env.config_dir).unwrap();
+        let pb = talos_dr::stages::load_playbook(name, &self.env.config_dir).unwrap();
         let j = Journal::create(
             &self.services.profile.runs_dir(),
             &pb,
@@ -152,7 +152,8 @@ impl H {
 
     async fn resume(&self, j: &Journal) -> anyhow::Result<()> {
         let j = Journal::open(j.dir()).unwrap();
-        let pb = playbook::load(&j.snapshot().playbook, &self.env.config_dir).unwrap();
+        let pb =
+            talos_dr::stages::load_playbook(&j.snapshot().playbook, &self.env.config_dir).unwrap();
         self.execute(&pb, &j, &AssumeYes).await
     }
 
