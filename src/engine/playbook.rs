@@ -7,6 +7,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::config::HumanDuration;
+
 pub const BUILT_IN: [(&str, &str); 4] = [
     ("restore", include_str!("../../playbooks/restore.toml")),
     ("drill", include_str!("../../playbooks/drill.toml")),
@@ -84,9 +86,10 @@ pub struct StageSpec {
     pub kind: StageKind,
     #[serde(default)]
     pub confirm: Confirm,
-    /// e.g. "10m"; the stage fails (checkpoint saved) when it runs longer.
+    /// e.g. "10m"; the stage fails (checkpoint saved) when it runs longer. Parsed on load, kept
+    /// as written (the plan's fingerprint covers the text).
     #[serde(default)]
-    pub timeout: Option<String>,
+    pub timeout: Option<HumanDuration>,
     /// A failure is recorded but does not stop the run.
     #[serde(default)]
     pub best_effort: bool,
@@ -96,7 +99,7 @@ pub struct StageSpec {
 
 impl StageSpec {
     pub fn timeout(&self) -> Option<Duration> {
-        self.timeout.as_deref().and_then(|t| parse_duration(t).ok())
+        self.timeout.as_ref().map(HumanDuration::get)
     }
 }
 
@@ -125,6 +128,24 @@ pub enum PlaybookError {
     Unknown(String),
     #[error("{origin}: {message}")]
     Invalid { origin: String, message: String },
+    #[error("{origin}: {source}")]
+    Parse {
+        origin: String,
+        #[source]
+        source: ParseError,
+    },
+}
+
+/// What is wrong with a playbook's text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Not TOML, an unknown kind or key, or a value that does not parse (toml names the line).
+    #[error("{0}")]
+    Toml(String),
+    #[error("stage id {0:?} is used twice")]
+    DuplicateId(String),
+    #[error("a playbook needs at least one [[stages]] entry")]
+    NoStages,
 }
 
 /// Where a playbook came from, for messages.
@@ -151,35 +172,23 @@ pub fn load(name: &str, config_dir: &Path) -> Result<Playbook, PlaybookError> {
             .map(|(_, t)| (*t).to_owned())
             .ok_or_else(|| PlaybookError::Unknown(name.to_owned()))?,
     };
-    parse(&text).map_err(|message| PlaybookError::Invalid { origin, message })
+    parse(&text).map_err(|source| PlaybookError::Parse { origin, source })
 }
 
 /// Parses and checks a playbook; errors carry the line (from toml) and what is expected.
-pub fn parse(text: &str) -> Result<Playbook, String> {
-    let pb: Playbook = toml::from_str(text).map_err(|e| e.to_string().trim().to_owned())?;
+pub fn parse(text: &str) -> Result<Playbook, ParseError> {
+    let pb: Playbook =
+        toml::from_str(text).map_err(|e| ParseError::Toml(e.to_string().trim().to_owned()))?;
     let mut seen = std::collections::HashSet::new();
     for s in &pb.stages {
         if !seen.insert(s.id.as_str()) {
-            return Err(format!("stage id {:?} is used twice", s.id));
-        }
-        if let Some(t) = &s.timeout {
-            parse_duration(t).map_err(|e| format!("stage {:?}: timeout {e}", s.id))?;
+            return Err(ParseError::DuplicateId(s.id.clone()));
         }
     }
     if pb.stages.is_empty() {
-        return Err("a playbook needs at least one [[stages]] entry".into());
+        return Err(ParseError::NoStages);
     }
     Ok(pb)
-}
-
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let span: jiff::Span = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 90s, 10m or 1h30m"))?;
-    let d = span
-        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
-        .map_err(|e| e.to_string())?;
-    Duration::try_from(d).map_err(|_| format!("{s:?} must be positive"))
 }
 
 #[cfg(test)]
@@ -205,11 +214,25 @@ mod tests {
     fn unknown_kind_and_option_name_the_line() {
         let bad =
             "name = \"x\"\nsummary = \"s\"\n\n[[stages]]\nid = \"a\"\nkind = \"etcd-recovr\"\n";
-        let e = parse(bad).unwrap_err();
+        let e = parse(bad).unwrap_err().to_string();
         assert!(e.contains("line 6") && e.contains("etcd-recover"), "{e}");
         let bad = "name = \"x\"\nsummary = \"s\"\n\n[[stages]]\nid = \"a\"\nkind = \"report\"\nretries = 3\n";
-        let e = parse(bad).unwrap_err();
+        let e = parse(bad).unwrap_err().to_string();
         assert!(e.contains("line 7") && e.contains("retries"), "{e}");
+    }
+
+    #[test]
+    fn timeouts_parse_on_load_and_keep_their_text() {
+        let text = "name = \"x\"\nsummary = \"s\"\n\n[[stages]]\nid = \"a\"\nkind = \"report\"\ntimeout = \"1h30m\"\n";
+        let pb = parse(text).unwrap();
+        assert_eq!(pb.stages[0].timeout(), Some(Duration::from_secs(5400)));
+        // The fingerprint hashes the timeout as written, as before it was parsed.
+        let json = serde_json::to_string(&pb).unwrap();
+        assert!(json.contains("\"timeout\":\"1h30m\""), "{json}");
+        let e = parse(&text.replace("1h30m", "soon"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 7") && e.contains("\"soon\""), "{e}");
     }
 
     #[test]

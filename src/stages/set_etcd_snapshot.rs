@@ -9,10 +9,10 @@ use serde_json::json;
 
 use super::upgrade_preflight::{identity, manifest};
 use super::{StageCtx, StageOutcome};
+use crate::backup::{self, BackupOptions, Destination, OffsiteOutcome, OffsitePolicy};
 use crate::error::UserError;
 use crate::sets::{self, SetEtcd};
 use crate::snapshot::store;
-use crate::snapshot::take::{self, TakeOptions};
 use crate::snapshot::verify::{self, Trailer};
 
 pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
@@ -41,14 +41,17 @@ pub async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
         let sc = store::read_sidecar(&path).expect("checked above");
         (sc.sha256, sc.size, sc.status.map(|s| s.revision), sc.node)
     } else {
-        let opts = TakeOptions {
-            output: Some(path.clone()),
+        // Stored plain and never pruned; the copy off-site waits until the manifest records it.
+        let opts = BackupOptions {
+            destination: Destination::File(path.clone()),
             // The preflight has just run `talosctl health`.
             skip_health: true,
-            ..TakeOptions::default()
+            offsite: OffsitePolicy::Skip,
+            prune: false,
+            ..BackupOptions::default()
         };
         crate::fsutil::create_private_dir(&sets_dir)?;
-        let taken = take::take(ctx.profile(), ctx.talos(), &opts, ctx.reporter).await?;
+        let taken = backup::run(ctx.profile(), ctx.talos(), &opts, ctx.reporter).await?;
         (
             taken.sidecar.sha256,
             taken.sidecar.size,
@@ -86,35 +89,26 @@ async fn upload(ctx: &StageCtx<'_>, path: &std::path::Path) -> serde_json::Value
     if let Some(url) = ctx.own_outputs()["offsite"]["url"].as_str() {
         return json!({ "url": url, "reused": true });
     }
-    let profile = ctx.profile();
-    let target = match crate::offsite::Target::from_profile(profile) {
-        Ok(Some(t)) => t,
-        Ok(None) => return serde_json::Value::Null,
-        Err(e) => {
+    let opts = BackupOptions {
+        destination: Destination::Stored(path.to_path_buf()),
+        offsite: OffsitePolicy::BestEffort,
+        prune: false,
+        ..BackupOptions::default()
+    };
+    let done = match backup::run(ctx.profile(), ctx.talos(), &opts, ctx.reporter).await {
+        Ok(done) => done,
+        Err(e) => return json!({ "error": e.to_string() }),
+    };
+    match done.offsite {
+        None => serde_json::Value::Null,
+        Some(OffsiteOutcome::Uploaded(u)) => json!({ "url": u.url, "elapsed_ms": u.elapsed_ms }),
+        Some(OffsiteOutcome::Unavailable(e)) => {
             ctx.reporter.warn(&format!(
                 "no off-site copy of the set's etcd snapshot: [offsite]: {e}"
             ));
-            return json!({ "error": e.to_string() });
+            json!({ "error": e.to_string() })
         }
-    };
-    let backup = &profile.file.backup;
-    let packing = match crate::pack::parse_recipients(&backup.recipients) {
-        Ok(recipients) => crate::pack::Packing {
-            compress: backup.compress,
-            recipients,
-        },
-        Err(e) => {
-            ctx.reporter
-                .warn(&format!("no off-site copy: backup.recipients: {e}"));
-            return json!({ "error": e.to_string() });
-        }
-    };
-    let Some(sidecar) = store::read_sidecar(path) else {
-        return json!({ "error": "the snapshot's sidecar is missing" });
-    };
-    match target.upload(path, &sidecar, &packing, ctx.reporter).await {
-        Ok(u) => json!({ "url": u.url, "elapsed_ms": u.elapsed_ms }),
-        Err(e) => {
+        Some(OffsiteOutcome::Failed(e)) => {
             ctx.reporter.warn(&format!(
                 "the off-site copy of the set's etcd snapshot failed ({e}); the set is complete locally"
             ));
