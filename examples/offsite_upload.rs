@@ -14,7 +14,7 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("usage: offsite_upload FILE URL RECIPIENT [ENDPOINT]");
     };
     let cfg = talos_dr::profile::Offsite {
-        url: url.clone(),
+        url: url.parse()?,
         endpoint: rest.first().cloned(),
         region: None,
         path_style: true,
@@ -33,7 +33,7 @@ fn main() -> anyhow::Result<()> {
     );
     let packing = talos_dr::pack::Packing {
         compress: true,
-        recipients: talos_dr::pack::parse_recipients(std::slice::from_ref(recipient))?,
+        recipients: talos_dr::config::Recipients::parse(std::slice::from_ref(recipient))?,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

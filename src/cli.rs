@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+// Durations on flags parse as everywhere else: `90s`, `2m`, `1h30m`, `1d`, or bare seconds.
+use talos_dr::config::parse_duration;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -402,20 +404,6 @@ pub struct ProfileInitArgs {
     pub force: bool,
 }
 
-/// Parses `90s`, `2m`, `1h30m`, `1d` (also plain seconds).
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(std::time::Duration::from_secs(secs));
-    }
-    let span: jiff::Span = s
-        .parse()
-        .map_err(|e| format!("{s:?} is not a duration like 90s, 2m or 1h30m: {e}"))?;
-    let d = span
-        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
-        .map_err(|e| e.to_string())?;
-    std::time::Duration::try_from(d).map_err(|_| format!("{s:?} must be positive"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,5 +421,17 @@ mod tests {
         assert_eq!(parse_duration("1h30m").unwrap().as_secs(), 5400);
         assert_eq!(parse_duration("1d").unwrap().as_secs(), 86400);
         assert!(parse_duration("soon").is_err());
+        // A flag takes bare seconds too.
+        let health =
+            |v: &str| match Cli::try_parse_from(["talos-dr", "snapshot", "--health-timeout", v])
+                .map(|c| c.command)
+            {
+                Ok(Command::Snapshot(a)) => Ok(a.health_timeout.as_secs()),
+                Ok(_) => unreachable!(),
+                Err(e) => Err(e.to_string()),
+            };
+        assert_eq!(health("90"), Ok(90));
+        assert_eq!(health("2m"), Ok(120));
+        assert!(health("soon").unwrap_err().contains("1h30m"));
     }
 }

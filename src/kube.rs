@@ -187,18 +187,18 @@ impl Kubectl {
     /// `kubectl get nodes -o json`.
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, KubeError> {
         let stdout = self.get_json(&["get", "nodes"]).await?;
-        parse_nodes(&stdout).map_err(|reason| KubeError::Parse {
+        parse_nodes(&stdout).map_err(|e| KubeError::Parse {
             command: command_text(&["get", "nodes"]),
-            reason,
+            reason: e.to_string(),
         })
     }
 
     /// `kubectl get pods -A -o json`.
     pub async fn pods_all(&self) -> Result<Vec<PodInfo>, KubeError> {
         let stdout = self.get_json(&["get", "pods", "-A"]).await?;
-        parse_pods(&stdout).map_err(|reason| KubeError::Parse {
+        parse_pods(&stdout).map_err(|e| KubeError::Parse {
             command: command_text(&["get", "pods", "-A"]),
-            reason,
+            reason: e.to_string(),
         })
     }
 
@@ -502,8 +502,8 @@ where
 }
 
 /// Parses `kubectl get nodes -o json` (a `List` or `NodeList`).
-pub fn parse_nodes(stdout: &str) -> Result<Vec<NodeInfo>, String> {
-    let list: List<Node> = serde_json::from_str(stdout).map_err(|e| e.to_string())?;
+pub fn parse_nodes(stdout: &str) -> Result<Vec<NodeInfo>, serde_json::Error> {
+    let list: List<Node> = serde_json::from_str(stdout)?;
     Ok(list.items.into_iter().map(node_info).collect())
 }
 
@@ -551,8 +551,8 @@ fn node_info(node: Node) -> NodeInfo {
 }
 
 /// Parses `kubectl get pods -A -o json` (a `List` or `PodList`).
-pub fn parse_pods(stdout: &str) -> Result<Vec<PodInfo>, String> {
-    let list: List<Pod> = serde_json::from_str(stdout).map_err(|e| e.to_string())?;
+pub fn parse_pods(stdout: &str) -> Result<Vec<PodInfo>, serde_json::Error> {
+    let list: List<Pod> = serde_json::from_str(stdout)?;
     Ok(list.items.into_iter().map(pod_info).collect())
 }
 

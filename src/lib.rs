@@ -9,6 +9,8 @@
 //! (talosctl), [`kube`] (kubectl) and [`pve`] (the Proxmox VE API), which makes each stage testable
 //! against the simulator in [`sim`].
 
+pub mod backup;
+pub mod config;
 pub mod engine;
 pub mod error;
 pub mod exec;

@@ -148,10 +148,19 @@ pub struct Failure {
     pub hints: Vec<String>,
 }
 
+/// Why `notify_command` did not succeed; the caller warns with it.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("notify_command could not run: {0}")]
+    Spawn(#[source] crate::exec::ExecError),
+    #[error("notify_command exited with {}: {stderr}", code.map_or("a signal".into(), |c| c.to_string()))]
+    Exit { code: Option<i32>, stderr: String },
+}
+
 /// Runs `sh -c <command>` with `TALOS_DR_PROFILE`, `TALOS_DR_COMMAND`, `TALOS_DR_EXIT_CODE`,
-/// `TALOS_DR_ERROR` and `TALOS_DR_HINT` set. Returns a description of what went wrong, if anything,
-/// so the caller can warn; the hook's own failure never changes the run's exit code.
-pub async fn notify(command: &str, f: &Failure, timeout: Duration) -> Result<(), String> {
+/// `TALOS_DR_ERROR` and `TALOS_DR_HINT` set. Returns what went wrong, if anything, so the caller
+/// can warn; the hook's own failure never changes the run's exit code.
+pub async fn notify(command: &str, f: &Failure, timeout: Duration) -> Result<(), NotifyError> {
     let env = [
         ("TALOS_DR_PROFILE".to_owned(), f.profile.clone()),
         ("TALOS_DR_COMMAND".to_owned(), f.command.clone()),
@@ -166,15 +175,14 @@ pub async fn notify(command: &str, f: &Failure, timeout: Duration) -> Result<(),
         timeout,
     )
     .await
-    .map_err(|e| format!("notify_command could not run: {e}"))?;
+    .map_err(NotifyError::Spawn)?;
     if out.success() {
         Ok(())
     } else {
-        Err(format!(
-            "notify_command exited with {}: {}",
-            out.code.map_or("a signal".into(), |c| c.to_string()),
-            out.stderr.trim()
-        ))
+        Err(NotifyError::Exit {
+            code: out.code,
+            stderr: out.stderr.trim().to_owned(),
+        })
     }
 }
 

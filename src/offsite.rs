@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+use crate::config::{SettingError, TargetUrl};
 use crate::pack::{self, Identities, Layer, Packing};
 use crate::profile::{Offsite, Profile};
 use crate::snapshot::retention::{self, Candidate, Decision, KeepPolicy};
@@ -52,6 +53,8 @@ const META_LAYERS: &str = "talos-dr-layers";
 pub enum OffsiteError {
     #[error("{0}")]
     Config(String),
+    #[error("{0}")]
+    Url(#[from] SettingError),
     #[error("{url}: {source}")]
     Store {
         url: String,
@@ -88,44 +91,6 @@ impl OffsiteError {
             ),
             OffsiteError::Check { .. } => true,
             _ => false,
-        }
-    }
-}
-
-/// The parsed `offsite.url`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TargetUrl {
-    S3 { bucket: String, prefix: String },
-    File { root: PathBuf },
-}
-
-impl TargetUrl {
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let u = url::Url::parse(url).map_err(|e| {
-            format!("{url:?} is not a URL ({e}); expected s3://bucket/prefix or file:///path")
-        })?;
-        match u.scheme() {
-            "s3" => {
-                let bucket = u.host_str().unwrap_or_default().to_owned();
-                if bucket.is_empty() {
-                    return Err(format!(
-                        "{url:?} has no bucket: expected s3://bucket/prefix"
-                    ));
-                }
-                Ok(TargetUrl::S3 {
-                    bucket,
-                    prefix: u.path().trim_matches('/').to_owned(),
-                })
-            }
-            "file" => {
-                let root = u
-                    .to_file_path()
-                    .map_err(|()| format!("{url:?} is not an absolute file:/// URL"))?;
-                Ok(TargetUrl::File { root })
-            }
-            other => Err(format!(
-                "{url:?}: scheme {other:?} is not supported; use s3://bucket/prefix or file:///path"
-            )),
         }
     }
 }
@@ -204,15 +169,14 @@ impl Target {
     }
 
     pub fn new(cfg: &Offsite, credentials_file: Option<&Path>) -> Result<Self, OffsiteError> {
-        let url = cfg.url.trim_end_matches('/').to_owned();
-        let parsed = TargetUrl::parse(&url).map_err(OffsiteError::Config)?;
-        let (store, prefix, metadata): (Arc<dyn ObjectStore>, String, bool) = match parsed {
+        let url = cfg.url.to_string();
+        let (store, prefix, metadata): (Arc<dyn ObjectStore>, String, bool) = match &cfg.url {
             TargetUrl::File { root } => {
-                crate::fsutil::create_private_dir(&root).map_err(|source| OffsiteError::Io {
+                crate::fsutil::create_private_dir(root).map_err(|source| OffsiteError::Io {
                     path: root.clone(),
                     source,
                 })?;
-                let fs = LocalFileSystem::new_with_prefix(&root).map_err(|source| {
+                let fs = LocalFileSystem::new_with_prefix(root).map_err(|source| {
                     OffsiteError::Store {
                         url: url.clone(),
                         source,
@@ -222,7 +186,7 @@ impl Target {
             }
             TargetUrl::S3 { bucket, prefix } => {
                 let mut b = AmazonS3Builder::from_env()
-                    .with_bucket_name(&bucket)
+                    .with_bucket_name(bucket)
                     .with_retry(RetryConfig {
                         max_retries: 3,
                         retry_timeout: Duration::from_secs(60),
@@ -259,7 +223,7 @@ impl Target {
                     url: url.clone(),
                     source,
                 })?;
-                (Arc::new(s3), prefix, true)
+                (Arc::new(s3), prefix.clone(), true)
             }
         };
         Ok(Self {
@@ -288,15 +252,18 @@ impl Target {
                     "{object_url:?} does not name an object: expected s3://bucket/prefix/etcd-….snapshot…"
                 ))
             })?;
-        let mut c = cfg.cloned().unwrap_or(Offsite {
-            url: String::new(),
-            endpoint: None,
-            region: None,
-            path_style: false,
-            credentials_file: None,
-            retries: 3,
-        });
-        c.url = dir.to_owned();
+        let url = TargetUrl::parse(dir)?;
+        let c = match cfg {
+            Some(cfg) => Offsite { url, ..cfg.clone() },
+            None => Offsite {
+                url,
+                endpoint: None,
+                region: None,
+                path_style: false,
+                credentials_file: None,
+                retries: 3,
+            },
+        };
         Ok((Self::new(&c, credentials_file)?, name.to_owned()))
     }
 
@@ -569,8 +536,11 @@ impl Target {
                 })
             })
             .collect();
-        let manifests: Vec<Option<Manifest>> = futures::stream::iter(entries.iter())
-            .map(|e| self.read_manifest(&e.name))
+        // Owned names: a future borrowing the entries is not `Send` in every caller's eyes
+        // (the stages box their futures as `Send`).
+        let names: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
+        let manifests: Vec<Option<Manifest>> = futures::stream::iter(names)
+            .map(|name| async move { self.read_manifest(&name).await })
             .buffered(8)
             .try_collect()
             .await?;
@@ -945,7 +915,8 @@ fn set_private(p: &Path) -> io::Result<()> {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))
 }
 
-pub fn human(n: u64) -> String {
+/// For progress messages only; results carry plain byte counts.
+fn human(n: u64) -> String {
     let mib = n as f64 / (1024.0 * 1024.0);
     if mib >= 1.0 {
         format!("{mib:.1} MiB")
@@ -955,7 +926,7 @@ pub fn human(n: u64) -> String {
 }
 
 /// `41.3 MiB/s` of snapshot data.
-pub fn rate(bytes: u64, d: Duration) -> String {
+fn rate(bytes: u64, d: Duration) -> String {
     let secs = d.as_secs_f64().max(1e-3);
     format!("{:.1} MiB/s", bytes as f64 / (1024.0 * 1024.0) / secs)
 }
@@ -1025,26 +996,6 @@ impl Drop for RemoveOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_parse_or_say_what_is_expected() {
-        assert_eq!(
-            TargetUrl::parse("s3://backups/talos/lab").unwrap(),
-            TargetUrl::S3 {
-                bucket: "backups".into(),
-                prefix: "talos/lab".into()
-            }
-        );
-        assert_eq!(
-            TargetUrl::parse("file:///mnt/nfs/talos").unwrap(),
-            TargetUrl::File {
-                root: "/mnt/nfs/talos".into()
-            }
-        );
-        assert!(TargetUrl::parse("s3:///x").unwrap_err().contains("bucket"));
-        assert!(TargetUrl::parse("ftp://x/y").unwrap_err().contains("ftp"));
-        assert!(TargetUrl::parse("/mnt/x").unwrap_err().contains("file:///"));
-    }
 
     #[test]
     fn credentials_come_from_either_format_and_errors_hide_values() {

@@ -7,9 +7,11 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use thiserror::Error;
 
+use crate::config::{Recipients, TargetUrl};
+use crate::pack::Packing;
 use crate::pve::PveConfig;
 
 pub const PROFILE_FILE: &str = "profile.toml";
@@ -27,8 +29,17 @@ pub enum ProfileError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: InvalidProfile,
+    },
+    #[error("{}: {source}", source.name)]
+    Name {
+        #[source]
+        source: InvalidName,
+    },
     #[error("cannot find the home directory: set TALOS_DR_HOME or use --config-dir")]
     NoHome,
 }
@@ -62,10 +73,7 @@ pub fn locate(name: Option<&str>, config_dir: Option<&Path>) -> Result<Location,
             config_dir: dir.to_path_buf(),
         }),
         (None, Some(name)) => {
-            validate_profile_name(name).map_err(|message| ProfileError::Invalid {
-                path: PathBuf::from(name),
-                message,
-            })?;
+            validate_profile_name(name).map_err(|source| ProfileError::Name { source })?;
             Ok(Location {
                 name: Some(name.to_owned()),
                 config_dir: profiles_home()?.join(name),
@@ -83,7 +91,16 @@ pub fn cli_for(dir: &Path, name: &str) -> String {
     }
 }
 
-pub fn validate_profile_name(name: &str) -> Result<(), String> {
+/// A profile name that cannot be a directory name under the profiles' home.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error(
+    "profile name {name:?} is not valid: use letters, digits, '-', '_' or '.' (not first), at most 64 characters"
+)]
+pub struct InvalidName {
+    pub name: String,
+}
+
+pub fn validate_profile_name(name: &str) -> Result<(), InvalidName> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -93,9 +110,31 @@ pub fn validate_profile_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "profile name {name:?} is not valid: use letters, digits, '-', '_' or '.' (not first), at most 64 characters"
-        ))
+        Err(InvalidName {
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// What is wrong with a `profile.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum InvalidProfile {
+    /// Not TOML, an unknown key, or a value of the wrong type or that does not parse; toml's
+    /// message gives the line and the key's own message what is expected.
+    #[error("{0}")]
+    Syntax(String),
+    /// A value that parses but cannot be used (`key` as written in the file, e.g.
+    /// `backup.keep_last` or `nodes[1].address`); the message names it and what is expected.
+    #[error("{message}")]
+    Key { key: String, message: String },
+}
+
+impl InvalidProfile {
+    fn key(key: impl Into<String>, message: impl Into<String>) -> Self {
+        InvalidProfile::Key {
+            key: key.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -137,9 +176,13 @@ pub struct Backup {
     /// whenever `recipients` is set.
     #[serde(default)]
     pub encrypt: bool,
-    /// age X25519 recipients (`age1…`) that can decrypt the copies.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub recipients: Vec<String>,
+    /// age X25519 recipients (`age1…`) that can decrypt the copies, parsed when the profile loads.
+    #[serde(
+        default,
+        skip_serializing_if = "Recipients::is_empty",
+        deserialize_with = "backup_recipients"
+    )]
+    pub recipients: Recipients,
     /// age identity file (`age-keygen` output) used by `restore` and `verify` to decrypt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity_file: Option<PathBuf>,
@@ -159,12 +202,49 @@ impl Default for Backup {
             keep_last: default_keep_last(),
             compress: false,
             encrypt: false,
-            recipients: Vec::new(),
+            recipients: Recipients::default(),
             identity_file: None,
             metrics_file: None,
             notify_command: None,
         }
     }
+}
+
+impl Backup {
+    /// How scheduled snapshots are stored in the backup directory: compressed when `compress`,
+    /// encrypted when `encrypt`.
+    pub fn local_packing(&self) -> Packing {
+        Packing {
+            compress: self.compress,
+            recipients: if self.encrypt {
+                self.recipients.clone()
+            } else {
+                Recipients::default()
+            },
+        }
+    }
+
+    /// How copies are packed for `[offsite]`: compressed when `compress`, encrypted whenever
+    /// there are recipients.
+    pub fn offsite_packing(&self) -> Packing {
+        Packing {
+            compress: self.compress,
+            recipients: self.recipients.clone(),
+        }
+    }
+}
+
+/// Settings' own messages say what is wrong with the value; these name the key it came from.
+fn keyed<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D, key: &str) -> Result<T, D::Error> {
+    T::deserialize(d).map_err(|e| serde::de::Error::custom(format!("{key}: {e}")))
+}
+
+fn backup_recipients<'de, D: Deserializer<'de>>(d: D) -> Result<Recipients, D::Error> {
+    keyed(d, "backup.recipients")
+}
+
+fn offsite_url<'de, D: Deserializer<'de>>(d: D) -> Result<TargetUrl, D::Error> {
+    keyed(d, "offsite.url")
 }
 
 fn default_backup_dir() -> PathBuf {
@@ -185,7 +265,8 @@ fn default_offsite_retries() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct Offsite {
     /// `s3://bucket/prefix` (any S3-compatible service) or `file:///mnt/nfs/talos`.
-    pub url: String,
+    #[serde(deserialize_with = "offsite_url")]
+    pub url: TargetUrl,
     /// S3 endpoint for non-AWS services (MinIO, Ceph RGW, Backblaze B2); `http://` allows plain HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
@@ -255,9 +336,9 @@ impl Profile {
             path: path.clone(),
             source,
         })?;
-        let file = parse(&text).map_err(|message| ProfileError::Invalid {
+        let file = parse(&text).map_err(|source| ProfileError::Invalid {
             path: path.clone(),
-            message,
+            source,
         })?;
         Ok(Self {
             config_dir: location.config_dir.clone(),
@@ -342,68 +423,73 @@ impl Profile {
 }
 
 /// Parses and validates `profile.toml` text. Errors name the key and what is expected.
-pub fn parse(text: &str) -> Result<ProfileFile, String> {
-    let file: ProfileFile = toml::from_str(text).map_err(|e| e.to_string().trim().to_owned())?;
+pub fn parse(text: &str) -> Result<ProfileFile, InvalidProfile> {
+    let file: ProfileFile = toml::from_str(text)
+        .map_err(|e| InvalidProfile::Syntax(e.to_string().trim().to_owned()))?;
     validate(&file)?;
     Ok(file)
 }
 
-fn validate(file: &ProfileFile) -> Result<(), String> {
+/// What deserializing cannot check alone: ranges, duplicates, and keys that need each other.
+fn validate(file: &ProfileFile) -> Result<(), InvalidProfile> {
     if file.name.trim().is_empty() {
-        return Err("key `name` must not be empty".into());
+        return Err(InvalidProfile::key("name", "key `name` must not be empty"));
     }
     if !file.nodes.iter().any(|n| n.role == Role::ControlPlane) {
-        return Err(
-            "no control-plane node: add at least one [[nodes]] entry with role = \"controlplane\""
-                .into(),
-        );
+        return Err(InvalidProfile::key(
+            "nodes",
+            "no control-plane node: add at least one [[nodes]] entry with role = \"controlplane\"",
+        ));
     }
     let mut seen = HashSet::new();
     for (i, node) in file.nodes.iter().enumerate() {
         let a = node.address.trim();
         if a.is_empty() || a.contains(char::is_whitespace) || a.contains(',') {
-            return Err(format!(
-                "nodes[{i}].address {:?} is not valid: expected one IP address or hostname",
-                node.address
+            return Err(InvalidProfile::key(
+                format!("nodes[{i}].address"),
+                format!(
+                    "nodes[{i}].address {:?} is not valid: expected one IP address or hostname",
+                    node.address
+                ),
             ));
         }
         if !seen.insert(a) {
-            return Err(format!(
-                "nodes[{i}].address {a:?} appears twice: every node must be listed once"
+            return Err(InvalidProfile::key(
+                format!("nodes[{i}].address"),
+                format!("nodes[{i}].address {a:?} appears twice: every node must be listed once"),
             ));
         }
         if let Some(vm) = &node.vm
             && (vm.vmid < 100 || vm.node.trim().is_empty())
         {
-            return Err(format!(
-                "nodes[{i}].vm is not valid: expected {{ node = \"pve1\", vmid = 101 }} (Proxmox VMIDs start at 100)"
+            return Err(InvalidProfile::key(
+                format!("nodes[{i}].vm"),
+                format!(
+                    "nodes[{i}].vm is not valid: expected {{ node = \"pve1\", vmid = 101 }} (Proxmox VMIDs start at 100)"
+                ),
             ));
         }
     }
     if file.backup.keep_last == 0 {
-        return Err(
-            "backup.keep_last must be at least 1: the newest snapshot is never deleted".into(),
-        );
+        return Err(InvalidProfile::key(
+            "backup.keep_last",
+            "backup.keep_last must be at least 1: the newest snapshot is never deleted",
+        ));
     }
     if let Some(px) = &file.proxmox
         && px.max_parallel == 0
     {
-        return Err("proxmox.max_parallel must be at least 1".into());
+        return Err(InvalidProfile::key(
+            "proxmox.max_parallel",
+            "proxmox.max_parallel must be at least 1",
+        ));
     }
-    validate_packing(file)
-}
-
-fn validate_packing(file: &ProfileFile) -> Result<(), String> {
-    let b = &file.backup;
-    crate::pack::parse_recipients(&b.recipients).map_err(|e| format!("backup.recipients: {e}"))?;
-    if b.encrypt && b.recipients.is_empty() {
-        return Err(
-            "backup.encrypt = true needs backup.recipients = [\"age1…\"] (see `age-keygen -y KEYFILE`)"
-                .into(),
-        );
-    }
-    if let Some(o) = &file.offsite {
-        crate::offsite::TargetUrl::parse(&o.url).map_err(|e| format!("offsite.url: {e}"))?;
+    // Recipients and the off-site URL were parsed with the file; only their combination is left.
+    if file.backup.encrypt && file.backup.recipients.is_empty() {
+        return Err(InvalidProfile::key(
+            "backup.encrypt",
+            "backup.encrypt = true needs backup.recipients = [\"age1…\"] (see `age-keygen -y KEYFILE`)",
+        ));
     }
     Ok(())
 }
@@ -538,35 +624,49 @@ snapshot_before_restore = true
     #[test]
     fn errors_name_the_key_and_expectation() {
         let bad_role = GOOD.replace("role = \"worker\"", "role = \"wrker\"");
-        let e = parse(&bad_role).unwrap_err();
+        let e = parse(&bad_role).unwrap_err().to_string();
         assert!(e.contains("wrker") && e.contains("controlplane"), "{e}");
 
         let unknown = GOOD.replace("keep_last = 3", "keep_lst = 3");
-        let e = parse(&unknown).unwrap_err();
+        let e = parse(&unknown).unwrap_err().to_string();
         assert!(e.contains("keep_lst"), "{e}");
 
         let zero = GOOD.replace("keep_last = 3", "keep_last = 0");
-        let e = parse(&zero).unwrap_err();
+        let e = parse(&zero).unwrap_err().to_string();
         assert!(e.contains("backup.keep_last"), "{e}");
 
         let no_cp = GOOD.replace("role = \"controlplane\"", "role = \"worker\"");
-        assert!(parse(&no_cp).unwrap_err().contains("control-plane"));
+        assert!(
+            parse(&no_cp)
+                .unwrap_err()
+                .to_string()
+                .contains("control-plane")
+        );
 
         let dup = GOOD.replace("10.0.0.21", "10.0.0.11");
-        assert!(parse(&dup).unwrap_err().contains("appears twice"));
+        assert!(
+            parse(&dup)
+                .unwrap_err()
+                .to_string()
+                .contains("appears twice")
+        );
     }
 
     #[test]
     fn packing_and_offsite_keys_are_checked() {
         let with = |extra: &str| GOOD.replace("keep_last = 3", &format!("keep_last = 3\n{extra}"));
-        let e = parse(&with("encrypt = true")).unwrap_err();
+        let e = parse(&with("encrypt = true")).unwrap_err().to_string();
         assert!(e.contains("backup.recipients"), "{e}");
-        let e = parse(&with("recipients = [\"age1nope\"]")).unwrap_err();
+        let e = parse(&with("recipients = [\"age1nope\"]"))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("backup.recipients") && e.contains("age1nope"),
             "{e}"
         );
-        let e = parse(&format!("{GOOD}\n[offsite]\nurl = \"ftp://x/y\"\n")).unwrap_err();
+        let e = parse(&format!("{GOOD}\n[offsite]\nurl = \"ftp://x/y\"\n"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("offsite.url") && e.contains("ftp"), "{e}");
         let p = parse(&format!(
             "{GOOD}\n[offsite]\nurl = \"s3://b/p\"\nendpoint = \"http://127.0.0.1:9000\"\npath_style = true\n"

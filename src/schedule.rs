@@ -20,18 +20,23 @@ pub enum Every {
     Weekly,
 }
 
+/// An interval that would not bring the same wall-clock times round every day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "cannot run every {}: use a number of minutes that divides 60 (5m, 15m, 30m), \
+     of hours that divides 24 (1h, 6h, 12h), 1d or 7d",
+    crate::snapshot::retention::human_age(jiff::SignedDuration::from_secs(
+        i64::try_from(.every.as_secs()).unwrap_or(i64::MAX)
+    ))
+)]
+pub struct UnevenInterval {
+    pub every: Duration,
+}
+
 impl Every {
-    pub fn from_duration(d: Duration) -> Result<Self, String> {
+    pub fn from_duration(d: Duration) -> Result<Self, UnevenInterval> {
         let secs = d.as_secs();
-        let bad = || {
-            format!(
-                "cannot run every {}: use a number of minutes that divides 60 (5m, 15m, 30m), \
-                 of hours that divides 24 (1h, 6h, 12h), 1d or 7d",
-                crate::snapshot::retention::human_age(jiff::SignedDuration::from_secs(
-                    i64::try_from(secs).unwrap_or(i64::MAX)
-                ))
-            )
-        };
+        let bad = || UnevenInterval { every: d };
         if secs == 0 || !secs.is_multiple_of(60) {
             return Err(bad());
         }
@@ -251,7 +256,7 @@ mod tests {
             Every::from_duration(Duration::from_secs(900)).unwrap(),
             Every::Minutes(15)
         );
-        let e = Every::from_duration(h(5)).unwrap_err();
+        let e = Every::from_duration(h(5)).unwrap_err().to_string();
         assert!(e.contains("divides 24"), "{e}");
         assert!(Every::from_duration(Duration::from_secs(90)).is_err());
         assert_eq!(Every::Hours(6).on_calendar(), "*-*-* 00/6:00:00");

@@ -244,9 +244,9 @@ impl Talosctl {
         let out = self
             .call(Some(node), &["get", "members", "-o", "json"], self.timeout)
             .await?;
-        parse_members(&out.stdout).map_err(|reason| TalosError::Parse {
+        parse_members(&out.stdout).map_err(|e| TalosError::Parse {
             command: "talosctl get members -o json".into(),
-            reason,
+            reason: e.to_string(),
         })
     }
 
@@ -442,10 +442,10 @@ pub fn parse_server_tag(stdout: &str) -> Option<String> {
 }
 
 /// Parses the concatenated JSON stream of `get members -o json`.
-pub fn parse_members(stdout: &str) -> Result<Vec<Member>, String> {
+pub fn parse_members(stdout: &str) -> Result<Vec<Member>, serde_json::Error> {
     let mut members = Vec::new();
     for value in serde_json::Deserializer::from_str(stdout).into_iter::<serde_json::Value>() {
-        let value = value.map_err(|e| e.to_string())?;
+        let value = value?;
         let spec = &value["spec"];
         let s = |k: &str| spec[k].as_str().unwrap_or_default().to_owned();
         members.push(Member {

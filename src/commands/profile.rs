@@ -13,7 +13,7 @@ use super::Ctx;
 use crate::cli::ProfileInitArgs;
 
 pub async fn init(ctx: &Ctx, args: ProfileInitArgs) -> anyhow::Result<Exit> {
-    prof::validate_profile_name(&args.name).map_err(UserError::usage)?;
+    prof::validate_profile_name(&args.name).map_err(|e| UserError::usage(e.to_string()))?;
     let loc = prof::locate(Some(&args.name), ctx.global.config_dir.as_deref())
         .map_err(|e| UserError::usage(e.to_string()))?;
     let dir = &loc.config_dir;

@@ -15,7 +15,7 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub async fn run(ctx: &Ctx, args: &ScheduleArgs) -> anyhow::Result<Exit> {
     let profile = ctx.profile()?;
-    let every = Every::from_duration(args.every).map_err(UserError::usage)?;
+    let every = Every::from_duration(args.every).map_err(|e| UserError::usage(e.to_string()))?;
     let binary = std::env::current_exe()
         .map_err(|e| UserError::failed(format!("cannot find the talos-dr binary: {e}")))?;
     let spec = Spec {

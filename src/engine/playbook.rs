@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::stage::{Registry, Stage};
+use crate::config::HumanDuration;
 
 pub const BUILT_IN: [(&str, &str); 4] = [
     ("restore", include_str!("../../playbooks/restore.toml")),
@@ -82,8 +83,9 @@ pub struct StageSpec {
     /// What the playbook asked for; see [`StageSpec::confirm`] for what runs.
     #[serde(rename = "confirm")]
     pub declared_confirm: Confirm,
-    /// e.g. "10m"; the stage fails (checkpoint saved) when it runs longer.
-    pub timeout: Option<String>,
+    /// e.g. "10m"; the stage fails (checkpoint saved) when it runs longer. Parsed on load, kept
+    /// as written (the plan's fingerprint covers the text).
+    pub timeout: Option<HumanDuration>,
     /// A failure is recorded but does not stop the run.
     pub best_effort: bool,
     pub when: Option<When>,
@@ -91,7 +93,7 @@ pub struct StageSpec {
 
 impl StageSpec {
     pub fn timeout(&self) -> Option<Duration> {
-        self.timeout.as_deref().and_then(|t| parse_duration(t).ok())
+        self.timeout.as_ref().map(HumanDuration::get)
     }
     /// The confirmation that runs: the stricter of the playbook's and the stage's own minimum,
     /// so no playbook can remove the typed confirmation of a destructive stage.
@@ -141,7 +143,7 @@ struct StageEntry {
     #[serde(default)]
     confirm: Confirm,
     #[serde(default)]
-    timeout: Option<String>,
+    timeout: Option<HumanDuration>,
     #[serde(default)]
     best_effort: bool,
     #[serde(default)]
@@ -179,8 +181,6 @@ pub enum ParseError {
     },
     #[error("stage id {0:?} is used twice")]
     DuplicateId(String),
-    #[error("stage {stage:?}: timeout {message}")]
-    Timeout { stage: String, message: String },
     #[error(
         "stage {stage:?} ({kind}) reads the outputs of a `{needs}` stage, which must come before it in the playbook"
     )]
@@ -245,12 +245,6 @@ pub fn parse(text: &str, registry: &Registry) -> Result<Playbook, ParseError> {
                     .collect::<Vec<_>>()
                     .join(", "),
             })?;
-        if let Some(t) = &e.timeout {
-            parse_duration(t).map_err(|message| ParseError::Timeout {
-                stage: e.id.clone(),
-                message,
-            })?;
-        }
         for needs in stage.requires() {
             if !stages.iter().any(|s| s.kind.as_str() == *needs) {
                 return Err(ParseError::MissingInput {
@@ -277,14 +271,4 @@ pub fn parse(text: &str, registry: &Registry) -> Result<Playbook, ParseError> {
             .any(|s| s.stage().min_confirm() == Confirm::Typed),
         stages,
     })
-}
-
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let span: jiff::Span = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 90s, 10m or 1h30m"))?;
-    let d = span
-        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
-        .map_err(|e| e.to_string())?;
-    Duration::try_from(d).map_err(|_| format!("{s:?} must be positive"))
 }

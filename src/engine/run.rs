@@ -145,7 +145,7 @@ impl Runner<'_> {
                     Err(_) => Err(UserError::failed(format!(
                         "stage {} did not finish within {}",
                         spec.id,
-                        spec.timeout.as_deref().unwrap_or("its timeout")
+                        spec.timeout.as_ref().map_or("its timeout", |t| t.as_str())
                     ))
                     .into()),
                 },

@@ -12,10 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use super::upgrade_preflight::{UpgradePreflightOutputs, identity, manifest, plan_label};
 use super::{Plan, Stage, StageCtx, StageData, StageOutcome};
+use crate::backup::{self, BackupOptions, Destination, OffsiteOutcome, OffsitePolicy};
 use crate::error::UserError;
 use crate::sets::{self, SetEtcd};
 use crate::snapshot::store;
-use crate::snapshot::take::{self, TakeOptions};
 use crate::snapshot::verify::{self, Trailer};
 
 pub struct SetEtcdSnapshot;
@@ -108,14 +108,17 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
         let sc = store::read_sidecar(&path).expect("checked above");
         (sc.sha256, sc.size, sc.status.map(|s| s.revision), sc.node)
     } else {
-        let opts = TakeOptions {
-            output: Some(path.clone()),
+        // Stored plain and never pruned; the copy off-site waits until the manifest records it.
+        let opts = BackupOptions {
+            destination: Destination::File(path.clone()),
             // The preflight has just run `talosctl health`.
             skip_health: true,
-            ..TakeOptions::default()
+            offsite: OffsitePolicy::Skip,
+            prune: false,
+            ..BackupOptions::default()
         };
         crate::fsutil::create_private_dir(&sets_dir)?;
-        let taken = take::take(ctx.profile(), ctx.talos(), &opts, ctx.reporter).await?;
+        let taken = backup::run(ctx.profile(), ctx.talos(), &opts, ctx.reporter).await?;
         (
             taken.sidecar.sha256,
             taken.sidecar.size,
@@ -157,45 +160,34 @@ async fn upload(ctx: &StageCtx<'_>, path: &std::path::Path) -> anyhow::Result<Op
             ..OffsiteCopy::default()
         }));
     }
-    let profile = ctx.profile();
-    let target = match crate::offsite::Target::from_profile(profile) {
-        Ok(Some(t)) => t,
-        Ok(None) => return Ok(None),
-        Err(e) => {
+    let opts = BackupOptions {
+        destination: Destination::Stored(path.to_path_buf()),
+        offsite: OffsitePolicy::BestEffort,
+        prune: false,
+        ..BackupOptions::default()
+    };
+    let done = match backup::run(ctx.profile(), ctx.talos(), &opts, ctx.reporter).await {
+        Ok(done) => done,
+        Err(e) => return Ok(OffsiteCopy::failed(e)),
+    };
+    Ok(match done.offsite {
+        None => None,
+        Some(OffsiteOutcome::Uploaded(u)) => Some(OffsiteCopy {
+            url: Some(u.url),
+            elapsed_ms: Some(u.elapsed_ms),
+            ..OffsiteCopy::default()
+        }),
+        Some(OffsiteOutcome::Unavailable(e)) => {
             ctx.reporter.warn(&format!(
                 "no off-site copy of the set's etcd snapshot: [offsite]: {e}"
             ));
-            return Ok(OffsiteCopy::failed(e));
+            OffsiteCopy::failed(e)
         }
-    };
-    let backup = &profile.file.backup;
-    let packing = match crate::pack::parse_recipients(&backup.recipients) {
-        Ok(recipients) => crate::pack::Packing {
-            compress: backup.compress,
-            recipients,
-        },
-        Err(e) => {
-            ctx.reporter
-                .warn(&format!("no off-site copy: backup.recipients: {e}"));
-            return Ok(OffsiteCopy::failed(e));
-        }
-    };
-    let Some(sidecar) = store::read_sidecar(path) else {
-        return Ok(OffsiteCopy::failed("the snapshot's sidecar is missing"));
-    };
-    Ok(
-        match target.upload(path, &sidecar, &packing, ctx.reporter).await {
-            Ok(u) => Some(OffsiteCopy {
-                url: Some(u.url),
-                elapsed_ms: Some(u.elapsed_ms),
-                ..OffsiteCopy::default()
-            }),
-            Err(e) => {
-                ctx.reporter.warn(&format!(
+        Some(OffsiteOutcome::Failed(e)) => {
+            ctx.reporter.warn(&format!(
                 "the off-site copy of the set's etcd snapshot failed ({e}); the set is complete locally"
             ));
-                OffsiteCopy::failed(e)
-            }
-        },
-    )
+            OffsiteCopy::failed(e)
+        }
+    })
 }

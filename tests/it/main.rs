@@ -1,5 +1,6 @@
 //! One integration-test binary (ripgrep/uv style): modules per area.
 
+mod backup;
 mod cli_snapshots;
 mod common;
 mod demo;

@@ -120,7 +120,7 @@ fn plant_remote(dir: &Path, name: &str, recipient: &str) {
     std::fs::create_dir_all(dir).unwrap();
     let p = talos_dr::pack::Packing {
         compress: true,
-        recipients: talos_dr::pack::parse_recipients(&[recipient.to_owned()]).unwrap(),
+        recipients: talos_dr::config::Recipients::parse(&[recipient]).unwrap(),
     };
     let packed = talos_dr::pack::pack_file(&small(), &dir.join(name), &p).unwrap();
     let base = talos_dr::pack::split_name(name).0;
@@ -299,7 +299,7 @@ fn s3_upload_list_retention_and_restore_round_trip() {
     )
     .unwrap();
     let cfg = talos_dr::profile::Offsite {
-        url: "s3://backups/talos/lab".into(),
+        url: "s3://backups/talos/lab".parse().unwrap(),
         endpoint: Some(moto.endpoint()),
         region: Some("us-east-1".into()),
         path_style: true,
@@ -316,7 +316,7 @@ fn s3_upload_list_retention_and_restore_round_trip() {
     );
     let packing = talos_dr::pack::Packing {
         compress: true,
-        recipients: talos_dr::pack::parse_recipients(std::slice::from_ref(&recipient)).unwrap(),
+        recipients: talos_dr::config::Recipients::parse(std::slice::from_ref(&recipient)).unwrap(),
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(target.upload(&small(), &sidecar, &packing, &talos_dr::ui::NoopReporter))
@@ -555,7 +555,7 @@ fn an_interrupted_upload_leaves_no_object_that_looks_complete() {
     )
     .unwrap();
     let cfg = talos_dr::profile::Offsite {
-        url: "s3://backups/cut".into(),
+        url: "s3://backups/cut".parse().unwrap(),
         endpoint: Some(format!("http://127.0.0.1:{}", proxy.port)),
         region: Some("us-east-1".into()),
         path_style: true,

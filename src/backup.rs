@@ -1,0 +1,346 @@
+//! The backup as one call: take a verified etcd snapshot, store it (packed as the profile says),
+//! copy it off-site, remove the plain copy, then apply retention locally and off-site.
+//!
+//! `snapshot` (the scheduled backup) and the pre-upgrade `set-etcd-snapshot` stage both run
+//! [`run`]; they choose where the snapshot goes and how much of the rest happens through
+//! [`BackupOptions`], and only render the [`BackupOutcome`]. Progress goes to the reporter.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::UserError;
+use crate::offsite::{OffsiteError, RemotePrune, Target, Uploaded};
+use crate::pack::{self, Layer, Packing};
+use crate::profile::Profile;
+use crate::snapshot::prune::{self, PruneOutcome};
+use crate::snapshot::retention::KeepPolicy;
+use crate::snapshot::store::{self, Packed, Sidecar};
+use crate::snapshot::take::{self, TakeOptions};
+use crate::talos::Talosctl;
+use crate::ui::Reporter;
+
+/// Where the snapshot is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// `<backup dir>/etcd-<time>.snapshot`, compressed and encrypted as `[backup]` says.
+    Scheduled,
+    /// This path, plain (`snapshot --output-file`, a set's `sets/<label>.snapshot`).
+    File(PathBuf),
+    /// Already stored at this path with its sidecar, verified: nothing is taken (a resumed run
+    /// that stored it before it was interrupted).
+    Stored(PathBuf),
+}
+
+/// Whether and how the snapshot is copied to the profile's `[offsite]` target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsitePolicy {
+    /// No off-site copy.
+    Skip,
+    /// Copy it when the profile has `[offsite]`. A target that cannot be set up is a
+    /// configuration error, raised before a snapshot is taken; a failed upload is a problem of
+    /// the outcome and stops retention (the scheduled backup).
+    Copy,
+    /// Copy it when the profile has `[offsite]`; whatever fails is only recorded in the outcome
+    /// (before an upgrade, the VM snapshots matter more than the copy).
+    BestEffort,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    pub destination: Destination,
+    /// Stream from this node instead of the first control-plane node that answers.
+    pub node: Option<String>,
+    pub skip_health: bool,
+    pub health_timeout: Duration,
+    pub offsite: OffsitePolicy,
+    /// Apply the profile's retention to the backup directory (and, after a good copy, to the
+    /// off-site target).
+    pub prune: bool,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        Self {
+            destination: Destination::Scheduled,
+            node: None,
+            skip_health: false,
+            health_timeout: TakeOptions::default().health_timeout,
+            offsite: OffsitePolicy::Copy,
+            prune: true,
+        }
+    }
+}
+
+/// What happened to the off-site copy.
+#[derive(Debug)]
+pub enum OffsiteOutcome {
+    Uploaded(Box<Uploaded>),
+    /// The target could not be set up (only with [`OffsitePolicy::BestEffort`]).
+    Unavailable(OffsiteError),
+    /// The upload failed after its retries.
+    Failed(OffsiteError),
+}
+
+/// Why a backup that stored its snapshot still ends non-zero.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// There is no off-site copy; the snapshot is stored locally.
+    Offsite { error: String },
+    /// Retention could not delete this many snapshots (locally and off-site together); the
+    /// prune outcomes list them.
+    Retention { failed: usize },
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::Offsite { error } => write!(f, "the off-site copy failed: {error}"),
+            Problem::Retention { failed } => {
+                write!(f, "retention could not delete {failed} snapshot(s)")
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct BackupOutcome {
+    /// The file as stored (the packed one when packing).
+    pub path: PathBuf,
+    /// The verified plain snapshot's metadata; `file` is the snapshot's scheduled (unpacked) name.
+    pub sidecar: Sidecar,
+    /// Bytes of the stored file.
+    pub stored_size: u64,
+    /// Layers of the stored file, innermost first; empty when stored plain.
+    pub layers: Vec<Layer>,
+    /// `None` when no copy was asked for or the profile has no `[offsite]`.
+    pub offsite: Option<OffsiteOutcome>,
+    /// Local retention, when it ran.
+    pub pruned: Option<PruneOutcome>,
+    /// Off-site retention, when it ran (after a good copy only).
+    pub remote_pruned: Option<RemotePrune>,
+}
+
+impl BackupOutcome {
+    pub fn uploaded(&self) -> Option<&Uploaded> {
+        match &self.offsite {
+            Some(OffsiteOutcome::Uploaded(u)) => Some(u.as_ref()),
+            _ => None,
+        }
+    }
+
+    /// What makes the run end non-zero although the snapshot is stored.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut v = Vec::new();
+        if let Some(OffsiteOutcome::Unavailable(e) | OffsiteOutcome::Failed(e)) = &self.offsite {
+            v.push(Problem::Offsite {
+                error: e.to_string(),
+            });
+        }
+        let failed = self.pruned.as_ref().map_or(0, |p| p.errors.len())
+            + self.remote_pruned.as_ref().map_or(0, |p| p.errors.len());
+        if failed > 0 {
+            v.push(Problem::Retention { failed });
+        }
+        v
+    }
+}
+
+/// Takes (or reuses), stores, copies off-site and prunes, as `opts` says. Errors carry the exit
+/// code ([`UserError`]); an off-site failure or a snapshot retention could not delete is not
+/// an error but a [`Problem`] of the outcome, since the snapshot itself is safely stored.
+pub async fn run(
+    profile: &Profile,
+    talos: &Talosctl,
+    opts: &BackupOptions,
+    reporter: &dyn Reporter,
+) -> anyhow::Result<BackupOutcome> {
+    let backup = &profile.file.backup;
+    // Configuration problems surface before a snapshot is taken, not after.
+    let (target, unavailable) = match opts.offsite {
+        OffsitePolicy::Skip => (None, None),
+        policy => match Target::from_profile(profile) {
+            Ok(t) => (t, None),
+            Err(e) if policy == OffsitePolicy::Copy => {
+                return Err(UserError::usage(format!(
+                    "[offsite] in profile {}: {e}",
+                    profile.name()
+                ))
+                .into());
+            }
+            Err(e) => (None, Some(e)),
+        },
+    };
+    let offsite_packing = backup.offsite_packing();
+    if opts.offsite == OffsitePolicy::Copy
+        && target.is_some()
+        && offsite_packing.recipients.is_empty()
+    {
+        reporter.warn(
+            "off-site copies are not encrypted: set backup.recipients to encrypt them with age",
+        );
+    }
+    let local_packing = match opts.destination {
+        Destination::Scheduled => backup.local_packing(),
+        Destination::File(_) | Destination::Stored(_) => Packing::default(),
+    };
+
+    let (plain, sidecar) = match &opts.destination {
+        Destination::Stored(path) => {
+            let sidecar = store::read_sidecar(path).ok_or_else(|| {
+                UserError::failed(format!(
+                    "{}: the snapshot's sidecar is missing",
+                    path.display()
+                ))
+            })?;
+            (path.clone(), sidecar)
+        }
+        Destination::Scheduled | Destination::File(_) => {
+            take_plain(profile, talos, opts, &local_packing, reporter).await?
+        }
+    };
+    let (path, stored_size) = if local_packing.is_plain() {
+        (plain.clone(), sidecar.size)
+    } else {
+        let packed = store_packed(&plain, &sidecar, &local_packing).await?;
+        let size = std::fs::metadata(&packed).map_or(sidecar.size, |m| m.len());
+        (packed, size)
+    };
+
+    let offsite = match (&target, unavailable) {
+        (_, Some(e)) => Some(OffsiteOutcome::Unavailable(e)),
+        (Some(t), None) => Some(
+            match t.upload(&plain, &sidecar, &offsite_packing, reporter).await {
+                Ok(u) => OffsiteOutcome::Uploaded(Box::new(u)),
+                Err(e) => OffsiteOutcome::Failed(e),
+            },
+        ),
+        (None, None) => None,
+    };
+    // The plain file only lived to be packed and uploaded.
+    if path != plain {
+        store::remove(&plain).map_err(|e| {
+            UserError::failed(format!(
+                "cannot remove the unencrypted copy {}: {e}",
+                plain.display()
+            ))
+        })?;
+    }
+    let mut outcome = BackupOutcome {
+        path,
+        sidecar,
+        stored_size,
+        layers: local_packing.layers(),
+        offsite,
+        pruned: None,
+        remote_pruned: None,
+    };
+    // Retention runs only after a good snapshot and, with a target, a good copy; only in the
+    // backup directory.
+    let copy_failed = matches!(
+        outcome.offsite,
+        Some(OffsiteOutcome::Unavailable(_) | OffsiteOutcome::Failed(_))
+    );
+    if !opts.prune || copy_failed {
+        return Ok(outcome);
+    }
+    let policy = KeepPolicy {
+        retention_days: backup.retention_days,
+        keep_last: backup.keep_last,
+    };
+    let dir = profile.backup_dir();
+    outcome.pruned = Some(
+        prune::prune(&dir, policy, jiff::Timestamp::now(), false).map_err(|e| {
+            UserError::failed(format!("cannot apply retention in {}: {e}", dir.display()))
+        })?,
+    );
+    if let Some(t) = &target {
+        outcome.remote_pruned = Some(
+            t.prune(policy, jiff::Timestamp::now(), false)
+                .await
+                .map_err(|e| UserError::failed(format!("off-site retention failed: {e}")))?,
+        );
+    }
+    Ok(outcome)
+}
+
+/// Streams and verifies a snapshot into the destination. With local packing the plain snapshot
+/// only lives under a hidden name (never listed, never counted by retention) until it is packed
+/// and uploaded; leftovers of a crashed run go first.
+async fn take_plain(
+    profile: &Profile,
+    talos: &Talosctl,
+    opts: &BackupOptions,
+    local_packing: &Packing,
+    reporter: &dyn Reporter,
+) -> anyhow::Result<(PathBuf, Sidecar)> {
+    let hidden_plain = if local_packing.is_plain() {
+        None
+    } else {
+        let dir = profile.backup_dir();
+        remove_stale_plain(&dir);
+        Some(dir.join(format!(
+            ".{}.plain",
+            store::file_name(jiff::Timestamp::now())
+        )))
+    };
+    let output = match &opts.destination {
+        Destination::File(p) => Some(p.clone()),
+        _ => hidden_plain.clone(),
+    };
+    let take_opts = TakeOptions {
+        node: opts.node.clone(),
+        output,
+        skip_health: opts.skip_health,
+        health_timeout: opts.health_timeout,
+        ..TakeOptions::default()
+    };
+    let mut taken = take::take(profile, talos, &take_opts, reporter).await?;
+    if hidden_plain.is_some() {
+        // The stored (packed) file carries the scheduled name of the moment it was taken.
+        taken.sidecar.file = store::file_name(taken.sidecar.taken_at);
+    }
+    Ok((taken.path, taken.sidecar))
+}
+
+/// Removes hidden plain copies a crashed run left behind (the caller holds the profile lock, so
+/// none is in use). They are unencrypted, so they must not linger.
+fn remove_stale_plain(dir: &Path) {
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in read.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".etcd-") && (name.ends_with(".plain") || name.ends_with(".plain.json"))
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Packs the verified plain snapshot beside itself and writes the packed file's sidecar.
+async fn store_packed(
+    plain: &Path,
+    sidecar: &Sidecar,
+    packing: &Packing,
+) -> anyhow::Result<PathBuf> {
+    let name = packing.file_name(&sidecar.file);
+    let dst = plain.with_file_name(&name);
+    let (src, to, p) = (plain.to_path_buf(), dst.clone(), packing.clone());
+    let packed = tokio::task::spawn_blocking(move || pack::pack_file(&src, &to, &p))
+        .await?
+        .map_err(|e| UserError::failed(format!("cannot write {}: {e}", dst.display())))?;
+    let mut sc = sidecar.clone();
+    sc.file = name;
+    sc.packed = Some(Packed {
+        layers: packing.layers(),
+        size: packed.size,
+        sha256: packed.sha256,
+    });
+    store::write_sidecar(&dst, &sc).map_err(|e| {
+        UserError::failed(format!(
+            "snapshot stored at {} but its metadata could not be written: {e}",
+            dst.display()
+        ))
+    })?;
+    Ok(dst)
+}
