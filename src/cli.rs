@@ -99,17 +99,27 @@ pub enum Command {
     Prune(PruneArgs),
     /// Restore etcd from a snapshot on every control-plane node (playbook `restore`)
     ///
-    /// Stages: preflight (snapshot verifies, nodes answer, no `init` node), pre-restore-snapshot
-    /// (saves the current state if etcd still answers), proxmox-check (VM checks and VM
-    /// snapshots, with [proxmox]), etcd-recover (reset EPHEMERAL on every control-plane node,
-    /// wait for etcd Preparing, `talosctl bootstrap --recover-from` on exactly one node, wait
-    /// for Running), post-verify (talosctl health, kubectl nodes and pods), report. A checkpoint
-    /// is written after every stage; `talos-dr resume` continues an interrupted run.
+    /// Stages: preflight (snapshot verifies, every node answers — an unreachable one stops the
+    /// run unless --exclude'd —, no `init` node), pre-restore-snapshot (salvages what every
+    /// reachable node still holds into runs/<run-id>/salvage/ and asks if a survivor holds newer
+    /// data), proxmox-check (VM checks and VM snapshots, with [proxmox]), etcd-recover (reset
+    /// EPHEMERAL — and ETCD where etcd has its own partition — on every control-plane node, wait
+    /// for etcd Preparing, check the data is gone, `talosctl bootstrap --recover-from` on exactly
+    /// one node, wait for Running), post-verify (talosctl health, kubectl nodes and pods),
+    /// report. Every call goes to the node itself (`-e NODE -n NODE`). A checkpoint is written
+    /// after every stage; `talos-dr resume` continues an interrupted run.
     Restore(RestoreArgs),
     /// A disaster-recovery drill: the restore stages, each confirmed, with a written report
     Drill(RestoreArgs),
     /// Continue an interrupted or failed run from its checkpoint
     Resume(ResumeArgs),
+    /// Save what every reachable control-plane node still holds (changes nothing on the cluster)
+    ///
+    /// Per node, in parallel: `talosctl etcd snapshot` (bounded in time), else a raw copy of
+    /// /var/lib/etcd/member/snap/db (`talosctl cp`; no sha256 trailer). Every copy is verified
+    /// and goes to <config_dir>/salvage/<time>/ (mode 0600); prints NODE, METHOD, REVISION,
+    /// KEYS, VALID, PATH. Exit 0 when at least one copy is valid, 4 when none is.
+    Salvage(SalvageArgs),
     /// Before an upgrade: etcd snapshot + Proxmox snapshot of every cluster VM, as one set
     ///
     /// Runs playbook `pre-upgrade`: preflight (talosctl health must pass, Proxmox reachable,
@@ -220,8 +230,20 @@ pub struct RestoreArgs {
     /// The etcd snapshot to restore: a file made by `talos-dr snapshot` or `talosctl etcd
     /// snapshot` (also `.zst` / `.age`), or an off-site copy (`s3://bucket/prefix/NAME`,
     /// `file:///path/NAME`), which is downloaded, unpacked and verified before anything else
-    #[arg(long, value_name = "FILE|URL")]
-    pub snapshot: std::path::PathBuf,
+    #[arg(
+        long,
+        value_name = "FILE|URL",
+        required_unless_present = "from_survivor"
+    )]
+    pub snapshot: Option<std::path::PathBuf>,
+    /// Restore from the newest valid copy salvaged from the surviving control-plane nodes (a
+    /// streamed snapshot beats a raw copy at equal revision); exit 4 when there is none
+    #[arg(long, conflicts_with = "snapshot")]
+    pub from_survivor: bool,
+    /// Leave this control-plane node out (lost with its Proxmox host): no reset, no wait, not
+    /// bootstrapped, not in `talosctl health`. Repeatable
+    #[arg(long, value_name = "NODE")]
+    pub exclude: Vec<String>,
     /// age identity file to decrypt an encrypted snapshot (default: backup.identity_file)
     #[arg(long, value_name = "FILE")]
     pub identity: Option<PathBuf>,
@@ -243,6 +265,13 @@ pub struct RestoreArgs {
     /// Longest pause between two status polls (tests shorten it)
     #[arg(long, default_value = "5s", value_parser = parse_duration, hide = true)]
     pub poll_max: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct SalvageArgs {
+    /// Leave this control-plane node out (repeatable)
+    #[arg(long, value_name = "NODE")]
+    pub exclude: Vec<String>,
 }
 
 #[derive(Debug, Args)]

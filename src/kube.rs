@@ -163,6 +163,19 @@ impl Kubectl {
 
     /// Runs `kubectl --kubeconfig K [--cache-dir C] <rest> -o json`; returns stdout.
     async fn get_json(&self, rest: &[&str]) -> Result<String, KubeError> {
+        let mut all = rest.to_vec();
+        all.extend(["-o", "json"]);
+        self.kubectl(&all, rest).await
+    }
+
+    /// `kubectl delete node NAME`: removes the Node object only (for a node whose VM is gone).
+    pub async fn delete_node(&self, name: &str) -> Result<(), KubeError> {
+        let rest = ["delete", "node", name];
+        self.kubectl(&rest, &rest).await.map(|_| ())
+    }
+
+    /// Runs `kubectl --kubeconfig K [--cache-dir C] <args>`; `shown` names it in errors.
+    async fn kubectl(&self, rest: &[&str], shown: &[&str]) -> Result<String, KubeError> {
         let mut args = vec![
             "--kubeconfig".to_owned(),
             self.kubeconfig.display().to_string(),
@@ -172,13 +185,12 @@ impl Kubectl {
             args.push(dir.display().to_string());
         }
         args.extend(rest.iter().map(|s| (*s).to_owned()));
-        args.extend(["-o".to_owned(), "json".to_owned()]);
         let out = exec::run(&self.bin, &args, &[], self.timeout).await?;
         if out.success() {
             Ok(out.stdout)
         } else {
             Err(KubeError::Failed {
-                command: command_text(rest),
+                command: command_text(shown),
                 stderr: clean_stderr(&out.stderr),
             })
         }

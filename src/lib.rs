@@ -22,6 +22,7 @@ pub mod offsite;
 pub mod pack;
 pub mod profile;
 pub mod pve;
+pub mod salvage;
 pub mod schedule;
 pub mod sets;
 pub mod sim;

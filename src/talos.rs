@@ -34,6 +34,93 @@ impl TalosError {
             _ => "",
         }
     }
+
+    /// The node could not be reached at all: a dial error, a connection refused, an `i/o
+    /// timeout` or `no route to host` (a lost host on the same L2), or no answer within our own
+    /// timeout. Anything the node itself answered is not this.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            TalosError::Exec(ExecError::Timeout { .. }) => true,
+            TalosError::Failed { stderr, .. } => is_unreachable_text(stderr),
+            _ => false,
+        }
+    }
+
+    /// The first meaningful line of the node's answer, without talosctl 1.14's
+    /// `error from node N: ` prefix.
+    pub fn message(&self) -> String {
+        match self {
+            TalosError::Failed { stderr, .. } => first_error_line(stderr).to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// See [`TalosError::is_unreachable`].
+pub fn is_unreachable_text(stderr: &str) -> bool {
+    const MARKERS: [&str; 6] = [
+        "code = Unavailable",
+        "i/o timeout",
+        "no route to host",
+        "connection refused",
+        "Error while dialing",
+        "code = DeadlineExceeded desc = context deadline exceeded",
+    ];
+    MARKERS.iter().any(|m| stderr.contains(m))
+}
+
+/// The first line that is not a warning, with talosctl 1.14's per-node prefix removed
+/// (`error from node 10.0.0.1: rpc error: …` → `rpc error: …`).
+pub fn first_error_line(stderr: &str) -> &str {
+    let line = stderr
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("WARNING:"))
+        .unwrap_or_default();
+    strip_node_prefix(line)
+}
+
+fn strip_node_prefix(line: &str) -> &str {
+    line.strip_prefix("error from node ")
+        .and_then(|rest| rest.split_once(": "))
+        .map_or(line, |(_, msg)| msg)
+}
+
+/// Where a node keeps etcd's data (`get volumestatus ETCD`, talos.md §13.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum EtcdVolume {
+    /// Talos 1.9: no `ETCD` volume; `/var/lib/etcd` is on EPHEMERAL.
+    Absent,
+    /// 1.10+: a directory on EPHEMERAL; wiping EPHEMERAL wipes it.
+    Directory,
+    /// 1.14 with a `VolumeConfig` for `ETCD`: its own partition, untouched by an EPHEMERAL wipe.
+    Partition { location: String },
+}
+
+impl EtcdVolume {
+    /// The `--system-labels-to-wipe` that clears etcd's data on this node.
+    pub fn labels_to_wipe(&self) -> &'static str {
+        match self {
+            EtcdVolume::Partition { .. } => "EPHEMERAL,ETCD",
+            _ => "EPHEMERAL",
+        }
+    }
+}
+
+/// Parses `get volumestatus ETCD -o json` (one resource).
+pub fn parse_volume_status(stdout: &str) -> Option<EtcdVolume> {
+    let v: serde_json::Value = serde_json::Deserializer::from_str(stdout)
+        .into_iter::<serde_json::Value>()
+        .next()?
+        .ok()?;
+    let spec = &v["spec"];
+    match spec["type"].as_str()? {
+        "partition" => Some(EtcdVolume::Partition {
+            location: spec["location"].as_str().unwrap_or_default().to_owned(),
+        }),
+        _ => Some(EtcdVolume::Directory),
+    }
 }
 
 /// How to call talosctl for one profile.
@@ -46,6 +133,9 @@ pub struct Talosctl {
     pub timeout: Duration,
     /// Told about every finished call (a run's event log uses it).
     pub observer: Option<CallObserver>,
+    /// Send every single-node call to that node itself (`-e NODE -n NODE`) instead of through
+    /// the talosconfig's endpoints, which may be a VIP that dies with etcd (talos.md §13.7).
+    pub direct: bool,
 }
 
 /// One finished talosctl call, for event logs.
@@ -138,7 +228,14 @@ impl Talosctl {
             context,
             timeout: Duration::from_secs(30),
             observer: None,
+            direct: false,
         }
+    }
+
+    /// The same talosctl, talking to each node directly (`-e NODE -n NODE`).
+    pub fn direct(mut self) -> Self {
+        self.direct = true;
+        self
     }
 
     fn args(&self, nodes: &[&str], rest: &[&str]) -> Vec<String> {
@@ -149,6 +246,11 @@ impl Talosctl {
         if let Some(ctx) = &self.context {
             args.push("--context".into());
             args.push(ctx.clone());
+        }
+        if self.direct && nodes.len() == 1 && !nodes[0].contains(',') && !nodes[0].starts_with('<')
+        {
+            args.push("-e".into());
+            args.push(nodes[0].to_owned());
         }
         if !nodes.is_empty() {
             args.push("-n".into());
@@ -311,6 +413,71 @@ impl Talosctl {
             .map(|_| ())
     }
 
+    /// Like [`Talosctl::reset_ephemeral`], wiping `labels` (`EPHEMERAL` or `EPHEMERAL,ETCD`).
+    pub async fn reset_labels(
+        &self,
+        node: &str,
+        labels: &str,
+        timeout: Duration,
+    ) -> Result<(), TalosError> {
+        let wipe = format!("--system-labels-to-wipe={labels}");
+        self.call(
+            Some(node),
+            &["reset", "--graceful=false", "--reboot", &wipe],
+            timeout,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Where `node` keeps etcd's data. Talos 1.9 has no `ETCD` volume (NotFound).
+    pub async fn etcd_volume(&self, node: &str) -> Result<EtcdVolume, TalosError> {
+        match self
+            .call(
+                Some(node),
+                &["get", "volumestatus", "ETCD", "-o", "json"],
+                self.timeout,
+            )
+            .await
+        {
+            Ok(out) => parse_volume_status(&out.stdout).ok_or_else(|| TalosError::Parse {
+                command: "talosctl get volumestatus ETCD -o json".into(),
+                reason: "no spec.type".into(),
+            }),
+            Err(e) if e.stderr().contains("NotFound") || e.stderr().contains("doesn't exist") => {
+                Ok(EtcdVolume::Absent)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether `/var/lib/etcd/member` still exists on `node` (`ls`; a missing path is lstat's
+    /// "no such file or directory").
+    pub async fn etcd_data_present(&self, node: &str) -> Result<bool, TalosError> {
+        match self
+            .call(Some(node), &["ls", ETCD_MEMBER_DIR], self.timeout)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.stderr().contains("no such file or directory") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Copies the node's raw etcd database into `dest_dir` (which must not hold a `db` yet),
+    /// giving `dest_dir/db`: no sha256 trailer, and possibly inconsistent while etcd runs.
+    pub async fn copy_etcd_db(
+        &self,
+        node: &str,
+        dest_dir: &Path,
+        timeout: Duration,
+    ) -> Result<PathBuf, TalosError> {
+        let dest = dest_dir.display().to_string();
+        self.call(Some(node), &["cp", ETCD_DB, &dest], timeout)
+            .await?;
+        Ok(dest_dir.join("db"))
+    }
+
     /// `bootstrap --recover-from=FILE` on exactly one node. Exits 0 *before* the restore runs on
     /// the node: the caller must watch `service etcd` afterwards.
     pub async fn bootstrap_recover(
@@ -341,9 +508,20 @@ impl Talosctl {
         &self,
         nodes: &[String],
     ) -> Result<Vec<(String, String)>, TalosError> {
+        if self.direct && nodes.len() > 1 {
+            let mut all = Vec::new();
+            for n in nodes {
+                all.extend(self.machine_types_of(n).await?);
+            }
+            return Ok(all);
+        }
+        self.machine_types_of(&nodes.join(",")).await
+    }
+
+    async fn machine_types_of(&self, nodes: &str) -> Result<Vec<(String, String)>, TalosError> {
         let out = self
             .call(
-                Some(&nodes.join(",")),
+                Some(nodes),
                 &["get", "machinetype", "-o", "json"],
                 self.timeout,
             )
@@ -370,6 +548,11 @@ impl Talosctl {
         exec::display_command(&self.bin, &self.args(&nodes, rest))
     }
 }
+
+/// The path whose absence proves a node's etcd data is gone (talos.md §13.4).
+pub const ETCD_MEMBER_DIR: &str = "/var/lib/etcd/member";
+/// The raw bbolt database of a node's etcd (talos.md §13.2).
+pub const ETCD_DB: &str = "/var/lib/etcd/member/snap/db";
 
 /// The reset flags of the recovery procedure (talos.md §3D, §11.11).
 pub const RESET_ARGS: [&str; 4] = [

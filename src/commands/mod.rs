@@ -12,6 +12,7 @@ mod prune;
 mod remote;
 mod rollback;
 mod runs;
+mod salvage;
 mod schedule;
 mod sets;
 mod snapshot;
@@ -122,6 +123,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Restore(args) => playbook_run::restore(&ctx, "restore", args).await,
         Command::Drill(args) => playbook_run::restore(&ctx, "drill", args).await,
         Command::Resume(args) => playbook_run::resume(&ctx, args).await,
+        Command::Salvage(args) => salvage::run(&ctx, args).await,
         Command::PreUpgrade(args) => pre_upgrade::run(&ctx, args).await,
         Command::Rollback(args) => rollback::run(&ctx, args).await,
         Command::Sets { command } => sets::run(&ctx, command).await,

@@ -20,9 +20,15 @@ use crate::cli::{RestoreArgs, ResumeArgs};
 
 pub async fn restore(ctx: &Ctx, name: &str, args: RestoreArgs) -> anyhow::Result<Exit> {
     let profile = ctx.profile()?;
-    // Downloads, decrypts and decompresses (then verifies) before anything else happens.
-    let snapshot = super::prepare::snapshot(ctx, &profile, &args).await?;
+    check_excluded(&profile, &args.exclude)?;
+    let snapshot = match &args.snapshot {
+        // Downloads, decrypts and decompresses (then verifies) before anything else happens.
+        Some(s) => super::prepare::snapshot(ctx, &profile, s, &args).await?,
+        None if args.dry_run => std::path::PathBuf::from("<best salvaged copy>"),
+        None => super::salvage::best_survivor(ctx, &profile, &args.exclude).await?,
+    };
     let inputs = Inputs {
+        exclude: args.exclude.clone(),
         snapshot: Some(snapshot),
         vm_snapshot: if args.vm_snapshot {
             Some(true)
@@ -37,6 +43,29 @@ pub async fn restore(ctx: &Ctx, name: &str, args: RestoreArgs) -> anyhow::Result
         ..Inputs::default()
     };
     start(ctx, &profile, name, inputs, args.dry_run).await
+}
+
+/// `--exclude` names control-plane nodes of the profile and leaves at least one (exit 2 otherwise).
+pub fn check_excluded(profile: &Profile, exclude: &[String]) -> anyhow::Result<()> {
+    let cp = profile.control_plane_addresses();
+    for n in exclude {
+        if !cp.contains(n) {
+            return Err(UserError::usage(format!(
+                "--exclude {n}: not a control-plane node of profile {} (its control-plane nodes: {})",
+                profile.name(),
+                cp.join(", ")
+            ))
+            .into());
+        }
+    }
+    if cp.iter().all(|n| exclude.contains(n)) {
+        return Err(UserError::usage(
+            "--exclude leaves no control-plane node to restore onto: keep at least one",
+        )
+        .hint("rebuild a control-plane VM first, or restore onto the nodes that are left")
+        .into());
+    }
+    Ok(())
 }
 
 /// Starts a new run of playbook `name` (or prints its plan with `dry_run`).
@@ -239,7 +268,9 @@ pub fn load_playbook(name: &str, profile: &Profile) -> anyhow::Result<Playbook> 
 }
 
 pub fn services(ctx: &Ctx, profile: &Profile) -> anyhow::Result<Services> {
-    let talos = ctx.talosctl(profile)?;
+    // Runs talk to each node directly: in a disaster the talosconfig's endpoint may be a VIP
+    // that died with etcd.
+    let talos = ctx.talosctl(profile)?.direct();
     let pve = match &profile.file.proxmox {
         Some(cfg) => Some(
             PveClient::from_config(cfg, &profile.config_dir, ctx.reporter.clone()).map_err(

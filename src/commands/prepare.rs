@@ -1,6 +1,6 @@
 //! `restore --snapshot` arguments that need work first: off-site URLs and packed files.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use talos_dr::offsite::{self, PrepareError};
 use talos_dr::pack;
@@ -11,8 +11,13 @@ use super::Ctx;
 use crate::cli::RestoreArgs;
 
 /// The plain, verified local snapshot to restore from.
-pub async fn snapshot(ctx: &Ctx, profile: &Profile, args: &RestoreArgs) -> anyhow::Result<PathBuf> {
-    let arg = args.snapshot.to_string_lossy();
+pub async fn snapshot(
+    ctx: &Ctx,
+    profile: &Profile,
+    snapshot: &Path,
+    args: &RestoreArgs,
+) -> anyhow::Result<PathBuf> {
+    let arg = snapshot.to_string_lossy();
     let identity = args.identity.clone().or_else(|| profile.identity_file());
     let prepared =
         offsite::prepare_snapshot(&arg, profile, identity.as_deref(), ctx.reporter.as_ref())

@@ -223,7 +223,9 @@ pub async fn check(ctx: &Ctx) -> anyhow::Result<Exit> {
 
     let talos = match exec::resolve_tool("talosctl", exec::ENV_TALOSCTL) {
         Ok(bin) => {
-            let t = Talosctl::new(bin.clone(), p.talosconfig(), p.file.context.clone());
+            // Each node is asked directly, as a restore would: a VIP endpoint says nothing
+            // about whether a recovery could reach the nodes.
+            let t = Talosctl::new(bin.clone(), p.talosconfig(), p.file.context.clone()).direct();
             match t.client_version().await {
                 Ok(v) => push("talosctl", true, false, format!("{v} ({})", bin.display())),
                 Err(e) => push("talosctl", false, false, e.to_string()),

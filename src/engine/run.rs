@@ -174,20 +174,31 @@ impl Runner<'_> {
                 }
                 Err(e) => {
                     let text = format!("{e:#}");
+                    // A confirmation declined inside a stage stops the run, even a best-effort
+                    // one, and leaves the stage to run (and ask) again on resume.
+                    let declined = crate::error::classify(&e).0 == crate::error::Exit::Declined;
+                    let status = if declined {
+                        StageStatus::Pending
+                    } else {
+                        StageStatus::Failed
+                    };
                     self.finish(
                         journal,
                         &spec.id,
-                        StageStatus::Failed,
+                        status,
                         Value::Null,
                         Some(text.clone()),
                         started,
                     )?;
-                    if spec.best_effort {
+                    if spec.best_effort && !declined {
                         self.reporter.warn(&format!(
                             "stage {} failed but is best effort; continuing: {text}",
                             spec.id
                         ));
                         continue;
+                    }
+                    if declined {
+                        return Err(e);
                     }
                     return Err(e.context(format!("stage {} failed", spec.id)));
                 }

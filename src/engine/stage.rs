@@ -121,6 +121,9 @@ pub struct Inputs {
     /// `rollback --no-start`: leave the VMs stopped after the rollback.
     #[serde(default)]
     pub no_start: bool,
+    /// `restore --exclude NODE`: control-plane nodes left out (lost with their host).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
 }
 
 impl Inputs {
@@ -132,6 +135,14 @@ impl Inputs {
     }
     pub fn wait_timeout(&self) -> Duration {
         Duration::from_secs(self.wait_timeout_s.unwrap_or(15 * 60))
+    }
+    /// The profile's control-plane addresses less `--exclude`d ones, in profile order.
+    pub fn control_plane(&self, profile: &Profile) -> Vec<String> {
+        profile
+            .control_plane_addresses()
+            .into_iter()
+            .filter(|a| !self.exclude.contains(a))
+            .collect()
     }
 }
 
@@ -203,6 +214,10 @@ impl StageCtx<'_> {
     }
     pub fn run_id(&self) -> String {
         self.journal.snapshot().run_id
+    }
+    /// The control-plane nodes this run works on (the profile's, less `--exclude`).
+    pub fn control_plane(&self) -> Vec<String> {
+        self.inputs.control_plane(self.profile())
     }
 
     /// An earlier stage's outputs; an error naming this stage when the run has none (a playbook

@@ -84,6 +84,35 @@ pub async fn pick_node(
     .into())
 }
 
+/// [`pick_node`], and when no node answers through the talosconfig's endpoints (a VIP or load
+/// balancer that is down), the same with every call sent to the node itself (`-e NODE -n NODE`).
+/// Returns the talosctl to use for the rest of the job.
+pub async fn pick_node_or_direct(
+    profile: &Profile,
+    talos: &Talosctl,
+    wanted: Option<&str>,
+    reporter: &dyn Reporter,
+) -> anyhow::Result<(String, Option<String>, Talosctl)> {
+    let quiet = crate::ui::NoopReporter;
+    let first = if talos.direct {
+        pick_node(profile, talos, wanted, reporter).await
+    } else {
+        pick_node(profile, talos, wanted, &quiet).await
+    };
+    match first {
+        Ok((node, version)) => Ok((node, version, talos.clone())),
+        Err(_) if !talos.direct => {
+            let direct = talos.clone().direct();
+            let (node, version) = pick_node(profile, &direct, wanted, reporter).await?;
+            reporter.warn(&format!(
+                "the talosconfig's endpoints do not answer, but node {node} does: talking to the nodes directly (-e NODE -n NODE)"
+            ));
+            Ok((node, version, direct))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The whole job: health gate, stream, verify, store. Errors carry the exit code.
 pub async fn take(
     profile: &Profile,
@@ -92,7 +121,9 @@ pub async fn take(
     reporter: &dyn Reporter,
 ) -> anyhow::Result<Taken> {
     let started = Instant::now();
-    let (node, talos_version) = pick_node(profile, talos, opts.node.as_deref(), reporter).await?;
+    let (node, talos_version, talos) =
+        pick_node_or_direct(profile, talos, opts.node.as_deref(), reporter).await?;
+    let talos = &talos;
 
     if !opts.skip_health {
         reporter.report(Event::WaitStarted {

@@ -26,8 +26,11 @@ use crate::ui::{self, Event};
 
 const RESET_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(10 * 60);
-/// Refusals that come back before the Bootstrap RPC did anything: safe to try again later.
-const NOT_YET: [&str; 2] = ["bootstrap is not available yet", "time is not in sync yet"];
+/// "Not ready yet" refusals are retried for this long, this far apart.
+const NOT_YET_BUDGET: Duration = Duration::from_secs(60);
+const NOT_YET_DELAY: Duration = Duration::from_secs(5);
+/// Extra reset rounds for nodes whose etcd data survived a reset.
+const STALE_ROUNDS: u32 = 2;
 
 pub struct EtcdRecover;
 
@@ -40,7 +43,7 @@ impl Stage for EtcdRecover {
     }
     fn describe(&self, plan: &Plan<'_>) -> Vec<String> {
         let (profile, talos) = (plan.profile, plan.talos);
-        let cp = profile.control_plane_addresses();
+        let cp = plan.inputs.control_plane(profile);
         let first = cp.first().cloned().unwrap_or_default();
         let snap = plan
             .inputs
@@ -48,15 +51,27 @@ impl Stage for EtcdRecover {
             .as_ref()
             .map_or_else(|| "<snapshot>".to_owned(), |p| p.display().to_string());
         let mut v = vec![format!("typed confirmation ({:?})", profile.name())];
+        for n in &plan.inputs.exclude {
+            v.push(format!(
+                "{n}: left out (--exclude): no reset, no wait, no bootstrap"
+            ));
+        }
         for n in &cp {
+            v.push(talos.render(Some(n), &["get", "volumestatus", "ETCD", "-o", "json"]));
             v.push(
                 talos.render(Some(n), &crate::talos::RESET_ARGS)
-                    + "   (unless etcd is already Preparing)",
+                    + "   (unless etcd is already Preparing; EPHEMERAL,ETCD where ETCD is its own partition)",
             );
         }
         v.push(
             "wait until `service etcd` shows STATE Preparing on every control-plane node".into(),
         );
+        for n in &cp {
+            v.push(
+                talos.render(Some(n), &["ls", crate::talos::ETCD_MEMBER_DIR])
+                    + "   (must not exist; else reset again)",
+            );
+        }
         v.push(
             talos.render(
                 Some(&first),
@@ -72,11 +87,18 @@ impl Stage for EtcdRecover {
     fn min_confirm(&self) -> Confirm {
         Confirm::Typed
     }
-    fn typed_warning(&self, profile: &Profile, _inputs: &Inputs, stage: &str) -> String {
-        format!(
+    fn typed_warning(&self, profile: &Profile, inputs: &Inputs, stage: &str) -> String {
+        let mut text = format!(
             "Stage {stage} is destructive: it wipes etcd on every control-plane node of cluster {:?} and restores it from the snapshot.",
             profile.name()
-        )
+        );
+        if !inputs.exclude.is_empty() {
+            text.push_str(&format!(
+                " Left out (--exclude): {}; they will not be etcd members afterwards.",
+                inputs.exclude.join(", ")
+            ));
+        }
+        text
     }
     fn requires(&self) -> &'static [&'static str] {
         &[PreflightOutputs::KIND]
@@ -121,12 +143,23 @@ pub struct ResetRecord {
     /// etcd's state when the reset was decided.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub etcd_was: Option<String>,
+    /// `--system-labels-to-wipe` of the last reset (`EPHEMERAL`, or `EPHEMERAL,ETCD` where etcd
+    /// has its own partition). Older records have none: EPHEMERAL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<String>,
+    /// Resets sent again because `/var/lib/etcd/member` survived the previous one.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub stale_data_resets: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub done_at: Option<Timestamp>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failed_at: Option<Timestamp>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl ResetRecord {
@@ -156,7 +189,7 @@ pub struct BootstrapIntent {
 }
 
 async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
-    let cp = ctx.profile().control_plane_addresses();
+    let cp = ctx.control_plane();
     let file = ctx.snapshot_path()?;
     let skip_hash = ctx.output::<PreflightOutputs>()?.skip_hash_check;
     let wait_budget = ctx.inputs.wait_timeout();
@@ -170,6 +203,7 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     } else {
         reset_all(ctx, &cp, prior.resets).await?;
         wait_all(ctx, &cp, wait_budget, "Preparing", |s| s.is_preparing()).await?;
+        ensure_wiped(ctx, &cp, wait_budget).await?;
         bootstrap_once(ctx, &cp[0], &file, skip_hash).await?;
     }
 
@@ -240,11 +274,13 @@ async fn reset_all(
         {
             continue;
         }
+        let labels = labels_for(ctx, node).await?;
         resets.insert(
             node.clone(),
             ResetRecord {
                 issued_at: Some(Timestamp::now()),
                 etcd_was: Some(status.state),
+                labels: Some(labels.to_owned()),
                 ..ResetRecord::default()
             },
         );
@@ -252,21 +288,50 @@ async fn reset_all(
     }
     // Every intent is on disk before the first reset goes out.
     save_resets(ctx, &resets)?;
-    // In parallel: each reset waits for its node's reboot, which takes minutes.
+    send_resets(ctx, &mut resets, &to_reset).await
+}
+
+/// What a reset of `node` must wipe for its etcd data to go: EPHEMERAL, plus ETCD where etcd has
+/// its own partition (Talos 1.14; 1.10–1.13 refuse the ETCD label, 1.9 has no such volume).
+async fn labels_for(ctx: &StageCtx<'_>, node: &str) -> anyhow::Result<&'static str> {
+    let volume = ctx.talos().etcd_volume(node).await.map_err(|e| {
+        UserError::failed(format!(
+            "cannot tell where node {node} keeps etcd's data (`get volumestatus ETCD`): {}",
+            e.message()
+        ))
+        .hint("nothing was reset on that node; `talos-dr resume` asks again")
+    })?;
+    Ok(volume.labels_to_wipe())
+}
+
+/// Sends the journaled resets of `nodes` in parallel (each waits for its node's reboot, which
+/// takes minutes) and records how each ended.
+async fn send_resets(
+    ctx: &StageCtx<'_>,
+    resets: &mut BTreeMap<String, ResetRecord>,
+    nodes: &[String],
+) -> anyhow::Result<()> {
+    let talos = ctx.talos();
     let started = Instant::now();
-    let calls = to_reset.iter().map(|node| async move {
-        ctx.reporter.report(Event::WaitStarted {
-            key: format!("reset {node}"),
-            message: format!("resetting EPHEMERAL on {node} and waiting for its reboot"),
-        });
-        let r = talos.reset_ephemeral(node, RESET_TIMEOUT).await;
-        ctx.reporter.report(Event::WaitFinished {
-            key: format!("reset {node}"),
-            ok: r.is_ok(),
-            message: format!("reset {node}"),
-            elapsed_ms: ui::ms(started.elapsed()),
-        });
-        (node.clone(), r)
+    let calls = nodes.iter().map(|node| {
+        let labels = resets
+            .get(node)
+            .and_then(|r| r.labels.clone())
+            .unwrap_or_else(|| "EPHEMERAL".into());
+        async move {
+            ctx.reporter.report(Event::WaitStarted {
+                key: format!("reset {node}"),
+                message: format!("resetting {labels} on {node} and waiting for its reboot"),
+            });
+            let r = talos.reset_labels(node, &labels, RESET_TIMEOUT).await;
+            ctx.reporter.report(Event::WaitFinished {
+                key: format!("reset {node}"),
+                ok: r.is_ok(),
+                message: format!("reset {node}"),
+                elapsed_ms: ui::ms(started.elapsed()),
+            });
+            (node.clone(), r)
+        }
     });
     let mut failures = Vec::new();
     for (node, r) in futures::future::join_all(calls).await {
@@ -281,17 +346,71 @@ async fn reset_all(
                     v.failed_at = Some(Timestamp::now());
                     v.error = Some(e.to_string());
                 }
-                failures.push(format!("{node}: {e}"));
+                failures.push(format!("{node}: {}", e.message()));
             }
         }
     }
-    save_resets(ctx, &resets)?;
+    save_resets(ctx, resets)?;
     if !failures.is_empty() {
         return Err(
             UserError::failed(format!("reset failed on:\n  {}", failures.join("\n  ")))
                 .hint("fix the node and `talos-dr resume`: it resets the nodes whose reset failed, and does not reset again the ones already on their way")
                 .into(),
         );
+    }
+    Ok(())
+}
+
+/// `Preparing` is not proof that the data is gone (talos.md §13.4): before the bootstrap, every
+/// node must have no `/var/lib/etcd/member`. A node that still has it is reset again with the
+/// labels its volume needs (never bootstrapped, never left to join with old membership).
+async fn ensure_wiped(ctx: &StageCtx<'_>, cp: &[String], budget: Duration) -> anyhow::Result<()> {
+    for round in 0..=STALE_ROUNDS {
+        let mut stale = Vec::new();
+        for node in cp {
+            let present = ctx.talos().etcd_data_present(node).await.map_err(|e| {
+                UserError::failed(format!(
+                    "cannot check that etcd's data is gone on {node} (`ls {}`): {}",
+                    crate::talos::ETCD_MEMBER_DIR,
+                    e.message()
+                ))
+                .hint("nothing was bootstrapped; `talos-dr resume` checks again")
+            })?;
+            if present {
+                stale.push(node.clone());
+            }
+        }
+        if stale.is_empty() {
+            return Ok(());
+        }
+        if round == STALE_ROUNDS {
+            return Err(UserError::failed(format!(
+                "etcd's data is still on {} after {} more resets; it is not bootstrapped and not left to join with its old membership",
+                stale.join(", "),
+                STALE_ROUNDS
+            ))
+            .hint("check `talosctl -n NODE get volumestatus ETCD` and `talosctl -n NODE ls /var/lib/etcd`; wipe it (`talosctl -n NODE reset --graceful=false --reboot --system-labels-to-wipe=EPHEMERAL,ETCD` where ETCD is a partition), then `talos-dr resume`")
+            .into());
+        }
+        ctx.reporter.warn(&format!(
+            "etcd shows Preparing on {}, but /var/lib/etcd/member is still there: resetting again",
+            stale.join(", ")
+        ));
+        let mut resets = ctx.own::<EtcdRecoverRecord>()?.resets;
+        for node in &stale {
+            let labels = labels_for(ctx, node).await?;
+            let r = resets.entry(node.clone()).or_default();
+            r.issued_at = Some(Timestamp::now());
+            r.done_at = None;
+            r.failed_at = None;
+            r.error = None;
+            r.skipped = None;
+            r.labels = Some(labels.to_owned());
+            r.stale_data_resets += 1;
+        }
+        save_resets(ctx, &resets)?;
+        send_resets(ctx, &mut resets, &stale).await?;
+        wait_all(ctx, &stale, budget, "Preparing", |s| s.is_preparing()).await?;
     }
     Ok(())
 }
@@ -385,7 +504,7 @@ async fn bootstrap_once(
     skip_hash: bool,
 ) -> anyhow::Result<()> {
     let talos = ctx.talos();
-    let mut refusals = 0u32;
+    let started = Instant::now();
     loop {
         // The intent goes to disk before the call: from here on, a resume never bootstraps again.
         let intent = BootstrapIntent {
@@ -418,8 +537,8 @@ async fn bootstrap_once(
             }
             Err(e) => {
                 let text = e.stderr().to_owned();
-                let definitive = is_refusal_before_bootstrap(&text);
-                if definitive {
+                let refusal = classify_bootstrap_error(&text);
+                if refusal != Refusal::Maybe {
                     ctx.update(|r: &mut EtcdRecoverRecord| {
                         if let Some(b) = &mut r.bootstrap {
                             b.refused = true;
@@ -427,53 +546,91 @@ async fn bootstrap_once(
                         }
                     })?;
                 }
-                if definitive && NOT_YET.iter().any(|m| text.contains(m)) && refusals < 6 {
-                    refusals += 1;
+                if refusal == Refusal::NotYet && started.elapsed() < NOT_YET_BUDGET {
                     ctx.reporter.report(Event::Retry {
                         what: format!("bootstrap on {node}"),
-                        error: text.lines().next().unwrap_or_default().to_owned(),
-                        delay_ms: 5_000,
+                        error: crate::talos::first_error_line(&text).to_owned(),
+                        delay_ms: ui::ms(NOT_YET_DELAY),
                     });
-                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    tokio::time::sleep(NOT_YET_DELAY).await;
                     continue;
                 }
-                let advice = if definitive {
-                    "the node refused before anything happened; fix the cause and `talos-dr resume`"
-                } else {
-                    "it is unknown whether the node started the restore, so talos-dr will not bootstrap again; check `talosctl -n NODE service etcd`, then `talos-dr resume` (it only waits and checks)"
+                let advice = match refusal {
+                    Refusal::NotYet => "the node kept refusing for a minute (not ready yet); check `talosctl -n NODE service etcd` and `talosctl -n NODE dmesg`, then `talos-dr resume`".to_owned(),
+                    Refusal::Final(why) => format!("{why}; nothing was bootstrapped, and `talos-dr resume` may try again"),
+                    Refusal::Maybe => "it is unknown whether the node started the restore, so talos-dr will not bootstrap again; check `talosctl -n NODE service etcd`, then `talos-dr resume` (it only waits and checks)".to_owned(),
                 };
-                return Err(
-                    UserError::failed(format!("bootstrap on {node} failed: {e}"))
-                        .hint(advice.replace("NODE", node))
-                        .into(),
-                );
+                return Err(UserError::failed(format!(
+                    "bootstrap on {node} failed: {}",
+                    e.message()
+                ))
+                .hint(advice.replace("NODE", node))
+                .into());
             }
         }
     }
 }
 
+/// What a failed `bootstrap --recover-from` proves (talos.md §3.1, §13.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// `FailedPrecondition`: not ready yet (upload before Preparing, CRI not up, clock not in
+    /// sync, a reboot pending). Nothing happened; try again shortly.
+    NotYet,
+    /// Refused before anything happened, for a reason waiting will not fix.
+    Final(&'static str),
+    /// Unknown: the restore may have started. Never bootstrap again.
+    Maybe,
+}
+
 /// Errors that prove the Bootstrap RPC did not start a restore: talosctl's own checks before
-/// any upload, the upload itself, and the server's precondition refusals (talos.md §3.1). Anything
-/// else — a panic, an unknown message, a timeout — counts as "maybe it happened".
-fn is_refusal_before_bootstrap(stderr: &str) -> bool {
-    const BEFORE_BOOTSTRAP: [&str; 7] = [
+/// any upload, the upload itself, and the server's refusals. Anything else — a panic, an unknown
+/// message, a timeout — counts as "maybe it happened".
+fn classify_bootstrap_error(stderr: &str) -> Refusal {
+    const NOT_YET: [&str; 3] = [
+        "etcd service is not ready for recovery yet",
+        "bootstrap is not available yet",
+        "time is not in sync yet",
+    ];
+    const BEFORE_UPLOAD: [&str; 7] = [
         "stat ",
         "error opening snapshot file",
         "error uploading snapshot",
         "integrity check failed",
         "invalid database",
         "is not supported with multiple nodes",
-        "etcd service is not ready for recovery yet",
+        "requires exactly one node",
     ];
-    let first = stderr
-        .lines()
-        .find(|l| !l.trim().is_empty() && !l.starts_with("WARNING:"))
-        .unwrap_or_default();
-    if first.starts_with("error executing bootstrap") {
-        return first.contains("code = FailedPrecondition")
-            || first.contains("code = AlreadyExists");
+    let first = crate::talos::first_error_line(stderr);
+    if NOT_YET.iter().any(|m| first.contains(m)) && first.contains("code = FailedPrecondition") {
+        return Refusal::NotYet;
     }
-    BEFORE_BOOTSTRAP.iter().any(|m| first.contains(m))
+    if first.contains("code = AlreadyExists") {
+        return Refusal::Final(
+            "the node still has etcd data, so it was not wiped: `talos-dr resume` checks every node's /var/lib/etcd/member and resets the ones that still have it (with ETCD too where etcd has its own partition)",
+        );
+    }
+    if first.contains("code = InvalidArgument") {
+        return Refusal::Final(
+            "Talos says etcd is not configured on this node, so it cannot be bootstrapped: check that its machine config is a control-plane config (`talosctl -n NODE get machineconfig`)",
+        );
+    }
+    if first.contains("only available on control plane nodes")
+        || first.contains("can only be performed on a control plane node")
+    {
+        return Refusal::Final("the node is not a control-plane node: fix `role` in the profile");
+    }
+    if first.starts_with("error executing bootstrap") {
+        return if first.contains("code = FailedPrecondition") {
+            Refusal::Final("the node refused the bootstrap before anything happened")
+        } else {
+            Refusal::Maybe
+        };
+    }
+    if BEFORE_UPLOAD.iter().any(|m| first.contains(m)) {
+        return Refusal::Final("talosctl refused before anything was sent");
+    }
+    Refusal::Maybe
 }
 
 async fn wait_bootstrap_node(
@@ -534,7 +691,7 @@ async fn wait_bootstrap_node(
         Some(Err(event)) => Err(UserError::failed(format!(
             "etcd on {node} failed after bootstrap: {event}"
         ))
-        .hint(format!("see `talosctl -n {node} dmesg`; a hash error means the snapshot file is damaged — pick another and start a new restore"))
+        .hint(failure_hint(node, &event))
         .into()),
         None => Err(UserError::failed(format!(
             "etcd on {node} is still {last} {}s after bootstrap was issued; talos-dr never bootstraps twice (that would split the cluster)",
@@ -543,6 +700,20 @@ async fn wait_bootstrap_node(
         .hint(format!("check `talosctl -n {node} service etcd`; `talos-dr resume` waits again. If it still shows Preparing with no bootstrap in its events, the bootstrap never reached it: start a new `talos-dr restore` (nodes already Preparing are not reset again)"))
         .into()),
     }
+}
+
+/// What to do after the restored etcd failed, from the node's last event.
+fn failure_hint(node: &str, event: &str) -> String {
+    if event.contains("URL scheme must be http, https, unix, or unixs") {
+        // siderolabs/talos#11257: the recovery builds etcd URLs from the node's addresses and
+        // fails on nodes with several (IPv4 + IPv6) addresses.
+        return format!(
+            "this is a known Talos bug, not a damaged snapshot: on v1.9, recovery fails on dual-stack nodes (siderolabs/talos#11257; fixed in Talos 1.10.5 and 1.11.0 — check the release notes). Upgrade the control-plane nodes' Talos, then start a new `talos-dr restore` (the snapshot is fine); see `talosctl -n {node} dmesg`"
+        );
+    }
+    format!(
+        "see `talosctl -n {node} dmesg`; a hash error means the snapshot file is damaged — pick another and start a new restore"
+    )
 }
 
 async fn wait_members(
@@ -576,7 +747,11 @@ async fn wait_members(
 
 #[cfg(test)]
 mod tests {
-    use super::is_refusal_before_bootstrap as refused;
+    use super::{Refusal, classify_bootstrap_error};
+
+    fn refused(stderr: &str) -> bool {
+        classify_bootstrap_error(stderr) != Refusal::Maybe
+    }
 
     #[test]
     fn only_proven_refusals_allow_another_bootstrap() {

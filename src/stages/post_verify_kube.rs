@@ -25,6 +25,7 @@ pub async fn check(ctx: &StageCtx<'_>, kubectl: &Kubectl) -> anyhow::Result<Kube
         .file
         .nodes
         .iter()
+        .filter(|n| !ctx.inputs.exclude.contains(&n.address))
         .map(|n| n.hostname.clone().unwrap_or_else(|| n.address.clone()))
         .collect();
     let nodes = kubectl

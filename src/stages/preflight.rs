@@ -138,20 +138,40 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     }
 
     let talos = ctx.talos();
-    let cp = ctx.profile().control_plane_addresses();
+    let cp = ctx.control_plane();
+    if !ctx.inputs.exclude.is_empty() {
+        ctx.reporter.warn(&format!(
+            "left out of this restore (--exclude): {}; they will not be etcd members afterwards",
+            ctx.inputs.exclude.join(", ")
+        ));
+    }
+    warn_about_endpoints(ctx).await;
+
+    // Every node at once: a lost host costs one dial timeout, not one per node in turn.
+    let answers = futures::future::join_all(cp.iter().map(|node| async move {
+        let version = talos.server_version(node).await;
+        let status = match &version {
+            Ok(_) => Some(talos.service_etcd(node).await),
+            Err(_) => None,
+        };
+        (node, version, status)
+    }))
+    .await;
     let mut problems = Vec::new();
+    let mut unreachable = Vec::new();
     let mut etcd = BTreeMap::new();
     let mut healthy = 0usize;
-    for node in &cp {
-        if let Err(e) = talos.server_version(node).await {
+    for (node, version, status) in answers {
+        if let Err(e) = version {
             problems.push(format!(
-                "control-plane node {node} does not answer ({}); bring it back or replace it with a node built from the same machine configuration",
-                first_line(&e.to_string())
+                "control-plane node {node} does not answer ({}); bring it back, or leave it out with --exclude {node} and rebuild it afterwards",
+                e.message()
             ));
+            unreachable.push(node.clone());
             continue;
         }
-        match talos.service_etcd(node).await {
-            Ok(s) => {
+        match status {
+            Some(Ok(s)) => {
                 if s.is_running_ok() {
                     healthy += 1;
                 }
@@ -165,7 +185,7 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
                     },
                 );
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 etcd.insert(
                     node.clone(),
                     NodeEtcd {
@@ -175,13 +195,13 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
                     },
                 );
             }
+            None => {}
         }
     }
     if problems.is_empty() {
         match talos.machine_types(&cp).await {
             Ok(types) => {
-                for (node, t) in types.iter().filter(|(_, t)| t == "init") {
-                    let _ = t;
+                for (node, _) in types.iter().filter(|(_, t)| t == "init") {
                     problems.push(format!(
                         "node {node} has machine type `init`, which etcd recovery does not support: convert it to `controlplane` first (`talosctl -n {node} edit mc --mode=staged`, then reboot)"
                     ));
@@ -191,11 +211,22 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
         }
     }
     if !problems.is_empty() {
-        return Err(UserError::precondition(format!(
-            "the cluster is not ready for a restore:\n  - {}",
+        let mut err = UserError::precondition(format!(
+            "the cluster is not ready for a restore; nothing was changed:\n  - {}",
             problems.join("\n  - ")
-        ))
-        .into());
+        ));
+        if !unreachable.is_empty() {
+            let flags: Vec<String> = unreachable
+                .iter()
+                .map(|n| format!("--exclude {n}"))
+                .collect();
+            err = err.hint(format!(
+                "if {} lost with its Proxmox host, restore without it: add {} (the restored cluster starts without it; rebuild it afterwards)",
+                if unreachable.len() == 1 { "that node was" } else { "those nodes were" },
+                flags.join(" ")
+            ));
+        }
+        return Err(err.into());
     }
 
     // For information only: during a disaster this is expected to fail.
@@ -252,8 +283,36 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     })
 }
 
-fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or_default()
+/// `10.0.0.1:50000` → `10.0.0.1`, `[fd00::1]:50000` → `fd00::1`; a bare address stays.
+fn endpoint_host(e: &str) -> &str {
+    if let Some(rest) = e.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match e.split_once(':') {
+        Some((host, port)) if !port.contains(':') => host,
+        _ => e,
+    }
+}
+
+/// Warns once when the talosconfig's endpoints are not control-plane node addresses (a VIP or a
+/// load balancer): talos-dr talks to each node directly, but the user's own talosctl will not work
+/// through such an endpoint until etcd is back.
+async fn warn_about_endpoints(ctx: &StageCtx<'_>) {
+    let Ok(info) = ctx.talos().config_info().await else {
+        return;
+    };
+    let cp = ctx.profile().control_plane_addresses();
+    let other: Vec<&String> = info
+        .endpoints
+        .iter()
+        .filter(|e| !cp.iter().any(|a| a == endpoint_host(e)))
+        .collect();
+    if !other.is_empty() {
+        ctx.reporter.warn(&format!(
+            "the talosconfig's endpoints ({}) are not control-plane node addresses. talos-dr talks to every node directly (-e NODE -n NODE), so this restore does not need them; but a Talos VIP answers only while etcd has quorum, so your own `talosctl` will fail through it until the restore is done: use `talosctl -e NODE -n NODE …` meanwhile",
+            other.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        ));
+    }
 }
 
 fn last_line(s: &str) -> &str {

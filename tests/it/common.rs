@@ -192,7 +192,10 @@ pub fn strip_globals(argv: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     let mut it = argv.iter();
     while let Some(a) = it.next() {
-        if matches!(a.as_str(), "--talosconfig" | "--context" | "-n" | "--nodes") {
+        if matches!(
+            a.as_str(),
+            "--talosconfig" | "--context" | "-n" | "--nodes" | "-e" | "--endpoints"
+        ) {
             it.next();
         } else {
             out.push(a.clone());
