@@ -3,6 +3,7 @@
 mod cli_snapshots;
 mod common;
 mod demo;
+mod etcd_maker;
 mod kube;
 mod monitor;
 mod offsite;
