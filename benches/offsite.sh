@@ -9,15 +9,16 @@
 # talos-dr's peak RSS (constant memory) and checks its object with `age -d | zstd -d | cmp`.
 #
 # Usage: benches/offsite.sh [SNAPSHOT]
-#   SNAPSHOT  default /tmp/big.snapshot, made once with ../shared/tools/make-etcd-snapshot.sh
-#             --keys 64000 --value-bytes 2048 when missing
+#   SNAPSHOT  default /tmp/big.snapshot, made once when missing by the project's own maker
+#             (cargo run --release --example make_etcd_snapshot -- SNAPSHOT --keys 64000
+#             --value-bytes 2048; needs etcd-server, etcd-client)
 # Environment: ROUNDS (default 3)
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 
 SNAP=${1:-/tmp/big.snapshot}
 ROUNDS=${ROUNDS:-3}
-TOOL=../shared/tools/make-etcd-snapshot.sh
+MAKER=(cargo run --release --quiet --example make_etcd_snapshot --)
 DRIVER=target/release/examples/offsite_upload
 
 need() { command -v "$1" >/dev/null || { echo "$1 is required ($2)" >&2; exit 1; }; }
@@ -32,7 +33,7 @@ if [[ ! -x $DRIVER ]]; then
 fi
 if [[ ! -s $SNAP ]]; then
   echo "making $SNAP (~200 MB) with a real etcd..." >&2
-  "$TOOL" "$SNAP" --keys 64000 --value-bytes 2048 -q >/dev/null
+  "${MAKER[@]}" "$SNAP" --keys 64000 --value-bytes 2048 >/dev/null
 fi
 
 WORK=$(mktemp -d)

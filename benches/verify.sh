@@ -4,7 +4,8 @@
 #
 # Usage: benches/verify.sh [SNAPSHOT]
 #   SNAPSHOT    existing snapshot to use; default: make /tmp/big.snapshot (once) with
-#               ../shared/tools/make-etcd-snapshot.sh --keys 64000 --value-bytes 2048
+#               the project's own maker (cargo run --release --example make_etcd_snapshot --
+#               /tmp/big.snapshot --keys 64000 --value-bytes 2048; needs etcd-server, etcd-client)
 # Environment:
 #   VERIFY_CMD  verifier command (default: target/release/talos-dr verify); before the CLI lands:
 #               VERIFY_CMD=target/release/examples/verify_file benches/verify.sh
@@ -17,13 +18,13 @@ cd "$(dirname "$0")/.."
 SNAP=${1:-/tmp/big.snapshot}
 ROUNDS=${ROUNDS:-5}
 read -r -a VERIFY <<<"${VERIFY_CMD:-target/release/talos-dr verify}"
-TOOL=../shared/tools/make-etcd-snapshot.sh
+MAKER=(cargo run --release --quiet --example make_etcd_snapshot --)
 
 command -v /usr/bin/time >/dev/null || apt-get install -y time >/dev/null
 [[ -x ${VERIFY[0]} ]] || { echo "verifier ${VERIFY[0]} not built (cargo build --release ...)" >&2; exit 1; }
 if [[ ! -s $SNAP ]]; then
   echo "making $SNAP (~200 MB) with a real etcd..." >&2
-  "$TOOL" "$SNAP" --keys 64000 --value-bytes 2048 -q >/dev/null
+  "${MAKER[@]}" "$SNAP" --keys 64000 --value-bytes 2048 >/dev/null
 fi
 export ETCDCTL_API=3
 

@@ -1156,8 +1156,8 @@ fn be_u64(b: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     //! Checks against real snapshots committed under `fixtures/snapshots/` (made by a real etcd
-    //! 3.4 with `make-etcd-snapshot.sh`; each `<name>.status.json` is `etcdctl snapshot status -w
-    //! json` output for that file).
+    //! 3.4, see its README; each `<name>.status.json` is `etcdctl snapshot status -w json` output
+    //! for that file).
 
     use std::path::PathBuf;
 

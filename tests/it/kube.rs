@@ -22,7 +22,10 @@ struct Sim {
 impl Sim {
     async fn start() -> Self {
         let bin = exec::resolve_tool("kubectl", ENV_KUBECTL).unwrap_or_else(|e| {
-            panic!("these tests run the real kubectl 1.32 and could not find it: {e}")
+            panic!(
+                "these tests run the real kubectl 1.32 and could not find it: {e} (install it from \
+                 kubernetes.io or set TALOS_DR_KUBECTL; `scripts/test` says how)"
+            )
         });
         let env = Env::new();
         let (addr, server) = kube_api::serve(env.state.clone()).await.unwrap();

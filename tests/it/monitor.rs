@@ -59,7 +59,9 @@ fn schedule_prints_units_that_systemd_analyze_accepts() {
     std::fs::write(dir.join(format!("{unit}.service")), service).unwrap();
     std::fs::write(dir.join(format!("{unit}.timer")), timer).unwrap();
     let analyze = which("systemd-analyze").unwrap_or_else(|()| {
-        panic!("systemd-analyze is not installed (Debian package systemd; .ci/run installs it)")
+        panic!(
+            "systemd-analyze is not installed (Debian package systemd; `scripts/test` installs it)"
+        )
     });
     let out = std::process::Command::new(analyze)
         .args(["verify", "--man=no"])

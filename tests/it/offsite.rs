@@ -172,7 +172,7 @@ impl Moto {
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Some(status) = moto.child.try_wait().unwrap() {
                 panic!(
-                    "moto server exited ({status}): install it with `pip install 'moto[server]'` (.ci/run does)"
+                    "moto server exited ({status}): install it with `pip install 'moto[server]'` (`scripts/test` does)"
                 );
             }
             assert!(
@@ -220,7 +220,7 @@ impl Drop for Moto {
 
 fn tool_python() -> PathBuf {
     let py = tool_or_none("python3").unwrap_or_else(|| {
-        panic!("python3 is not installed: the S3 tests run moto (pip install 'moto[server]')")
+        panic!("python3 is not installed: the S3 tests run moto (`scripts/test` installs python3 and moto)")
     });
     let ok = Command::new(&py)
         .args(["-c", "import moto.server, flask"])
@@ -229,7 +229,7 @@ fn tool_python() -> PathBuf {
         .is_ok_and(|s| s.success());
     assert!(
         ok,
-        "moto is not installed for {}: run `pip install 'moto[server]'` (.ci/run does)",
+        "moto is not installed for {}: run `pip install 'moto[server]'` (`scripts/test` does)",
         py.display()
     );
     py

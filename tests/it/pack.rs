@@ -19,7 +19,7 @@ pub(crate) fn tool(name: &str) -> PathBuf {
         .map(|d| d.join(name))
         .find(|p| p.is_file())
         .unwrap_or_else(|| {
-            panic!("`{name}` is not installed: these tests need the Debian packages age and zstd (.ci/run installs them: apt-get install age zstd)")
+            panic!("`{name}` is not installed: these tests need the Debian packages age and zstd (run `scripts/test`, which installs them, or apt-get install age zstd as root)")
         })
 }
 

@@ -1,8 +1,9 @@
 //! `verify_file` against FRESH snapshots from a real etcd and corrupted copies of one.
 //!
-//! Snapshots are made at test time by `shared/tools/make-etcd-snapshot.sh` (which installs
-//! Debian's etcd 3.4 if needed); the expected values come from the real
-//! `etcdctl snapshot status -w json`. Missing etcd tools fail the tests: they are the point.
+//! Snapshots are made at test time by the project's own maker (`etcd_maker`: a throwaway
+//! Debian etcd 3.4 on 127.0.0.1, `etcdctl snapshot save`); the expected values come from the
+//! real `etcdctl snapshot status -w json`. Missing etcd tools fail the tests: they are the point
+//! (`scripts/test` installs them).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,10 +13,8 @@ use rstest::rstest;
 use sha2::{Digest, Sha256};
 use talos_dr::snapshot::verify::{Report, Status, Trailer, verify_file};
 
-const TOOL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/tools/make-etcd-snapshot.sh"
-);
+use crate::etcd_maker::{self, Recipe};
+
 const PAGE: usize = 4096;
 
 fn scratch() -> PathBuf {
@@ -27,35 +26,16 @@ fn scratch() -> PathBuf {
 /// Makes a real snapshot with a real etcd; panics (fails the test) if that is impossible.
 fn make_snapshot(name: &str, args: &[&str]) -> PathBuf {
     let out = scratch().join(format!("{name}.snapshot"));
-    let run = Command::new(TOOL)
-        .arg(&out)
-        .args(args)
-        .arg("-q")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {TOOL}: {e} (is shared/ beside the checkout?)"));
-    assert!(
-        run.status.success(),
-        "could not make a real etcd snapshot with {TOOL} {args:?}; these tests need etcd-server \
-         and etcd-client (apt-get install etcd-server etcd-client, as root).\nstderr:\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let recipe = Recipe::from_args(args).unwrap_or_else(|e| panic!("recipe {args:?}: {e:#}"));
+    etcd_maker::make_snapshot(&out, &recipe)
+        .unwrap_or_else(|e| panic!("could not make a real etcd snapshot {args:?}: {e:#}"));
     out
 }
 
 /// What the real `etcdctl snapshot status -w json` says about `path`.
 fn etcdctl_status(path: &Path) -> Status {
-    let run = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["snapshot", "status", "-w", "json"])
-        .arg(path)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run etcdctl (apt-get install etcd-client): {e}"));
-    assert!(
-        run.status.success(),
-        "etcdctl snapshot status failed: {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    serde_json::from_slice(&run.stdout).expect("etcdctl printed JSON")
+    let json = etcd_maker::etcdctl_status_json(path).unwrap_or_else(|e| panic!("{e:#}"));
+    serde_json::from_str(&json).expect("etcdctl printed JSON")
 }
 
 fn verify(path: &Path) -> Report {
