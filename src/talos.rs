@@ -724,6 +724,48 @@ pub fn parse_service(stdout: &str) -> Vec<ServiceStatus> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn volume_status_decides_the_labels_to_wipe() {
+        let part = r#"{"node":"10.5.0.11","metadata":{"id":"ETCD"},"spec":{"type":"partition","phase":"ready","location":"/dev/sda7"}}"#;
+        let v = super::parse_volume_status(part).unwrap();
+        assert_eq!(
+            v,
+            super::EtcdVolume::Partition {
+                location: "/dev/sda7".into()
+            }
+        );
+        assert_eq!(v.labels_to_wipe(), "EPHEMERAL,ETCD");
+        let dir = r#"{"metadata":{"id":"ETCD"},"spec":{"type":"directory","phase":"ready"}}"#;
+        assert_eq!(
+            super::parse_volume_status(dir).unwrap().labels_to_wipe(),
+            "EPHEMERAL"
+        );
+        assert_eq!(super::EtcdVolume::Absent.labels_to_wipe(), "EPHEMERAL");
+        assert!(super::parse_volume_status("").is_none());
+    }
+
+    #[test]
+    fn unreachable_nodes_and_1_14_error_prefixes_are_recognised() {
+        use super::{first_error_line, is_unreachable_text};
+        for e in [
+            "error from node 10.5.0.13: rpc error: code = Unavailable desc = connection error: desc = \"transport: Error while dialing: dial tcp 10.5.0.13:50000: i/o timeout\"",
+            "rpc error: code = Unavailable desc = connection error: desc = \"transport: Error while dialing: dial tcp 10.5.0.10:50000: connect: no route to host\"",
+            "dial tcp 10.5.0.13:50000: connect: connection refused",
+        ] {
+            assert!(is_unreachable_text(e), "{e}");
+        }
+        assert!(!is_unreachable_text(
+            "rpc error: code = Unknown desc = lstat /var/lib/etcd/member: no such file or directory"
+        ));
+        assert_eq!(
+            first_error_line(
+                "WARNING: x\nerror from node 10.5.0.11: rpc error: code = Unknown desc = boom\n"
+            ),
+            "rpc error: code = Unknown desc = boom"
+        );
+        assert_eq!(first_error_line("plain"), "plain");
+    }
+
     use super::*;
 
     #[test]

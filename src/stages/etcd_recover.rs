@@ -774,4 +774,50 @@ mod tests {
             "WARNING: 10.0.0.1: server version 1.9.4 is older than client version 1.9.5\nerror executing bootstrap: rpc error: code = FailedPrecondition desc = time is not in sync yet"
         ));
     }
+
+    #[test]
+    fn refusals_are_retried_only_when_not_ready_yet() {
+        use super::Refusal::*;
+        let c = classify_bootstrap_error;
+        for not_yet in [
+            "error uploading snapshot: rpc error: code = FailedPrecondition desc = etcd service is not ready for recovery yet",
+            "error executing bootstrap: rpc error: code = FailedPrecondition desc = bootstrap is not available yet",
+            "error from node 10.5.0.11: error executing bootstrap: rpc error: code = FailedPrecondition desc = time is not in sync yet",
+        ] {
+            assert_eq!(c(not_yet), NotYet, "{not_yet}");
+        }
+        let data = c(
+            "error executing bootstrap: rpc error: code = AlreadyExists desc = etcd data directory is not empty",
+        );
+        assert!(
+            matches!(data, Final(why) if why.contains("still has etcd data")),
+            "{data:?}"
+        );
+        let unconfigured = c(
+            "error from node 10.5.0.11: error executing bootstrap: rpc error: code = InvalidArgument desc = etcd is not configured, bootstrap is not possible",
+        );
+        assert!(matches!(unconfigured, Final(why) if why.contains("not configured")));
+        assert!(matches!(
+            c("command \"bootstrap\" requires exactly one node (got 2)"),
+            Final(_)
+        ));
+        assert_eq!(
+            c("error executing bootstrap: rpc error: code = Unavailable desc = connection reset"),
+            Maybe
+        );
+    }
+
+    #[test]
+    fn the_dual_stack_bug_is_named_instead_of_blaming_the_snapshot() {
+        let h = super::failure_hint(
+            "10.5.0.11",
+            "Failed to run pre stage: error recovering from the snapshot: URL scheme must be http, https, unix, or unixs",
+        );
+        assert!(
+            h.contains("dual-stack") && h.contains("1.10.5") && h.contains("snapshot is fine"),
+            "{h}"
+        );
+        let other = super::failure_hint("10.5.0.11", "snapshot hash mismatch");
+        assert!(other.contains("damaged"), "{other}");
+    }
 }
