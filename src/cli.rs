@@ -148,6 +148,7 @@ pub enum Command {
     /// runs: snapshot, then a simulated disaster (etcd lost on every control-plane node), then
     /// restore from the newest snapshot (--yes implied) and the recovery report. Needs no root,
     /// no network, no etcd and no talosctl; uses the real kubectl when it is installed.
+    #[cfg(feature = "demo")]
     Demo(DemoArgs),
     /// Print (or install) a systemd timer + service, or a crontab line, that runs `snapshot`
     ///
@@ -162,6 +163,7 @@ pub enum Command {
         shell: clap_complete::Shell,
     },
     /// Simulator entry point used by tests and the demo (not for real clusters)
+    #[cfg(feature = "demo")]
     #[command(name = "__sim", hide = true)]
     Sim {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -243,6 +245,7 @@ pub struct RestoreArgs {
     pub poll_max: std::time::Duration,
 }
 
+#[cfg(feature = "demo")]
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Put the demo's files here (default: a new directory under the system temp dir)

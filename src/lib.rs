@@ -7,7 +7,7 @@
 //! stages — and the engine checkpoints after every stage, so that an interrupted run can be resumed
 //! without repeating a destructive step. Stages talk to the outside world only through [`talos`]
 //! (talosctl), [`kube`] (kubectl) and [`pve`] (the Proxmox VE API), which makes each stage testable
-//! against the simulator in [`sim`].
+//! against the simulator (`sim`, built with the default `demo` feature; not part of the API).
 
 pub mod engine;
 pub mod error;
@@ -22,6 +22,8 @@ pub mod profile;
 pub mod pve;
 pub mod schedule;
 pub mod sets;
+#[cfg(feature = "demo")]
+#[doc(hidden)]
 pub mod sim;
 pub mod snapshot;
 pub mod stages;
