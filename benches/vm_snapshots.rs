@@ -1,6 +1,6 @@
 //! Benchmark of the `vm-snapshots` stage: six VMs on three PVE nodes, every snapshot task taking
-//! 3 s on a wiremock Proxmox VE (`tests/it/pve_fake.rs`), production poll timing (backon,
-//! 0.5 s × 1.5 up to 5 s, with jitter).
+//! 3 s on the simulated Proxmox VE (`talos_dr::sim::pve_api`, HTTPS with a pinned certificate),
+//! production poll timing (backon, 0.5 s × 1.5 up to 5 s, with jitter).
 //!
 //! Target: with `max_parallel = 6` the phase takes at most 1.5 × 3 s + 2 s = 6.5 s and needs at
 //! most 8 task-status polls per task on average. The serial time (`max_parallel = 1`) is printed
@@ -8,16 +8,16 @@
 
 #![allow(clippy::print_stdout)]
 
-#[path = "../tests/it/pve_fake.rs"]
-mod pve_fake;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use talos_dr::engine::checkpoint::Journal;
 use talos_dr::engine::run::Runner;
 use talos_dr::profile::{Location, Profile};
-use talos_dr::pve::{ApiToken, PveClient};
+use talos_dr::pve::tls::parse_fingerprints;
+use talos_dr::pve::{ApiToken, PveClient, TlsMode};
+use talos_dr::sim::pve_api;
+use talos_dr::sim::state::{Cluster, Pve};
 use talos_dr::stages::{Inputs, Services};
 use talos_dr::talos::Talosctl;
 use talos_dr::ui::{AssumeYes, NoopReporter, Reporter};
@@ -31,11 +31,27 @@ struct Figures {
     peak: usize,
 }
 
+/// The simulator's state file: only its PVE section matters here. Six VMs on three PVE nodes,
+/// control planes 101–103 and workers 201–203, tasks of [`TASK`].
+fn six_vms(state: &std::path::Path) -> Pve {
+    let mut cluster = Cluster::example(None);
+    let mut third = cluster.nodes.last().cloned().expect("example nodes");
+    third.address = "10.5.0.23".into();
+    third.hostname = "talos-worker-3".into();
+    cluster.nodes.push(third);
+    cluster.pve = Pve::example_by_role(&cluster.nodes);
+    cluster.pve.task_duration_ms = u64::try_from(TASK.as_millis()).unwrap();
+    cluster.save(state).unwrap();
+    cluster.pve
+}
+
 async fn run_once(max_parallel: usize) -> Figures {
-    let pve = pve_fake::FakePve::start(pve_fake::six_vms(), TASK).await;
     let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("cluster.json");
+    let pve = six_vms(&state);
+    let sim = pve_api::serve(state.clone()).await.unwrap();
     let mut toml = String::from("name = \"bench\"\n");
-    for v in pve.with(|s| s.vms.values().cloned().collect::<Vec<_>>()) {
+    for v in &pve.vms {
         let role = if v.vmid < 200 {
             "controlplane"
         } else {
@@ -59,9 +75,12 @@ async fn run_once(max_parallel: usize) -> Figures {
     .unwrap();
     // Production poll and retry settings: that is what is being measured.
     let client = PveClient::builder(
-        &pve.uri(),
+        &sim.endpoint(),
         ApiToken::parse("bench@pve!cli=00000000-0000-0000-0000-000000000000").unwrap(),
     )
+    .tls(TlsMode::Pinned(
+        parse_fingerprints(&sim.fingerprint).unwrap(),
+    ))
     .build()
     .unwrap();
     let services = Services {
@@ -93,18 +112,20 @@ async fn run_once(max_parallel: usize) -> Figures {
     let t0 = Instant::now();
     runner.execute(&journal).await.unwrap();
     let elapsed = t0.elapsed();
-    let (polls, tasks, peak) = pve.with(|s| {
-        (
-            s.tasks.iter().map(|t| t.polls).sum::<u32>(),
-            s.tasks.len(),
-            s.max_concurrent,
-        )
-    });
+    sim.handle.abort();
+    let polls = sim
+        .requests()
+        .iter()
+        .filter(|r| r.polled_task().is_some())
+        .count();
+    let pve = Cluster::load(&state).unwrap().pve;
+    assert!(pve.violations.is_empty(), "{:#?}", pve.violations);
+    let tasks = pve.tasks.len();
     assert_eq!(tasks, 6, "one snapshot task per VM");
     Figures {
         elapsed,
-        polls_per_task: f64::from(polls) / tasks as f64,
-        peak,
+        polls_per_task: polls as f64 / tasks as f64,
+        peak: pve.peak_concurrent_tasks(),
     }
 }
 

@@ -160,6 +160,7 @@ pub enum Command {
     /// runs: snapshot, then a simulated disaster (etcd lost on every control-plane node), then
     /// restore from the newest snapshot (--yes implied) and the recovery report. Needs no root,
     /// no network, no etcd and no talosctl; uses the real kubectl when it is installed.
+    #[cfg(feature = "demo")]
     Demo(DemoArgs),
     /// Print (or install) a systemd timer + service, or a crontab line, that runs `snapshot`
     ///
@@ -174,6 +175,7 @@ pub enum Command {
         shell: clap_complete::Shell,
     },
     /// Simulator entry point used by tests and the demo (not for real clusters)
+    #[cfg(feature = "demo")]
     #[command(name = "__sim", hide = true)]
     Sim {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -267,6 +269,7 @@ pub struct RestoreArgs {
     pub poll_max: std::time::Duration,
 }
 
+#[cfg(feature = "demo")]
 #[derive(Debug, Args)]
 pub struct SalvageArgs {
     /// Leave this control-plane node out (repeatable)

@@ -7,7 +7,7 @@
 //! stages — and the engine checkpoints after every stage, so that an interrupted run can be resumed
 //! without repeating a destructive step. Stages talk to the outside world only through [`talos`]
 //! (talosctl), [`kube`] (kubectl) and [`pve`] (the Proxmox VE API), which makes each stage testable
-//! against the simulator in [`sim`].
+//! against the simulator (`sim`, built with the default `demo` feature; not part of the API).
 
 pub mod backup;
 pub mod config;
@@ -25,6 +25,8 @@ pub mod pve;
 pub mod salvage;
 pub mod schedule;
 pub mod sets;
+#[cfg(feature = "demo")]
+#[doc(hidden)]
 pub mod sim;
 pub mod snapshot;
 pub mod stages;

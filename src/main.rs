@@ -12,11 +12,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use talos_dr::Exit;
 
-use crate::cli::{Cli, ColorChoice, Command};
+use crate::cli::{Cli, ColorChoice};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Sim { args } = &cli.command {
+    #[cfg(feature = "demo")]
+    if let crate::cli::Command::Sim { args } = &cli.command {
         return sim(args);
     }
     setup_color(cli.global.color);
@@ -59,6 +60,7 @@ fn main() -> ExitCode {
     }
 }
 
+#[cfg(feature = "demo")]
 fn sim(args: &[String]) -> ExitCode {
     let (tool, rest) = args
         .split_first()

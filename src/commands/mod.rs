@@ -1,6 +1,7 @@
 //! One file per subcommand; each is a thin adapter: arguments → library call → printer.
 
 mod completions;
+#[cfg(feature = "demo")]
 mod demo;
 mod list;
 mod playbook_run;
@@ -135,9 +136,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Profile(ProfileCommand::Discover { write }) => {
             profile::discover_vms(&ctx, write).await
         }
+        #[cfg(feature = "demo")]
         Command::Demo(args) => demo::run(&ctx, args).await,
         Command::Schedule(args) => schedule::run(&ctx, &args).await,
         Command::Completions { shell } => completions::run(shell),
+        #[cfg(feature = "demo")]
         Command::Sim { .. } => unreachable!("handled before the runtime starts"),
     }
 }

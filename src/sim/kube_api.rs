@@ -1,12 +1,15 @@
 //! A minimal simulated Kubernetes API server that the real `kubectl` (1.32) can talk to.
 //!
-//! Plain HTTP/1.1 on `127.0.0.1` (random port), one request per connection. It serves exactly
-//! what `kubectl get nodes|pods [-A] -o json` needs: legacy discovery (`/api`, `/apis`,
-//! `/api/v1`) and `v1` `NodeList` / `PodList` bodies built from the simulated cluster in the
-//! state file. The file is re-read for every request, so tests flip faults while it runs.
+//! Plain HTTP/1.1 on `127.0.0.1` (random port), axum routes over hyper (`sim/http.rs`). It
+//! serves exactly what `kubectl get nodes|pods [-A] [-o json]` needs: legacy discovery (`/api`,
+//! `/apis`, `/api/v1`, `/version`) and `v1` `NodeList` / `PodList` bodies built from the simulated
+//! cluster in the state file. The file is re-read for every request, so tests flip faults while it
+//! runs.
 //!
 //! Discovery is answered with plain `application/json` although kubectl asks for aggregated
-//! discovery first; kubectl then falls back to the legacy documents without complaint.
+//! discovery first; kubectl then falls back to the legacy documents without complaint. Plain
+//! `kubectl get` asks for a server-side `Table` (`Accept: …;as=Table;…`); `-o json` does not
+//! ([`table`]).
 //!
 //! Like a real API server whose etcd is gone, resource requests get `503 ServiceUnavailable`
 //! while no control-plane node has etcd Running; discovery keeps answering.
@@ -14,11 +17,15 @@
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
 
+use axum::Router;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::state::{self, Cluster, Kube, Node, Pod};
@@ -27,33 +34,100 @@ mod table;
 
 /// When every object pretends to have been created (fixed, so bodies are reproducible).
 const CREATED: &str = "2025-01-06T09:00:00Z";
-/// A request head larger than this is refused (kubectl's are well under 1 KiB).
-const MAX_HEAD: usize = 16 * 1024;
 
-/// Starts the server; it runs until the returned task is aborted (which closes the listener).
+/// Starts the server; it runs until the returned task is aborted (which closes the listener and
+/// every open connection).
 pub async fn serve(state_path: PathBuf) -> io::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
     let addr = listener.local_addr()?;
-    let handle = tokio::spawn(async move {
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::debug!(error = %e, "sim kube-api accept");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let state_path = state_path.clone();
-            tokio::spawn(async move {
-                if let Err(e) = handle_connection(stream, &state_path).await {
-                    tracing::debug!(error = %e, "sim kube-api connection");
-                }
-            });
-        }
-    });
+    let handle = super::http::spawn(listener, router(state_path), None, "kube-api");
     Ok((addr, handle))
+}
+
+type StatePath = State<Arc<Path>>;
+
+fn router(state_path: PathBuf) -> Router {
+    Router::new()
+        .route("/api", get(|| async { answer(200, api_versions()) }))
+        .route(
+            "/apis",
+            get(|| async {
+                answer(
+                    200,
+                    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}),
+                )
+            }),
+        )
+        .route("/api/v1", get(|| async { answer(200, api_resources()) }))
+        .route(
+            "/version",
+            get(|State(path): StatePath| async move { answer(200, version_info(&path)) }),
+        )
+        .route("/api/v1/{*rest}", get(resources))
+        .method_not_allowed_fallback(not_allowed)
+        .fallback(fallback)
+        .with_state(Arc::from(state_path))
+}
+
+/// `GET /api/v1/…`: nodes and pods, as JSON or as the Table plain `kubectl get` asks for.
+async fn resources(
+    State(path): StatePath,
+    UrlPath(rest): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    let (status, body) = match Cluster::load(&path) {
+        Err(e) => (
+            500,
+            status_body(500, "InternalError", &format!("simulator state: {e}")),
+        ),
+        Ok(cluster) if !etcd_available(&cluster) => (
+            503,
+            status_body(503, "ServiceUnavailable", "etcdserver: request timed out"),
+        ),
+        Ok(cluster) => {
+            let segments: Vec<&str> = rest.trim_matches('/').split('/').collect();
+            resource(&segments, &cluster)
+        }
+    };
+    let wants_table = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=Table"));
+    if status == 200 && wants_table {
+        answer(status, table::to_table(&body).unwrap_or(body))
+    } else {
+        answer(status, body)
+    }
+}
+
+async fn fallback(method: Method, uri: Uri) -> Response {
+    if method == Method::GET {
+        let (status, body) = not_found(uri.path());
+        answer(status, body)
+    } else {
+        not_allowed().await
+    }
+}
+
+async fn not_allowed() -> Response {
+    answer(
+        405,
+        status_body(405, "MethodNotAllowed", "the simulator only serves GET"),
+    )
+}
+
+/// A JSON answer with the API server's headers.
+fn answer(status: u16, body: Value) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-cache, private"),
+        ],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 /// A kubeconfig (YAML) for a server at `addr`, with a dummy bearer token.
@@ -83,118 +157,6 @@ users:
 /// Writes [`kubeconfig_yaml`] to `path` (mode 0600, as kubeconfigs hold credentials).
 pub fn write_kubeconfig(path: &Path, addr: SocketAddr) -> io::Result<()> {
     crate::fsutil::write_atomic(path, kubeconfig_yaml(addr).as_bytes(), 0o600)
-}
-
-async fn handle_connection(stream: TcpStream, state_path: &Path) -> io::Result<()> {
-    let mut reader = BufReader::new(stream);
-    // A client that connects and says nothing must not pin a task forever.
-    let head = tokio::time::timeout(Duration::from_secs(10), read_head(&mut reader))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request head timed out"))??;
-    let (status, body) = match head.line.split_whitespace().collect::<Vec<_>>().as_slice() {
-        ["GET", target, version] if version.starts_with("HTTP/1.") => {
-            let path = target.split_once('?').map_or(*target, |(p, _)| p);
-            let (status, body) = route(path, state_path);
-            // Plain `kubectl get` asks for a server-side Table; `-o json` does not.
-            let wants_table = head.accept.contains("as=Table");
-            if status == 200 && wants_table {
-                (status, table::to_table(&body).unwrap_or(body))
-            } else {
-                (status, body)
-            }
-        }
-        [_, _, _] => (
-            405,
-            status_body(405, "MethodNotAllowed", "the simulator only serves GET"),
-        ),
-        _ => (
-            400,
-            status_body(400, "BadRequest", "malformed request line"),
-        ),
-    };
-    let body = body.to_string();
-    let response = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nCache-Control: no-cache, private\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        reason_phrase(status),
-        body.len()
-    );
-    let mut stream = reader.into_inner();
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-struct Head {
-    line: String,
-    accept: String,
-}
-
-/// Reads the request line and headers; keeps the request line and `Accept`.
-async fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Head> {
-    let mut request_line = String::new();
-    let mut accept = String::new();
-    let mut total = 0;
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = reader.read_line(&mut line).await?;
-        total += n;
-        if n == 0 || total > MAX_HEAD {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "incomplete request head",
-            ));
-        }
-        if request_line.is_empty() {
-            request_line = line.trim_end().to_owned();
-        } else if line.trim_end().is_empty() {
-            return Ok(Head {
-                line: request_line,
-                accept,
-            });
-        } else if let Some((name, value)) = line.split_once(':')
-            && name.eq_ignore_ascii_case("accept")
-        {
-            accept = value.trim().to_owned();
-        }
-    }
-}
-
-fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Unknown",
-    }
-}
-
-/// Answers one GET `path` (query already stripped).
-fn route(path: &str, state_path: &Path) -> (u16, Value) {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match segments.as_slice() {
-        ["api"] => (200, api_versions()),
-        ["apis"] => (
-            200,
-            json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}),
-        ),
-        ["api", "v1"] => (200, api_resources()),
-        ["version"] => (200, version_info(state_path)),
-        ["api", "v1", rest @ ..] => match Cluster::load(state_path) {
-            Err(e) => (
-                500,
-                status_body(500, "InternalError", &format!("simulator state: {e}")),
-            ),
-            Ok(cluster) if !etcd_available(&cluster) => (
-                503,
-                status_body(503, "ServiceUnavailable", "etcdserver: request timed out"),
-            ),
-            Ok(cluster) => resource(rest, &cluster),
-        },
-        _ => not_found(path),
-    }
 }
 
 fn resource(rest: &[&str], cluster: &Cluster) -> (u16, Value) {

@@ -1,5 +1,9 @@
 //! A simulated Talos cluster for the tests and `talos-dr demo`. Real runs never touch it.
 //!
+//! **Not part of the product API:** it exists only with the default `demo` cargo feature, is
+//! hidden from the docs, and may change with any release. A build without `demo` has neither this
+//! module nor its server stack (axum, hyper's server side, rcgen, tokio-rustls).
+//!
 //! The cluster lives in one JSON file ([`state::Cluster`]) named by `TALOS_DR_SIM_STATE`.
 //! `talos-dr __sim talosctl …` behaves like talosctl v1.9 against that state (syntax, exit codes,
 //! stdout/stderr split and output formats as `reference/talos.md` §12 lists them); tests put a
@@ -12,9 +16,13 @@
 //!
 //! [`pve_api`] serves the cluster's VMs as a Proxmox VE API over HTTPS (a fresh self-signed
 //! certificate, pinned by fingerprint), validating every request against the official schema
-//! subset; its VMs, tasks and faults live in the state file's `pve` section.
+//! subset; its VMs, tasks and faults live in the state file's `pve` section. It is the one
+//! stateful Proxmox VE fake of the tests and the benchmark.
+//!
+//! Both servers are axum routers on hyper (`http.rs`).
 
 pub mod demo;
+mod http;
 pub mod kube_api;
 pub mod kubectl;
 pub mod pve_api;

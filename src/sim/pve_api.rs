@@ -1,25 +1,33 @@
-//! A simulated Proxmox VE API server for `talos-dr demo` and the integration tests.
+//! A simulated Proxmox VE API server for `talos-dr demo`, the integration tests and the benchmark:
+//! the one stateful Proxmox VE fake of the project.
 //!
 //! HTTPS on `127.0.0.1` (random port) with a self-signed certificate made at start (rcgen), so
-//! the client's real TLS pinning runs against [`PveSim::fingerprint`]. HTTP/1.1, one request per
-//! connection (`Connection: close`), like [`super::kube_api`]. The cluster is the `pve` section
-//! of the state file ([`super::state::Pve`]), re-read and saved under the state lock for every
-//! request, so tests inject faults by editing the file while the server runs.
+//! the client's real TLS pinning runs against [`PveSim::fingerprint`]: tokio-rustls, then axum on
+//! hyper (`sim/http.rs`), one request per connection. The cluster is the `pve` section of the
+//! state file ([`super::state::Pve`]), re-read and saved under the state lock for every request,
+//! so tests inject faults by editing the file while the server runs.
 //!
 //! Every request is checked against the official schema subset ([`schema`]); one that breaks it
 //! gets PVE's 400/501 answer *and* is appended to `pve.violations`, which the demo and the tests
 //! require to stay empty. Paths, parameters, bodies, UPIDs and error shapes follow
-//! `shared/reference/proxmox.md`; the handlers live in [`handlers`].
+//! `shared/reference/proxmox.md`; the handlers live in [`handlers`]. Routing is the schema's own
+//! (one axum fallback handler), as in pveproxy, so an endpoint exists exactly when the subset
+//! has it. Every request received is also kept in memory ([`PveSim::requests`]) for tests and
+//! the benchmark to inspect.
 
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::IntoResponse;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -31,8 +39,6 @@ pub mod schema;
 
 use schema::{ParamValue, Rejection};
 
-/// A request head larger than this is refused.
-const MAX_HEAD: usize = 16 * 1024;
 /// A request body larger than this is refused (ours are a few hundred bytes).
 const MAX_BODY: usize = 1024 * 1024;
 
@@ -42,8 +48,9 @@ pub struct PveSim {
     pub addr: SocketAddr,
     /// sha256 of the certificate, `AA:BB:…` as `pvenode cert info` prints it.
     pub fingerprint: String,
-    /// Abort it to stop the server (closes the listener).
+    /// Abort it to stop the server (closes the listener and every open connection).
     pub handle: JoinHandle<()>,
+    received: Arc<Mutex<Vec<Received>>>,
 }
 
 /// The API token the demo profile uses (any well-formed token is accepted unless `pve.token`
@@ -64,6 +71,47 @@ impl PveSim {
     /// The endpoint for a profile or `PROXMOX_VE_ENDPOINT`: `https://127.0.0.1:<port>`.
     pub fn endpoint(&self) -> String {
         format!("https://{}", self.addr)
+    }
+
+    /// Every request received so far, oldest first (whatever its answer).
+    pub fn requests(&self) -> Vec<Received> {
+        self.received
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// One request as it arrived.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: Method,
+    /// Path and query as sent (percent-encoded), e.g. `/api2/json/nodes/pve1/qemu`.
+    pub target: String,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    /// The path without the query string, as sent.
+    pub fn path(&self) -> &str {
+        self.target.split_once('?').map_or(&self.target, |(p, _)| p)
+    }
+
+    /// The UPID when this is a task-status poll (`GET /nodes/{node}/tasks/{upid}/status`).
+    pub fn polled_task(&self) -> Option<String> {
+        if self.method != Method::GET {
+            return None;
+        }
+        let segments: Vec<&str> = self
+            .path()
+            .strip_prefix("/api2/json/")?
+            .split('/')
+            .collect();
+        match segments.as_slice() {
+            ["nodes", _, "tasks", upid, "status"] => Some(percent_decode(upid)),
+            _ => None,
+        }
     }
 }
 
@@ -87,50 +135,76 @@ pub async fn serve(state_path: PathBuf) -> io::Result<PveSim> {
 
     let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
     let addr = listener.local_addr()?;
+    let received = Arc::new(Mutex::new(Vec::new()));
     let ctx = Arc::new(Ctx {
         state_path,
         fingerprint: fingerprint.clone(),
+        received: Arc::clone(&received),
     });
-    let handle = tokio::spawn(async move {
-        loop {
-            let tcp = match listener.accept().await {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::debug!(error = %e, "sim pve-api accept");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let (acceptor, ctx) = (acceptor.clone(), Arc::clone(&ctx));
-            tokio::spawn(async move {
-                // A client that rejects the certificate (pinning) ends here, before any request.
-                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
-                    .await
-                {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "sim pve-api TLS handshake");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-                if let Err(e) = handle_connection(tls, &ctx).await {
-                    tracing::debug!(error = %e, "sim pve-api connection");
-                }
-            });
-        }
-    });
+    let app = Router::new()
+        .fallback(api)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(ctx);
+    let handle = super::http::spawn(listener, app, Some(acceptor), "pve-api");
     Ok(PveSim {
         addr,
         fingerprint,
         handle,
+        received,
     })
 }
 
 pub(crate) struct Ctx {
     state_path: PathBuf,
     fingerprint: String,
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+/// Every request: record it, then answer it against the state file.
+async fn api(
+    State(ctx): State<Arc<Ctx>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> axum::response::Response {
+    let target = uri
+        .path_and_query()
+        .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
+    let text = |name: header::HeaderName| {
+        headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    let req = Request {
+        method: method.as_str().to_owned(),
+        target: target.clone(),
+        authorization: text(header::AUTHORIZATION),
+        content_type: text(header::CONTENT_TYPE)
+            .unwrap_or_default()
+            .to_ascii_lowercase(),
+        body: body.as_ref().map(|b| b.to_vec()).unwrap_or_default(),
+    };
+    ctx.received
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(Received {
+            method,
+            target,
+            headers: headers.clone(),
+            body: req.body.clone(),
+        });
+    let response = match body {
+        Ok(_) => {
+            let ctx = Arc::clone(&ctx);
+            // File locking and JSON parsing block; keep them off the async workers.
+            tokio::task::spawn_blocking(move || respond(&req, &ctx.state_path, &ctx.fingerprint))
+                .await
+                .unwrap_or_else(|e| Response::fail(500, &format!("simulator panicked: {e}")))
+        }
+        Err(e) => Response::fail(400, &format!("bad request: {}", e.body_text())),
+    };
+    response.into_http()
 }
 
 /// A parsed request.
@@ -202,114 +276,31 @@ impl Response {
             body: None,
         }
     }
-}
 
-async fn handle_connection<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: S,
-    ctx: &Ctx,
-) -> io::Result<()> {
-    let mut reader = BufReader::new(stream);
-    let request = tokio::time::timeout(Duration::from_secs(10), read_request(&mut reader))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request timed out"))?;
-    let response = match request {
-        Ok(req) => {
-            let ctx_path = ctx.state_path.clone();
-            let fingerprint = ctx.fingerprint.clone();
-            // File locking and JSON parsing block; keep them off the async workers.
-            tokio::task::spawn_blocking(move || respond(&req, &ctx_path, &fingerprint))
-                .await
-                .unwrap_or_else(|e| Response::fail(500, &format!("simulator panicked: {e}")))
-        }
-        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-            Response::fail(400, &format!("bad request: {e}"))
-        }
-        Err(e) => return Err(e),
-    };
-    let mut stream = reader.into_inner();
-    stream.write_all(&encode(&response)).await?;
-    stream.shutdown().await
-}
-
-fn encode(r: &Response) -> Vec<u8> {
-    let body = r.body.as_ref().map(Value::to_string).unwrap_or_default();
-    let content_type = if r.body.is_some() {
-        "Content-Type: application/json;charset=UTF-8\r\n"
-    } else {
-        ""
-    };
-    format!(
-        "HTTP/1.1 {} {}\r\nServer: pve-api-daemon/3.0\r\nCache-Control: max-age=0\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        r.status,
-        r.reason,
-        body.len()
-    )
-    .into_bytes()
-}
-
-async fn read_request<S: AsyncRead + Unpin>(reader: &mut BufReader<S>) -> io::Result<Request> {
-    let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_owned());
-    let mut line = String::new();
-    let mut total = 0;
-    let mut request_line = String::new();
-    let mut authorization = None;
-    let mut content_type = String::new();
-    let mut content_length = 0usize;
-    loop {
-        line.clear();
-        let n = reader.read_line(&mut line).await?;
-        total += n;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "incomplete request head",
-            ));
-        }
-        if total > MAX_HEAD {
-            return Err(bad("request head too large"));
-        }
-        let l = line.trim_end();
-        if request_line.is_empty() {
-            request_line = l.to_owned();
-            continue;
-        }
-        if l.is_empty() {
-            break;
-        }
-        let Some((name, value)) = l.split_once(':') else {
-            return Err(bad("malformed header"));
+    /// The HTTP answer, with pve-api-daemon's headers and its reason phrase.
+    fn into_http(self) -> axum::response::Response {
+        let mut out = match &self.body {
+            Some(body) => (
+                [(header::CONTENT_TYPE, "application/json;charset=UTF-8")],
+                body.to_string(),
+            )
+                .into_response(),
+            None => ().into_response(),
         };
-        let value = value.trim();
-        match name.to_ascii_lowercase().as_str() {
-            "authorization" => authorization = Some(value.to_owned()),
-            "content-type" => content_type = value.to_ascii_lowercase(),
-            "content-length" => {
-                content_length = value.parse().map_err(|_| bad("bad Content-Length"))?;
-            }
-            "transfer-encoding" => return Err(bad("chunked bodies are not supported")),
-            _ => {}
+        *out.status_mut() =
+            StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let headers = out.headers_mut();
+        headers.insert(
+            header::SERVER,
+            HeaderValue::from_static("pve-api-daemon/3.0"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=0"));
+        // hyper writes this instead of the canonical phrase (which 59x codes do not have).
+        if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(self.reason.into_bytes()) {
+            out.extensions_mut().insert(reason);
         }
+        out
     }
-    let mut parts = request_line.split_whitespace();
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Err(bad("malformed request line"));
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Err(bad("only HTTP/1.x is served"));
-    }
-    if content_length > MAX_BODY {
-        return Err(bad("request body too large"));
-    }
-    let mut body = vec![0; content_length];
-    reader.read_exact(&mut body).await?;
-    Ok(Request {
-        method: method.to_owned(),
-        target: target.to_owned(),
-        authorization,
-        content_type,
-        body,
-    })
 }
 
 /// `%XX` decoding of one path segment (PVE URI-unescapes path parameters).

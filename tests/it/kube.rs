@@ -384,3 +384,48 @@ async fn plain_kubectl_get_prints_the_usual_columns() {
     );
     assert!(apiserver.contains("10.5.0.11") && apiserver.contains("talos-cp-1"));
 }
+
+/// What kubectl never asks for still gets a `meta/v1 Status` body, as from a real API server.
+#[tokio::test]
+async fn unknown_paths_and_other_methods_get_status_bodies() {
+    let sim = Sim::start().await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", sim.addr);
+    let r = http
+        .get(format!("{base}/api/v1/secrets"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        (body["kind"].as_str(), body["code"].as_u64()),
+        (Some("Status"), Some(404))
+    );
+    assert_eq!(
+        body["message"],
+        "the server could not find the requested resource (/api/v1/secrets)"
+    );
+    for (method, path) in [("POST", "/api/v1/nodes"), ("DELETE", "/nowhere")] {
+        let r = http
+            .request(method.parse().unwrap(), format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 405, "{method} {path}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["reason"], "MethodNotAllowed", "{method} {path}");
+    }
+    // Resources answer 503 while etcd is down; discovery keeps answering.
+    sim.env.disaster();
+    let status = |path: &'static str| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let r = http.get(format!("{base}{path}")).send().await.unwrap();
+            r.status().as_u16()
+        }
+    };
+    assert_eq!(status("/api/v1/pods").await, 503);
+    assert_eq!(status("/api/v1").await, 200);
+    assert_eq!(status("/version").await, 200);
+}

@@ -11,7 +11,6 @@ mod offsite;
 mod pack;
 mod proxmox_cli;
 mod pve;
-mod pve_fake;
 mod pve_sim;
 mod restore;
 mod sets;

@@ -453,6 +453,12 @@ async fn schema_violations_are_refused_and_recorded() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 501);
+    // pve-api-daemon puts the error's first line in the status line.
+    let reason = r.extensions().get::<hyper::ext::ReasonPhrase>();
+    assert_eq!(
+        reason.map(|p| p.as_bytes()),
+        Some(&b"Method 'GET /nodes/pve1/qemu/101/snapshots' not implemented"[..])
+    );
 
     let r = raw
         .get(format!("{}/index.html", s.sim.endpoint()))

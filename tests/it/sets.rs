@@ -1,7 +1,8 @@
 //! Pre-upgrade sets, rollback and set retention, end to end at library level: the real playbooks
-//! run by the real `Runner`, the simulated talosctl on PATH, and a stateful wiremock Proxmox VE
-//! (`pve_fake`) with six VMs on three PVE nodes. Every request is checked against
-//! `pve-api-subset.json`.
+//! run by the real `Runner`, the simulated talosctl on PATH, and the simulated Proxmox VE
+//! (`sim::pve_api`, HTTPS with a pinned certificate) with six VMs on three PVE nodes. Every
+//! request is checked against `pve-api-subset.json`, by the simulator as it arrives and again by
+//! the test's own checker afterwards.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,27 +13,37 @@ use talos_dr::engine::playbook;
 use talos_dr::engine::run::Runner;
 use talos_dr::error::{Exit, UserError, classify};
 use talos_dr::profile::{Location, Profile};
-use talos_dr::pve::{ApiToken, PollConfig, PveClient, RetryConfig};
+use talos_dr::pve::tls::parse_fingerprints;
+use talos_dr::pve::{ApiToken, PollConfig, PveClient, RetryConfig, TlsMode};
 use talos_dr::sets::{self, SetStatus};
+use talos_dr::sim::pve_api::{self, PveSim, Received};
+use talos_dr::sim::state::{Cluster, Pve, Snapshot};
 use talos_dr::stages::{Inputs, Services};
 use talos_dr::talos::Talosctl;
 use talos_dr::ui::{AssumeYes, Event, NoPrompt, Prompter, RecordingReporter, Reporter};
 
 use crate::common::*;
-use crate::pve_fake::{FakePve, FakeSnap, FakeVm, six_vms};
 
 const TOKEN: &str = "k8s-dr@pve!cli=3f1c2b9a-5d7e-4c1a-9b0e-6a7d8c9e0f12";
 const FOREIGN: &str = "autodaily240525020000";
 
 struct H {
     env: Env,
-    pve: FakePve,
+    pve: PveSim,
     rec: Arc<RecordingReporter>,
     services: Services,
 }
 
+impl Drop for H {
+    fn drop(&mut self) {
+        self.pve.handle.abort();
+    }
+}
+
 impl H {
-    async fn new(vms: Vec<FakeVm>, task: Duration, proxmox_extra: &str) -> Self {
+    /// Six VMs on three PVE nodes (control planes 101–103, workers 201–203) whose tasks take
+    /// `task`; `faults` then edits the simulated PVE before the server starts.
+    async fn new(faults: impl FnOnce(&mut Pve), task: Duration, proxmox_extra: &str) -> Self {
         let env = Env::new();
         // A third worker, so there are six nodes for six VMs.
         env.edit_cluster(|c| {
@@ -40,6 +51,9 @@ impl H {
             w.address = "10.5.0.23".into();
             w.hostname = "talos-worker-3".into();
             c.nodes.push(w);
+            c.pve = Pve::example_by_role(&c.nodes);
+            c.pve.task_duration_ms = u64::try_from(task.as_millis()).unwrap();
+            faults(&mut c.pve);
         });
         let mut toml = String::from("name = \"lab\"\n");
         for (addr, role, node, vmid) in [
@@ -71,9 +85,12 @@ impl H {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
 
-        let pve = FakePve::start(vms, task).await;
+        let pve = pve_api::serve(env.state.clone()).await.unwrap();
         let rec = Arc::new(RecordingReporter::default());
-        let client = PveClient::builder(&pve.uri(), ApiToken::parse(TOKEN).unwrap())
+        let client = PveClient::builder(&pve.endpoint(), ApiToken::parse(TOKEN).unwrap())
+            .tls(TlsMode::Pinned(
+                parse_fingerprints(&pve.fingerprint).unwrap(),
+            ))
             .retry(RetryConfig::fast())
             .poll(PollConfig::fast())
             .reporter(rec.clone())
@@ -99,7 +116,7 @@ impl H {
     }
 
     async fn six() -> Self {
-        Self::new(six_vms(), Duration::from_millis(60), "").await
+        Self::new(|_| {}, Duration::from_millis(60), "").await
     }
 
     fn sets_dir(&self) -> std::path::PathBuf {
@@ -157,22 +174,70 @@ impl H {
         self.execute(&pb, &j, &AssumeYes).await
     }
 
-    /// Every request so far must match `pve-api-subset.json`.
-    async fn assert_schema(&self) {
+    /// The simulated PVE as it is now.
+    fn state(&self) -> Pve {
+        Cluster::load(&self.env.state).unwrap().pve
+    }
+
+    /// Changes the simulated PVE between requests (under the simulator's lock).
+    fn edit(&self, f: impl FnOnce(&mut Pve)) {
+        Cluster::update(&self.env.state, |c| f(&mut c.pve)).unwrap();
+    }
+
+    /// Lets the tasks held by `pve.hold_tasks` finish now.
+    fn release(&self) {
+        self.edit(|p| p.release_held(jiff::Timestamp::now().as_millisecond()));
+    }
+
+    fn snapshot_names(&self, vmid: u32) -> Vec<String> {
+        let vm = self.state().vm(vmid).cloned().unwrap();
+        vm.snapshots.into_iter().map(|s| s.name).collect()
+    }
+
+    fn requests(&self) -> Vec<Received> {
+        self.pve.requests()
+    }
+
+    /// Requests with this method whose path matches `pred`.
+    fn count(&self, m: &str, pred: impl Fn(&str) -> bool) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| r.method.as_str() == m && pred(r.path()))
+            .count()
+    }
+
+    /// How often the status of this task was asked for.
+    fn polls(&self, upid: &str) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| r.polled_task().as_deref() == Some(upid))
+            .count()
+    }
+
+    /// Every request so far must match `pve-api-subset.json`: the simulator refused and
+    /// recorded none, and the test's own checker agrees.
+    fn assert_schema(&self) {
+        let violations = self.state().violations;
+        assert!(violations.is_empty(), "schema violations: {violations:#?}");
         let schema = crate::pve::fixture("pve-api-subset");
-        for r in self.pve.requests().await {
+        for r in self.requests() {
+            let url = format!("{}{}", self.pve.endpoint(), r.target);
+            let r = wiremock::Request {
+                url: url.parse().unwrap(),
+                method: r.method,
+                headers: r.headers,
+                body: r.body,
+            };
             crate::pve::check_against_schema(&schema, &r);
         }
     }
 
-    async fn snapshot_posts(&self) -> Vec<u32> {
+    fn snapshot_posts(&self) -> Vec<u32> {
         let mut v: Vec<u32> = self
-            .pve
             .requests()
-            .await
             .iter()
-            .filter(|r| r.method.as_str() == "POST" && r.url.path().ends_with("/snapshot"))
-            .map(|r| vmid_of(r.url.path()))
+            .filter(|r| r.method.as_str() == "POST" && r.path().ends_with("/snapshot"))
+            .map(|r| vmid_of(r.path()))
             .collect();
         v.sort_unstable();
         v
@@ -188,6 +253,21 @@ impl H {
             })
             .collect()
     }
+}
+
+/// Someone else's snapshot of `vmid`, taken at `snaptime` (the VM now descends from it).
+fn plant_foreign(p: &mut Pve, vmid: u32, name: &str, description: &str, snaptime: i64) {
+    let vm = p.vm_mut(vmid).unwrap();
+    vm.snapshots.push(Snapshot {
+        name: name.into(),
+        description: description.into(),
+        snaptime,
+        vmstate: false,
+        parent: vm.parent.clone(),
+        snapstate: None,
+        running: vm.status == "running",
+    });
+    vm.parent = Some(name.into());
 }
 
 fn vmid_of(path: &str) -> u32 {
@@ -219,13 +299,13 @@ fn failure(r: anyhow::Result<()>) -> (Exit, String) {
 
 #[tokio::test]
 async fn pre_upgrade_snapshots_six_vms_on_three_nodes_as_one_set() {
-    let h = H::new(six_vms(), Duration::from_millis(150), "max_parallel = 4").await;
+    let h = H::new(|_| {}, Duration::from_millis(150), "max_parallel = 4").await;
     let (r, j) = h.run("pre-upgrade", inputs("talos-1-10")).await;
     r.unwrap();
     assert_eq!(j.snapshot().status, RunStatus::Succeeded);
 
     // One POST per VM, control planes and workers, one common name.
-    assert_eq!(h.snapshot_posts().await, [101, 102, 103, 201, 202, 203]);
+    assert_eq!(h.snapshot_posts(), [101, 102, 103, 201, 202, 203]);
     let m = sets::load(&h.sets_dir(), "talos-1-10").unwrap();
     assert_eq!(m.status, SetStatus::Complete);
     assert!(
@@ -238,14 +318,14 @@ async fn pre_upgrade_snapshots_six_vms_on_three_nodes_as_one_set() {
         assert_eq!(v.snapname, m.snapname);
         assert_eq!(v.exitstatus, "OK");
         assert!(v.upid.as_deref().unwrap().contains(":qmsnapshot:"));
-        let snaps = h.pve.with(|s| s.vms[&v.vmid].snapshots.clone());
+        let snaps = h.state().vm(v.vmid).unwrap().snapshots.clone();
         assert_eq!(snaps.len(), 1);
         assert!(snaps[0].description.contains("talos-1-10"));
         assert!(snaps[0].description.contains("talos-1-10.snapshot"));
         assert!(snaps[0].description.contains(env!("CARGO_PKG_VERSION")));
     }
     // Parallel, but never more than max_parallel tasks at once.
-    let peak = h.pve.with(|s| s.max_concurrent);
+    let peak = h.state().peak_concurrent_tasks();
     assert!((2..=4).contains(&peak), "peak {peak}");
 
     // The etcd snapshot: verified, private, outside what `prune` looks at.
@@ -283,7 +363,7 @@ async fn pre_upgrade_snapshots_six_vms_on_three_nodes_as_one_set() {
         })
         .collect();
     assert_eq!(spinners.len(), 6);
-    h.assert_schema().await;
+    h.assert_schema();
 }
 
 #[tokio::test]
@@ -300,8 +380,8 @@ async fn control_plane_only_leaves_the_workers_out() {
         )
         .await;
     r.unwrap();
-    assert_eq!(h.snapshot_posts().await, [101, 102, 103]);
-    let posts = h.pve.requests().await;
+    assert_eq!(h.snapshot_posts(), [101, 102, 103]);
+    let posts = h.requests();
     let body = String::from_utf8_lossy(
         &posts
             .iter()
@@ -318,26 +398,29 @@ async fn control_plane_only_leaves_the_workers_out() {
 
 #[tokio::test]
 async fn a_vm_locked_by_a_backup_stops_the_run_before_anything_is_snapshotted() {
-    let mut vms = six_vms();
-    vms[4].lock = Some("backup".into()); // VM 202
-    let h = H::new(vms, Duration::from_millis(30), "").await;
+    let h = H::new(
+        |p| {
+            p.locked.insert(202, "backup".into());
+        },
+        Duration::from_millis(30),
+        "",
+    )
+    .await;
     let (r, _) = h.run("pre-upgrade", inputs("up1")).await;
     let (exit, text) = failure(r);
     assert_eq!(exit, Exit::Precondition, "{text}");
     assert!(text.contains("VM 202 is locked (backup)"), "{text}");
     assert!(text.contains("qm unlock 202"), "{text}");
-    assert!(h.snapshot_posts().await.is_empty());
+    assert!(h.snapshot_posts().is_empty());
     assert!(!sets::exists(&h.sets_dir(), "up1"));
     assert!(h.env.calls_of(&["etcd", "snapshot"]).is_empty());
-    h.assert_schema().await;
+    h.assert_schema();
 }
 
 #[tokio::test]
 async fn an_offline_pve_node_and_an_unhealthy_cluster_are_reported_together() {
     let h = H::six().await;
-    h.pve.with(|s| {
-        s.offline.insert("pve3".into());
-    });
+    h.edit(|p| p.offline_nodes.push("pve3".into()));
     h.env.edit_cluster(|c| {
         c.faults.health_error =
             Some("etcd member ips are not subset of control plane node ips".into());
@@ -356,16 +439,21 @@ async fn an_offline_pve_node_and_an_unhealthy_cluster_are_reported_together() {
     }
     assert!(text.contains("596"), "{text}");
     assert!(text.contains("3 problems"), "{text}");
-    assert!(h.snapshot_posts().await.is_empty());
-    h.assert_schema().await;
+    assert!(h.snapshot_posts().is_empty());
+    h.assert_schema();
 }
 
 #[tokio::test]
 async fn failed_vm_snapshots_leave_a_truthful_partial_set_and_resume_makes_only_the_missing() {
-    let mut vms = six_vms();
     // The backup starts after the preflight: the task, not the status, sees the lock.
-    vms[5].task_lock = Some("backup".into()); // VM 203
-    let h = H::new(vms, Duration::from_millis(30), "").await;
+    let h = H::new(
+        |p| {
+            p.task_locked.insert(203, "backup".into());
+        },
+        Duration::from_millis(30),
+        "",
+    )
+    .await;
     let (r, j) = h.run("pre-upgrade", inputs("up1")).await;
     let run_id = j.snapshot().run_id;
     let (exit, text) = failure(r);
@@ -397,29 +485,24 @@ async fn failed_vm_snapshots_leave_a_truthful_partial_set_and_resume_makes_only_
     assert_eq!(st.stage("record").unwrap().status, StageStatus::Pending);
 
     // The backup is over: resume creates only VM 203's snapshot.
-    h.pve
-        .with(|s| s.vms.get_mut(&203).unwrap().task_lock = None);
+    h.edit(|p| {
+        p.task_locked.remove(&203);
+    });
     h.resume(&j).await.unwrap();
-    assert_eq!(
-        h.snapshot_posts().await,
-        [101, 102, 103, 201, 202, 203, 203]
-    );
+    assert_eq!(h.snapshot_posts(), [101, 102, 103, 201, 202, 203, 203]);
     let m = sets::load(&h.sets_dir(), "up1").unwrap();
     assert_eq!(m.status, SetStatus::Complete);
     assert_eq!(m.vms.len(), 6);
     assert!(m.missing.is_empty());
     // The etcd snapshot was not taken twice.
     assert_eq!(h.env.calls_of(&["etcd", "snapshot"]).len(), 1);
-    h.assert_schema().await;
+    h.assert_schema();
 }
 
 #[tokio::test]
 async fn resume_after_a_crash_waits_for_tasks_in_flight_instead_of_posting_again() {
     let h = H::six().await;
-    h.pve.with(|s| {
-        s.hold.insert(102);
-        s.hold.insert(202);
-    });
+    h.edit(|p| p.hold_tasks = vec![102, 202]);
     let inp = inputs("up1");
     let (pb, j) = h.create("pre-upgrade", &inp);
     {
@@ -457,24 +540,14 @@ async fn resume_after_a_crash_waits_for_tasks_in_flight_instead_of_posting_again
                 .to_owned()
         })
         .collect();
-    let polls_before: Vec<u32> = h.pve.with(|s| {
-        in_flight
-            .iter()
-            .map(|u| s.tasks.iter().find(|t| &t.upid == u).unwrap().polls)
-            .collect()
-    });
-    assert_eq!(h.snapshot_posts().await.len(), 6);
+    let polls_before: Vec<usize> = in_flight.iter().map(|u| h.polls(u)).collect();
+    assert_eq!(h.snapshot_posts().len(), 6);
 
-    h.pve.release();
+    h.release();
     h.resume(&j).await.unwrap();
     // No duplicate POST: the two tasks in flight were waited for.
-    assert_eq!(h.snapshot_posts().await, [101, 102, 103, 201, 202, 203]);
-    let polls_after: Vec<u32> = h.pve.with(|s| {
-        in_flight
-            .iter()
-            .map(|u| s.tasks.iter().find(|t| &t.upid == u).unwrap().polls)
-            .collect()
-    });
+    assert_eq!(h.snapshot_posts(), [101, 102, 103, 201, 202, 203]);
+    let polls_after: Vec<usize> = in_flight.iter().map(|u| h.polls(u)).collect();
     assert!(
         polls_after.iter().zip(&polls_before).all(|(a, b)| a > b),
         "{polls_before:?} -> {polls_after:?}"
@@ -486,32 +559,28 @@ async fn resume_after_a_crash_waits_for_tasks_in_flight_instead_of_posting_again
         assert_eq!(v.upid.as_deref(), Some(upid.as_str()));
     }
     assert_eq!(h.env.calls_of(&["etcd", "snapshot"]).len(), 1);
-    h.assert_schema().await;
+    h.assert_schema();
 }
 
 #[tokio::test]
 async fn rollback_rolls_every_vm_back_starts_them_and_waits_for_health() {
     let h = H::six().await;
     h.run("pre-upgrade", inputs("up1")).await.0.unwrap();
-    h.pve
-        .with(|s| s.vms.get_mut(&201).unwrap().status = "stopped".into());
+    h.edit(|p| p.vm_mut(201).unwrap().status = "stopped".into());
     let health_before = h.env.calls_of(&["health"]).len();
     let (r, j) = h.run("rollback", inputs("up1")).await;
     r.unwrap();
-    let reqs = h.pve.requests().await;
+    let reqs = h.requests();
     let rollbacks: Vec<_> = reqs
         .iter()
-        .filter(|r| r.url.path().ends_with("/rollback"))
+        .filter(|r| r.path().ends_with("/rollback"))
         .collect();
     assert_eq!(rollbacks.len(), 6);
     for r in &rollbacks {
         assert_eq!(String::from_utf8_lossy(&r.body), "start=1");
-        assert!(r.url.path().contains("/snapshot/talosdr-up1-"));
+        assert!(r.path().contains("/snapshot/talosdr-up1-"));
     }
-    assert!(
-        h.pve
-            .with(|s| s.vms.values().all(|v| v.status == "running"))
-    );
+    assert!(h.state().vms.iter().all(|v| v.status == "running"));
     assert!(h.env.calls_of(&["health"]).len() > health_before);
     let st = j.snapshot();
     assert_eq!(
@@ -520,7 +589,7 @@ async fn rollback_rolls_every_vm_back_starts_them_and_waits_for_health() {
     );
     // The set was shown before the confirmation.
     assert!(h.rec.events().iter().any(|e| matches!(e, Event::Info { message } if message.starts_with("set up1: made") && message.contains("6 VMs"))));
-    h.assert_schema().await;
+    h.assert_schema();
 }
 
 #[tokio::test]
@@ -530,7 +599,7 @@ async fn rollback_needs_a_typed_confirmation_and_no_start_leaves_vms_stopped() {
     let (r, _) = h.run_with("rollback", inputs("up1"), &NoPrompt).await;
     let (exit, text) = failure(r);
     assert_eq!(exit, Exit::Declined, "{text}");
-    assert_eq!(h.pve.count("POST", |p| p.ends_with("/rollback")).await, 0);
+    assert_eq!(h.count("POST", |p| p.ends_with("/rollback")), 0);
 
     let (r, j) = h
         .run(
@@ -542,10 +611,7 @@ async fn rollback_needs_a_typed_confirmation_and_no_start_leaves_vms_stopped() {
         )
         .await;
     r.unwrap();
-    assert!(
-        h.pve
-            .with(|s| s.vms.values().all(|v| v.status == "stopped"))
-    );
+    assert!(h.state().vms.iter().all(|v| v.status == "stopped"));
     assert_eq!(
         j.snapshot().stage("wait-healthy").unwrap().status,
         StageStatus::Skipped
@@ -557,16 +623,10 @@ async fn rollback_on_zfs_with_a_newer_snapshot_is_refused_and_explained() {
     let h = H::six().await;
     h.run("pre-upgrade", inputs("up1")).await.0.unwrap();
     // Someone took another snapshot of VM 101 after the set; its disks are on ZFS.
-    h.pve.with(|s| {
-        let t = s.tick();
-        let vm = s.vms.get_mut(&101).unwrap();
-        vm.zfs = true;
-        vm.snapshots.push(FakeSnap {
-            name: FOREIGN.into(),
-            description: "cv4pve-autosnap".into(),
-            snaptime: t,
-            snapstate: None,
-        });
+    h.edit(|p| {
+        p.vm_mut(101).unwrap().zfs = true;
+        let t = jiff::Timestamp::now().as_second() + 60;
+        plant_foreign(p, 101, FOREIGN, "cv4pve-autosnap", t);
     });
     let (r, _) = h.run("rollback", inputs("up1")).await;
     let (exit, text) = failure(r);
@@ -584,25 +644,25 @@ async fn rollback_on_zfs_with_a_newer_snapshot_is_refused_and_explained() {
         h.warnings()
     );
     // talos-dr deleted nothing to make ZFS happy.
-    assert_eq!(h.pve.count("DELETE", |_| true).await, 0);
-    assert!(h.pve.snapshot_names(101).contains(&FOREIGN.to_owned()));
-    h.assert_schema().await;
+    assert_eq!(h.count("DELETE", |_| true), 0);
+    assert!(h.snapshot_names(101).contains(&FOREIGN.to_owned()));
+    h.assert_schema();
 }
 
 #[tokio::test]
 async fn set_retention_deletes_old_sets_but_never_foreign_snapshots() {
-    let mut vms = six_vms();
-    for v in &mut vms {
-        for name in [FOREIGN, "talosdr-manual-2405241418"] {
-            v.snapshots.push(FakeSnap {
-                name: name.into(),
-                description: "not from a set".into(),
-                snaptime: 1_716_000_000,
-                snapstate: None,
-            });
-        }
-    }
-    let h = H::new(vms, Duration::from_millis(20), "keep_sets = 1").await;
+    let h = H::new(
+        |p| {
+            for vmid in [101, 102, 103, 201, 202, 203] {
+                for name in [FOREIGN, "talosdr-manual-2405241418"] {
+                    plant_foreign(p, vmid, name, "not from a set", 1_716_000_000);
+                }
+            }
+        },
+        Duration::from_millis(20),
+        "keep_sets = 1",
+    )
+    .await;
     h.run("pre-upgrade", inputs("a")).await.0.unwrap();
     // An old set whose manifest (edited by hand) points at a foreign snapshot of VM 101.
     let mut old = sets::load(&h.sets_dir(), "a").unwrap();
@@ -628,7 +688,7 @@ async fn set_retention_deletes_old_sets_but_never_foreign_snapshots() {
     assert!(sets::etcd_path(&h.sets_dir(), "b").exists());
     let b = sets::load(&h.sets_dir(), "b").unwrap();
     for id in [101, 102, 103, 201, 202, 203] {
-        let mut names = h.pve.snapshot_names(id);
+        let mut names = h.snapshot_names(id);
         names.sort();
         let mut want = vec![
             b.snapname.clone(),
@@ -640,19 +700,17 @@ async fn set_retention_deletes_old_sets_but_never_foreign_snapshots() {
     }
     // Only set a's snapshots were ever asked to go.
     let deletes: Vec<String> = h
-        .pve
         .requests()
-        .await
         .iter()
         .filter(|r| r.method.as_str() == "DELETE")
-        .map(|r| r.url.path().to_owned())
+        .map(|r| r.path().to_owned())
         .collect();
     assert_eq!(deletes.len(), 6);
     assert!(
         deletes.iter().all(|p| p.contains("/snapshot/talosdr-a-")),
         "{deletes:?}"
     );
-    h.assert_schema().await;
+    h.assert_schema();
 }
 
 // ---- CLI ---------------------------------------------------------------------------------------

@@ -271,9 +271,9 @@ fn status_current(pve: &Pve, vm: &Vm, now_ms: i64) -> Value {
     v
 }
 
-/// The storage a disk shows: `local-zfs` when the ZFS fault is on.
-fn volid(pve: &Pve, volume: &str) -> String {
-    match (pve.zfs, volume.split_once(':')) {
+/// The storage a disk shows: `local-zfs` when the VM is on ZFS.
+fn volid(pve: &Pve, vm: &Vm, volume: &str) -> String {
+    match (pve.on_zfs(vm), volume.split_once(':')) {
         (true, Some((_, rest))) => format!("local-zfs:{rest}"),
         _ => volume.to_owned(),
     }
@@ -308,7 +308,7 @@ fn config(pve: &Pve, vm: &Vm, call: &Call<'_>) -> Response {
             d.key.clone(),
             json!(format!(
                 "{},iothread=1,size={}",
-                volid(pve, &d.volume),
+                volid(pve, vm, &d.volume),
                 d.size
             )),
         );
@@ -426,8 +426,11 @@ fn snapshot_list(vm: &Vm) -> Value {
 
 // ---- tasks ---------------------------------------------------------------------------------
 
+/// What a task of this VM meets: its lock, or one that only tasks see ([`Pve::task_locked`]).
 fn lock_error(pve: &Pve, vm: &Vm) -> Option<String> {
-    pve.lock_of(vm).map(|l| format!("VM is locked ({l})"))
+    pve.lock_of(vm)
+        .or_else(|| pve.task_locked.get(&vm.vmid).cloned())
+        .map(|l| format!("VM is locked ({l})"))
 }
 
 /// Records a task and answers its UPID. `check` is the task's fate: `Ok` runs for
@@ -467,6 +470,7 @@ fn start_task(
         outcome: outcome.clone(),
         log,
         effect: effect.filter(|_| outcome == "OK"),
+        held: pve.hold_tasks.contains(&vmid),
     });
     Response::ok(json!(upid))
 }
@@ -495,10 +499,10 @@ fn create_snapshot(pve: &mut Pve, call: &Call<'_>, vm: &Vm) -> Response {
     let mut log = Vec::new();
     if check.is_ok() {
         for d in &vm.disks {
-            let volid = volid(pve, &d.volume);
+            let volid = volid(pve, vm, &d.volume);
             log.push(format!("snapshotting 'drive-{}' ({volid})", d.key));
             let vol = volid.split_once(':').map_or(volid.as_str(), |(_, v)| v);
-            log.push(if pve.zfs {
+            log.push(if pve.on_zfs(vm) {
                 String::new()
             } else {
                 format!("  Logical volume \"snap_{vol}_{name}\" created.")
@@ -541,9 +545,9 @@ fn delete_snapshot(pve: &mut Pve, call: &Call<'_>, vm: &Vm) -> Response {
     let mut log = Vec::new();
     if check.is_ok() {
         for d in &vm.disks {
-            let volid = volid(pve, &d.volume);
+            let volid = volid(pve, vm, &d.volume);
             let vol = volid.split_once(':').map_or(volid.as_str(), |(_, v)| v);
-            if !pve.zfs {
+            if !pve.on_zfs(vm) {
                 log.push(format!(
                     "  Logical volume \"snap_{vol}_{name}\" successfully removed."
                 ));
@@ -577,11 +581,11 @@ fn rollback(pve: &mut Pve, call: &Call<'_>, vm: &Vm) -> Response {
             vm.snapshots[i].snapstate.as_deref().unwrap_or_default()
         )),
         // Snapshots are kept in creation order, so the newest is the last one.
-        Some(i) if pve.zfs && i + 1 != vm.snapshots.len() => {
+        Some(i) if pve.on_zfs(vm) && i + 1 != vm.snapshots.len() => {
             let disk = vm
                 .disks
                 .first()
-                .map(|d| volid(pve, &d.volume))
+                .map(|d| volid(pve, vm, &d.volume))
                 .unwrap_or_default();
             Err(format!(
                 "can't rollback, '{name}' is not most recent snapshot on '{disk}'"
@@ -599,7 +603,7 @@ fn rollback(pve: &mut Pve, call: &Call<'_>, vm: &Vm) -> Response {
         }
         vm_mut.lock = Some("rollback".into());
         for d in &vm.disks {
-            let volid = volid(pve, &d.volume);
+            let volid = volid(pve, vm, &d.volume);
             log.push(format!("rolling back '{volid}' to snapshot '{name}'"));
         }
         if start {
@@ -775,6 +779,45 @@ mod tests {
             pve.tasks[1].log,
             ["TASK ERROR: snapshot name 's1' already used"]
         );
+    }
+
+    /// A lock only tasks meet, tasks held until released, and one VM on ZFS.
+    #[test]
+    fn faults_for_one_vm() {
+        let mut pve = Cluster::example(None).pve;
+        pve.task_duration_ms = 1000;
+        pve.task_locked.insert(102, "backup".into());
+        pve.hold_tasks.push(101);
+        pve.vm_mut(103).unwrap().zfs = true;
+        let r = call(
+            &mut pve,
+            "GET",
+            "/nodes/pve2/qemu/102/status/current",
+            &[],
+            0,
+        );
+        assert_eq!(r.body.unwrap()["data"].get("lock"), None);
+        let snap = [("snapname", "s1")];
+        call(&mut pve, "POST", "/nodes/pve2/qemu/102/snapshot", &snap, 0);
+        call(&mut pve, "POST", "/nodes/pve1/qemu/101/snapshot", &snap, 0);
+        pve.advance(60_000);
+        assert_eq!(
+            pve.tasks[0].exitstatus.as_deref(),
+            Some("VM is locked (backup)")
+        );
+        assert!(pve.tasks[1].held);
+        assert_eq!(pve.tasks[1].exitstatus, None);
+        assert_eq!(pve.vm(101).unwrap().lock.as_deref(), Some("snapshot"));
+
+        let scsi0 = |pve: &mut Pve, path: &str| {
+            let r = call(pve, "GET", path, &[], 0);
+            r.body.unwrap()["data"]["scsi0"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert!(scsi0(&mut pve, "/nodes/pve3/qemu/103/config").starts_with("local-zfs:vm-103-"));
+        assert!(scsi0(&mut pve, "/nodes/pve2/qemu/102/config").starts_with("local-lvm:vm-102-"));
     }
 
     #[test]

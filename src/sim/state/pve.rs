@@ -42,12 +42,21 @@ pub struct Pve {
     /// Fault: requests for these nodes fail with 596 (empty body), as when a node is down.
     #[serde(default)]
     pub offline_nodes: Vec<String>,
-    /// Fault: the disks are on ZFS, which can only roll back to the newest snapshot.
+    /// Fault: the disks are on ZFS, which can only roll back to the newest snapshot (one VM's
+    /// disks: [`Vm::zfs`]).
     #[serde(default)]
     pub zfs: bool,
     /// Fault: the snapshot task of these VMs fails with this message.
     #[serde(default)]
     pub snapshot_fails: BTreeMap<u32, String>,
+    /// Fault: a lock only the tasks of these VMs meet (`{"203": "backup"}`): a backup that
+    /// started after the status was read, so checks pass and the task fails.
+    #[serde(default)]
+    pub task_locked: BTreeMap<u32, String>,
+    /// Fault: new tasks of these VMs keep running, whatever their duration, until
+    /// [`Pve::release_held`] (a crash test's tasks in flight).
+    #[serde(default)]
+    pub hold_tasks: Vec<u32>,
 }
 
 fn default_task_ms() -> u64 {
@@ -68,6 +77,8 @@ impl Default for Pve {
             offline_nodes: Vec::new(),
             zfs: false,
             snapshot_fails: BTreeMap::new(),
+            task_locked: BTreeMap::new(),
+            hold_tasks: Vec::new(),
         }
     }
 }
@@ -116,6 +127,20 @@ pub struct Vm {
     /// Unix ms when it was last started (uptime).
     #[serde(default)]
     pub started_ms: i64,
+    /// This VM's disks are on ZFS (as [`Pve::zfs`] for one VM).
+    #[serde(default)]
+    pub zfs: bool,
+}
+
+impl Vm {
+    /// Gives the VM another VMID; its disks' volume names follow (`vm-<vmid>-disk-0`).
+    pub fn renumber(&mut self, vmid: u32) {
+        let (old, new) = (format!("vm-{}-", self.vmid), format!("vm-{vmid}-"));
+        for d in &mut self.disks {
+            d.volume = d.volume.replace(&old, &new);
+        }
+        self.vmid = vmid;
+    }
 }
 
 fn yes() -> bool {
@@ -196,11 +221,19 @@ pub struct Task {
     /// What happens to the VM when the task ends successfully.
     #[serde(default)]
     pub effect: Option<Effect>,
+    /// Held by [`Pve::hold_tasks`]: runs until released, whatever `duration_ms` says.
+    #[serde(default)]
+    pub held: bool,
 }
 
 impl Task {
     pub fn ends_ms(&self) -> i64 {
         self.started_ms + i64::try_from(self.duration_ms).unwrap_or(i64::MAX / 2)
+    }
+
+    /// Whether it is still running at `at_ms` (by the clock, not by when it was last advanced).
+    pub fn running_at(&self, at_ms: i64) -> bool {
+        self.started_ms <= at_ms && (self.held || at_ms < self.ends_ms())
     }
 }
 
@@ -283,6 +316,7 @@ impl Pve {
                     memory_mib: if control { 4096 } else { 8192 },
                     cores: if control { 2 } else { 4 },
                     started_ms: 1_736_154_000_000,
+                    zfs: false,
                 }
             })
             .collect();
@@ -291,6 +325,21 @@ impl Pve {
             vms,
             ..Self::default()
         }
+    }
+
+    /// [`Pve::example`] numbered as many labs are: control planes from 101, workers from 201.
+    pub fn example_by_role(cluster_nodes: &[Node]) -> Self {
+        let mut pve = Self::example(cluster_nodes);
+        let (mut control, mut workers) = (101.., 201..);
+        for (node, vm) in cluster_nodes.iter().zip(&mut pve.vms) {
+            let ids = if node.machine_type == "worker" {
+                &mut workers
+            } else {
+                &mut control
+            };
+            vm.renumber(ids.next().expect("an endless range"));
+        }
+        pve
     }
 
     pub fn vm(&self, vmid: u32) -> Option<&Vm> {
@@ -318,11 +367,43 @@ impl Pve {
         self.offline_nodes.iter().any(|n| n == node)
     }
 
+    /// Whether this VM's disks are on ZFS (the cluster-wide fault or the VM's own).
+    pub fn on_zfs(&self, vm: &Vm) -> bool {
+        self.zfs || vm.zfs
+    }
+
+    /// Lets held tasks end now and stops holding new ones.
+    pub fn release_held(&mut self, now_ms: i64) {
+        self.hold_tasks.clear();
+        for t in self.tasks.iter_mut().filter(|t| t.held) {
+            t.held = false;
+            t.duration_ms = u64::try_from(now_ms - t.started_ms).unwrap_or(0);
+        }
+    }
+
+    /// The most tasks that ran at once: at each task's start, how many were running (itself
+    /// included). What a limit on parallel tasks is checked against.
+    pub fn peak_concurrent_tasks(&self) -> usize {
+        self.tasks
+            .iter()
+            .map(|t| {
+                self.tasks
+                    .iter()
+                    .filter(|o| o.running_at(t.started_ms))
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Ends every task that is due, applying its effect; returns whether anything changed.
     pub fn advance(&mut self, now_ms: i64) -> bool {
         let mut changed = false;
         let mut due: Vec<usize> = (0..self.tasks.len())
-            .filter(|&i| self.tasks[i].exitstatus.is_none() && self.tasks[i].ends_ms() <= now_ms)
+            .filter(|&i| {
+                let t = &self.tasks[i];
+                t.exitstatus.is_none() && !t.held && t.ends_ms() <= now_ms
+            })
             .collect();
         due.sort_by_key(|&i| self.tasks[i].ends_ms());
         for i in due {
@@ -423,5 +504,77 @@ mod tests {
         let old: Cluster = serde_json::from_value(v).unwrap();
         assert!(old.pve.vms.is_empty());
         assert_eq!(old.pve.task_duration_ms, 1500);
+    }
+
+    #[test]
+    fn example_by_role_numbers_workers_from_201() {
+        let c = Cluster::example(None);
+        let pve = super::Pve::example_by_role(&c.nodes);
+        let ids: Vec<(u32, &str, &str)> = pve
+            .vms
+            .iter()
+            .map(|v| (v.vmid, v.node.as_str(), v.disks[0].volume.as_str()))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                (101, "pve1", "local-lvm:vm-101-disk-0"),
+                (102, "pve2", "local-lvm:vm-102-disk-0"),
+                (103, "pve3", "local-lvm:vm-103-disk-0"),
+                (201, "pve1", "local-lvm:vm-201-disk-0"),
+                (202, "pve2", "local-lvm:vm-202-disk-0"),
+            ]
+        );
+    }
+
+    fn task(vmid: u32, started_ms: i64, duration_ms: u64, held: bool) -> super::Task {
+        super::Task {
+            upid: format!("UPID:pve1:0:0:0:qmsnapshot:{vmid}:a@b!c:"),
+            node: "pve1".into(),
+            task_type: "qmsnapshot".into(),
+            vmid,
+            user: "a@b!c".into(),
+            started_ms,
+            duration_ms,
+            exitstatus: None,
+            outcome: "OK".into(),
+            log: Vec::new(),
+            effect: None,
+            held,
+        }
+    }
+
+    #[test]
+    fn peak_counts_tasks_running_at_each_start() {
+        let mut pve = super::Pve::default();
+        assert_eq!(pve.peak_concurrent_tasks(), 0);
+        // 0–100, 50–150, 100–200 (the first has ended when the third starts), 120– held.
+        pve.tasks = vec![
+            task(101, 0, 100, false),
+            task(102, 50, 100, false),
+            task(103, 100, 100, false),
+            task(104, 120, 1, true),
+        ];
+        assert_eq!(pve.peak_concurrent_tasks(), 3);
+        pve.tasks.truncate(3);
+        assert_eq!(pve.peak_concurrent_tasks(), 2);
+    }
+
+    #[test]
+    fn held_tasks_run_until_released() {
+        let mut pve = super::Pve {
+            hold_tasks: vec![101],
+            ..super::Pve::default()
+        };
+        pve.tasks = vec![task(101, 0, 10, true), task(102, 0, 10, false)];
+        assert!(pve.advance(5_000));
+        assert_eq!(pve.tasks[0].exitstatus, None);
+        assert_eq!(pve.tasks[1].exitstatus.as_deref(), Some("OK"));
+        pve.release_held(6_000);
+        assert!(pve.hold_tasks.is_empty());
+        assert!(!pve.tasks[0].held);
+        assert!(pve.advance(6_000));
+        assert_eq!(pve.tasks[0].exitstatus.as_deref(), Some("OK"));
+        assert_eq!(pve.tasks[0].ends_ms(), 6_000);
     }
 }
