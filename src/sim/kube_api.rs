@@ -10,6 +10,10 @@
 //!
 //! Like a real API server whose etcd is gone, resource requests get `503 ServiceUnavailable`
 //! while no control-plane node has etcd Running; discovery keeps answering.
+//!
+//! One write: `DELETE /api/v1/nodes/NAME` (`kubectl delete node NAME`), recorded in the state's
+//! `kube.deleted_nodes`; the list honours `fieldSelector=metadata.name=NAME`, which kubectl's
+//! wait for the deletion uses.
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -93,8 +97,8 @@ async fn handle_connection(stream: TcpStream, state_path: &Path) -> io::Result<(
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request head timed out"))??;
     let (status, body) = match head.line.split_whitespace().collect::<Vec<_>>().as_slice() {
         ["GET", target, version] if version.starts_with("HTTP/1.") => {
-            let path = target.split_once('?').map_or(*target, |(p, _)| p);
-            let (status, body) = route(path, state_path);
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
+            let (status, body) = route(path, query, state_path);
             // Plain `kubectl get` asks for a server-side Table; `-o json` does not.
             let wants_table = head.accept.contains("as=Table");
             if status == 200 && wants_table {
@@ -103,9 +107,22 @@ async fn handle_connection(stream: TcpStream, state_path: &Path) -> io::Result<(
                 (status, body)
             }
         }
+        ["DELETE", target, version] if version.starts_with("HTTP/1.") => {
+            // Read the DeleteOptions body so closing the socket does not reset it.
+            let mut body = vec![0u8; head.content_length.min(MAX_HEAD)];
+            tokio::time::timeout(Duration::from_secs(10), reader.read_exact(&mut body))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request body timed out"))??;
+            let path = target.split_once('?').map_or(*target, |(p, _)| p);
+            delete(path, state_path)
+        }
         [_, _, _] => (
             405,
-            status_body(405, "MethodNotAllowed", "the simulator only serves GET"),
+            status_body(
+                405,
+                "MethodNotAllowed",
+                "the simulator only serves GET (and DELETE of nodes)",
+            ),
         ),
         _ => (
             400,
@@ -126,12 +143,14 @@ async fn handle_connection(stream: TcpStream, state_path: &Path) -> io::Result<(
 struct Head {
     line: String,
     accept: String,
+    content_length: usize,
 }
 
 /// Reads the request line and headers; keeps the request line and `Accept`.
 async fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Head> {
     let mut request_line = String::new();
     let mut accept = String::new();
+    let mut content_length = 0;
     let mut total = 0;
     let mut line = String::new();
     loop {
@@ -150,11 +169,14 @@ async fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Head> {
             return Ok(Head {
                 line: request_line,
                 accept,
+                content_length,
             });
-        } else if let Some((name, value)) = line.split_once(':')
-            && name.eq_ignore_ascii_case("accept")
-        {
-            accept = value.trim().to_owned();
+        } else if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("accept") {
+                accept = value.trim().to_owned();
+            } else if name.eq_ignore_ascii_case("content-length") {
+                content_length = value.trim().parse().unwrap_or(0);
+            }
         }
     }
 }
@@ -171,8 +193,8 @@ fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-/// Answers one GET `path` (query already stripped).
-fn route(path: &str, state_path: &Path) -> (u16, Value) {
+/// Answers one GET `path` (`query` without the `?`).
+fn route(path: &str, query: &str, state_path: &Path) -> (u16, Value) {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segments.as_slice() {
         ["api"] => (200, api_versions()),
@@ -191,16 +213,72 @@ fn route(path: &str, state_path: &Path) -> (u16, Value) {
                 503,
                 status_body(503, "ServiceUnavailable", "etcdserver: request timed out"),
             ),
-            Ok(cluster) => resource(rest, &cluster),
+            Ok(cluster) => resource(rest, query, &cluster),
         },
         _ => not_found(path),
     }
 }
 
-fn resource(rest: &[&str], cluster: &Cluster) -> (u16, Value) {
+/// `DELETE /api/v1/nodes/NAME`: the Node object goes away (the machine is not touched).
+fn delete(path: &str, state_path: &Path) -> (u16, Value) {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let ["api", "v1", "nodes", name] = segments.as_slice() else {
+        return (
+            405,
+            status_body(405, "MethodNotAllowed", "the simulator deletes only nodes"),
+        );
+    };
+    let result = Cluster::update(state_path, |c| {
+        if !etcd_available(c) {
+            return (
+                503,
+                status_body(503, "ServiceUnavailable", "etcdserver: request timed out"),
+            );
+        }
+        match listed_node(c, name) {
+            Some(node) => {
+                let body = node_json(c, node);
+                c.kube.deleted_nodes.push((*name).to_owned());
+                (200, body)
+            }
+            None => (
+                404,
+                status_body(404, "NotFound", &format!("nodes \"{name}\" not found")),
+            ),
+        }
+    });
+    result.unwrap_or_else(|e| {
+        (
+            500,
+            status_body(500, "InternalError", &format!("simulator state: {e}")),
+        )
+    })
+}
+
+/// The Node object named `name`, unless it was deleted.
+fn listed_node<'a>(cluster: &'a Cluster, name: &str) -> Option<&'a Node> {
+    cluster
+        .nodes
+        .iter()
+        .find(|n| n.hostname == name && !cluster.kube.deleted_nodes.contains(&n.hostname))
+}
+
+fn resource(rest: &[&str], query: &str, cluster: &Cluster) -> (u16, Value) {
     match rest {
-        ["nodes"] => (200, node_list(cluster)),
-        ["nodes", name] => match cluster.nodes.iter().find(|n| n.hostname == *name) {
+        ["nodes"] => {
+            let mut list = node_list(cluster);
+            // `fieldSelector=metadata.name=NAME` (URL-encoded `=` is `%3D`).
+            let wanted = query.split('&').find_map(|kv| {
+                kv.strip_prefix("fieldSelector=")
+                    .map(|v| v.replace("%3D", "=").replace("%3d", "="))
+                    .and_then(|v| v.strip_prefix("metadata.name=").map(str::to_owned))
+            });
+            if let (Some(name), Some(items)) = (wanted, list["items"].as_array_mut()) {
+                items.retain(|i| i["metadata"]["name"] == name.as_str());
+            }
+            (200, list)
+        }
+        ["nodes", name] => match listed_node(cluster, name) {
             Some(node) => (200, node_json(cluster, node)),
             None => (
                 404,
@@ -252,7 +330,7 @@ fn api_resources() -> Value {
         "groupVersion": "v1",
         "resources": [
             {"name": "nodes", "singularName": "node", "namespaced": false, "kind": "Node",
-             "verbs": verbs, "shortNames": ["no"]},
+             "verbs": ["get", "list", "watch", "delete"], "shortNames": ["no"]},
             {"name": "pods", "singularName": "pod", "namespaced": true, "kind": "Pod",
              "verbs": verbs, "shortNames": ["po"], "categories": ["all"]},
         ],
@@ -318,6 +396,7 @@ pub fn node_list(cluster: &Cluster) -> Value {
     let items: Vec<Value> = cluster
         .nodes
         .iter()
+        .filter(|n| !cluster.kube.deleted_nodes.contains(&n.hostname))
         .map(|n| node_json(cluster, n))
         .collect();
     json!({
