@@ -65,15 +65,39 @@ fn lookup(node: &Node, path: &str) -> Result<Result<Entry, String>, String> {
 }
 
 /// The raw bbolt file etcd keeps: the node's data without the snapshot's sha256 trailer.
-/// Damaged data comes out damaged (the page type of page 2 is not a bbolt type).
+/// Damaged data comes out damaged: the root page of the bucket tree gets a page type bbolt
+/// does not have (what etcd's "invalid page type" panic means).
 fn raw_db(ctx: &Ctx, node: &Node) -> Result<Vec<u8>, String> {
     let (mut db, _) = db_and_trailer(node_data(ctx, node)?);
-    if node.etcd.data_corrupt && db.len() > 2 * 4096 + 10 {
-        // Page header: id u64, flags u16 at offset 8.
-        db[2 * 4096 + 8] = 0xff;
-        db[2 * 4096 + 9] = 0x7f;
+    if node.etcd.data_corrupt {
+        damage_root_pages(&mut db);
     }
     Ok(db)
+}
+
+/// Both meta pages name a root page (`meta.root.root` at byte 32 of the page; the page size at
+/// byte 24); each root page's `flags` (byte 8 of its header) becomes invalid.
+fn damage_root_pages(db: &mut [u8]) {
+    let u32_at = |db: &[u8], at: usize| {
+        db.get(at..at + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default()))
+    };
+    let u64_at = |db: &[u8], at: usize| {
+        db.get(at..at + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+    };
+    let Some(page_size) = u32_at(db, 24).map(|p| p as usize).filter(|p| *p >= 512) else {
+        return;
+    };
+    for meta in [0, page_size] {
+        let root = u64_at(db, meta + 32).and_then(|r| usize::try_from(r).ok());
+        if let Some(at) = root.and_then(|r| r.checked_mul(page_size)).map(|o| o + 8)
+            && at + 2 <= db.len()
+        {
+            db[at] = 0xff;
+            db[at + 1] = 0x7f;
+        }
+    }
 }
 
 /// `talosctl cp SRC -|DEST` (alias of `copy`).
