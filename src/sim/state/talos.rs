@@ -201,6 +201,8 @@ impl Cluster {
         );
         self.nodes[i].etcd.health_from_quorum = true;
         let healthy = self.majority_up(generation, false);
+        // Without quorum the restarted member never gets ready to serve clients.
+        self.nodes[i].etcd.restarted_without_quorum = !healthy;
         self.nodes[i].etcd.set(
             "Running",
             if healthy { "OK" } else { "Fail" },
@@ -234,6 +236,9 @@ impl Cluster {
                 self.nodes[i]
                     .etcd
                     .set("Running", want, health_event(healthy));
+                if healthy {
+                    self.nodes[i].etcd.restarted_without_quorum = false;
+                }
                 changed = true;
             }
         }
