@@ -5,11 +5,16 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::state::{Cluster, Timing};
+use super::state::{CORRUPT_EVENT, Cluster, DialError, EtcdVolume, Timing};
 
 /// A real etcd snapshot (made by etcd 3.4; see fixtures/snapshots/README.md) that the
 /// simulated cluster serves as its current data.
 const CLUSTER_DATA: &[u8] = include_bytes!("../../fixtures/snapshots/small.snapshot");
+/// What a member that kept running after the last backup holds: a real etcd snapshot with a
+/// higher revision than [`CLUSTER_DATA`] (fixtures/snapshots/README.md).
+const SURVIVOR_DATA: &[u8] = include_bytes!("../../fixtures/snapshots/survivor.snapshot");
+/// [`SURVIVOR_DATA`]'s file name, next to the cluster's data file.
+const SURVIVOR_FILE: &str = "survivor-etcd.snapshot";
 
 /// Faults the demo can inject (`demo --fault NAME`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
@@ -64,6 +69,7 @@ pub fn setup(dir: &Path, exe: &Path, real_kubectl: bool, faults: &[Fault]) -> io
     crate::fsutil::create_private_dir(&bin_dir)?;
     let data = dir.join("cluster-etcd.snapshot");
     std::fs::write(&data, CLUSTER_DATA)?;
+    std::fs::write(dir.join(SURVIVOR_FILE), SURVIVOR_DATA)?;
 
     let mut cluster = Cluster::example(Some(data));
     // Slow enough to watch, fast enough for a demo under a minute.
@@ -71,6 +77,9 @@ pub fn setup(dir: &Path, exe: &Path, real_kubectl: bool, faults: &[Fault]) -> io
         reset_ms: 3000,
         bootstrap_ms: 2500,
         join_ms: 2000,
+        no_route_ms: 1500,
+        dial_timeout_ms: 2000,
+        snapshot_hang_ms: 3000,
     };
     for f in faults {
         f.apply(&mut cluster);
@@ -153,6 +162,7 @@ pub fn disaster(state: &Path) -> io::Result<()> {
     Cluster::update(state, |c| {
         for n in c.nodes.iter_mut().filter(|n| n.machine_type != "worker") {
             n.etcd.pending.clear();
+            n.etcd.data_corrupt = true;
             n.etcd.set(
                 "Failed",
                 "Fail",
@@ -160,4 +170,147 @@ pub fn disaster(state: &Path) -> io::Result<()> {
             );
         }
     })
+}
+
+/// The disasters that actually happen (`reference/talos.md` §13), for `demo --disaster NAME`.
+/// Each turns the demo's healthy cluster into that disaster; etcd is lost on every control
+/// plane except where said otherwise, so a restore is the right answer in each. What lets
+/// talos-dr get through them is in each variant's doc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Disaster {
+    /// The talosconfig's endpoint is a Talos VIP ([`VIP`]), and etcd lost quorum, so the VIP
+    /// is gone (`no route to host`). A correct recovery talks to every node directly
+    /// (`-e NODE -n NODE`); the VIP answers again once the restored cluster has quorum.
+    /// Call [`Disaster::prepare`] at setup: the talosconfig must use the VIP from the start.
+    VipEndpoint,
+    /// One survivor (talos-cp-1) still runs etcd without quorum (Running, HEALTH Fail) and
+    /// holds a newer revision than the last backup; the other two fail on damaged data. A
+    /// correct recovery saves the survivor's data first (`etcd snapshot` works on a member that
+    /// kept running; `cp /var/lib/etcd/member/snap/db` is the fallback) and restores from the
+    /// newest valid copy instead of the older backup.
+    QuorumLoss,
+    /// talos-cp-3's Proxmox host is gone: every call to it times out (`i/o timeout`) and its
+    /// PVE node answers 596. A correct recovery stops at the unreachable node unless the user
+    /// leaves it out; restored without it, its Kubernetes Node object (back from the snapshot)
+    /// makes `talosctl health` fail `unexpected nodes with IPs` until it is deleted.
+    HostLost,
+    /// Talos 1.14 whose etcd lives on its own `ETCD` partition (`get volumestatus ETCD` says
+    /// `type: partition`). A correct recovery resets with `EPHEMERAL,ETCD`: an EPHEMERAL-only
+    /// reset keeps `/var/lib/etcd/member`, the node restarts etcd on its old data (here it fails
+    /// again on the damage), never waits for bootstrap and refuses one (`AlreadyExists`).
+    EtcdVolume,
+    /// talos-cp-2's etcd shows `Preparing` but its data is still there (an unclean reboot while
+    /// the etcd image is pulled). A correct recovery does not trust `Preparing`: it checks
+    /// `ls /var/lib/etcd/member` and resets that node too. Bootstrapping it is refused
+    /// (`AlreadyExists`); left to "join", it starts on its old data and membership once the
+    /// restored cluster exists: a split cluster, recorded in `etcd_violations`.
+    StalePreparing,
+}
+
+/// The demo cluster's VIP (an address no node has).
+pub const VIP: &str = "10.5.0.10";
+
+impl Disaster {
+    /// What the cluster looked like before the disaster, set up with the demo: the VIP as the
+    /// talosconfig's endpoint, or Talos 1.14 with ETCD partitions (chosen when a cluster is
+    /// created). Call it right after [`setup`].
+    pub fn prepare(self, env: &DemoEnv) -> io::Result<()> {
+        match self {
+            Disaster::VipEndpoint => {
+                Cluster::update(&env.state, |c| c.vip = Some(VIP.into()))?;
+                let path = env.config_dir.join("talosconfig");
+                let mut tc: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(&path)?).map_err(io::Error::other)?;
+                tc["contexts"]["demo"]["endpoints"] = serde_json::json!([VIP]);
+                crate::fsutil::write_atomic(
+                    &path,
+                    serde_json::to_string_pretty(&tc)?.as_bytes(),
+                    0o600,
+                )
+            }
+            Disaster::EtcdVolume => Cluster::update(&env.state, etcd_partitions),
+            _ => Ok(()),
+        }
+    }
+
+    /// Turns the healthy cluster into this disaster.
+    pub fn apply(self, c: &mut Cluster) {
+        let cp: Vec<String> = c
+            .nodes
+            .iter()
+            .filter(|n| n.is_control_plane())
+            .map(|n| n.address.clone())
+            .collect();
+        for a in &cp {
+            if let Some(n) = c.node_mut(a) {
+                n.etcd.pending.clear();
+                n.etcd.data_corrupt = true;
+                n.etcd.set("Failed", "Fail", CORRUPT_EVENT);
+            }
+        }
+        match self {
+            Disaster::VipEndpoint => {
+                c.vip.get_or_insert_with(|| VIP.into());
+            }
+            Disaster::QuorumLoss => {
+                let survivor_data = c
+                    .snapshot_source
+                    .as_deref()
+                    .and_then(Path::parent)
+                    .map(|d| d.join(SURVIVOR_FILE));
+                if let Some(n) = cp.first().and_then(|a| c.node_mut(a)) {
+                    n.etcd.data_corrupt = false;
+                    n.etcd.data = survivor_data;
+                    n.etcd.set(
+                        "Running",
+                        "Fail",
+                        "Health check failed: context deadline exceeded",
+                    );
+                }
+            }
+            Disaster::HostLost => {
+                if let Some(a) = cp.last() {
+                    if let Some(n) = c.node_mut(a) {
+                        n.reachable = false;
+                        n.dial_error = DialError::Timeout;
+                    }
+                    let hostname = c.node(a).map(|n| n.hostname.clone());
+                    let pve_node = c
+                        .pve
+                        .vms
+                        .iter()
+                        .find(|vm| Some(&vm.name) == hostname.as_ref())
+                        .map(|vm| vm.node.clone());
+                    if let Some(p) = pve_node
+                        && !c.pve.offline_nodes.contains(&p)
+                    {
+                        c.pve.offline_nodes.push(p);
+                    }
+                }
+            }
+            Disaster::EtcdVolume => etcd_partitions(c),
+            Disaster::StalePreparing => {
+                if let Some(n) = cp.get(1).and_then(|a| c.node_mut(a)) {
+                    n.etcd.data_corrupt = false;
+                    n.etcd.set(
+                        "Waiting",
+                        "?",
+                        "Waiting for service \"cri\" to be \"up\", time sync",
+                    );
+                    n.etcd.set("Preparing", "?", "Running pre state");
+                }
+            }
+        }
+    }
+}
+
+/// Talos 1.14 with `/var/lib/etcd` on its own partition on every control plane.
+fn etcd_partitions(c: &mut Cluster) {
+    c.talos_version = "v1.14.0".into();
+    for n in c.nodes.iter_mut().filter(|n| n.is_control_plane()) {
+        n.etcd_volume = EtcdVolume::Partition {
+            location: "/dev/sda7".into(),
+        };
+    }
 }

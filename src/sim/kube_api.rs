@@ -13,6 +13,10 @@
 //!
 //! Like a real API server whose etcd is gone, resource requests get `503 ServiceUnavailable`
 //! while no control-plane node has etcd Running; discovery keeps answering.
+//!
+//! One write: `DELETE /api/v1/nodes/NAME` (`kubectl delete node NAME`), recorded in the state's
+//! `kube.deleted_nodes`; the list honours `fieldSelector=metadata.name=NAME`, which kubectl's
+//! wait for the deletion uses.
 
 use std::io;
 use std::net::SocketAddr;
@@ -20,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::{Path as UrlPath, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -63,6 +67,15 @@ fn router(state_path: PathBuf) -> Router {
             "/version",
             get(|State(path): StatePath| async move { answer(200, version_info(&path)) }),
         )
+        .route(
+            "/api/v1/nodes/{name}",
+            get(
+                |st: StatePath, q: RawQuery, h: HeaderMap, UrlPath(name): UrlPath<String>| {
+                    resources(st, UrlPath(format!("nodes/{name}")), q, h)
+                },
+            )
+            .delete(delete_node),
+        )
         .route("/api/v1/{*rest}", get(resources))
         .method_not_allowed_fallback(not_allowed)
         .fallback(fallback)
@@ -73,6 +86,7 @@ fn router(state_path: PathBuf) -> Router {
 async fn resources(
     State(path): StatePath,
     UrlPath(rest): UrlPath<String>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
     let (status, body) = match Cluster::load(&path) {
@@ -86,7 +100,7 @@ async fn resources(
         ),
         Ok(cluster) => {
             let segments: Vec<&str> = rest.trim_matches('/').split('/').collect();
-            resource(&segments, &cluster)
+            resource(&segments, query.as_deref().unwrap_or_default(), &cluster)
         }
     };
     let wants_table = headers
@@ -98,6 +112,45 @@ async fn resources(
     } else {
         answer(status, body)
     }
+}
+
+/// `DELETE /api/v1/nodes/NAME` (`kubectl delete node NAME`): the Node object goes away, recorded
+/// in `kube.deleted_nodes`; the machine is not touched.
+async fn delete_node(State(path): StatePath, UrlPath(name): UrlPath<String>) -> Response {
+    let result = Cluster::update(&path, |c| {
+        if !etcd_available(c) {
+            return (
+                503,
+                status_body(503, "ServiceUnavailable", "etcdserver: request timed out"),
+            );
+        }
+        match listed_node(c, &name) {
+            Some(node) => {
+                let body = node_json(c, node);
+                c.kube.deleted_nodes.push(name.clone());
+                (200, body)
+            }
+            None => (
+                404,
+                status_body(404, "NotFound", &format!("nodes \"{name}\" not found")),
+            ),
+        }
+    });
+    let (status, body) = result.unwrap_or_else(|e| {
+        (
+            500,
+            status_body(500, "InternalError", &format!("simulator state: {e}")),
+        )
+    });
+    answer(status, body)
+}
+
+/// The Node object named `name`, unless it was deleted.
+fn listed_node<'a>(cluster: &'a Cluster, name: &str) -> Option<&'a Node> {
+    cluster
+        .nodes
+        .iter()
+        .find(|n| n.hostname == name && !cluster.kube.deleted_nodes.contains(&n.hostname))
 }
 
 async fn fallback(method: Method, uri: Uri) -> Response {
@@ -112,7 +165,11 @@ async fn fallback(method: Method, uri: Uri) -> Response {
 async fn not_allowed() -> Response {
     answer(
         405,
-        status_body(405, "MethodNotAllowed", "the simulator only serves GET"),
+        status_body(
+            405,
+            "MethodNotAllowed",
+            "the simulator only serves GET (and DELETE of nodes)",
+        ),
     )
 }
 
@@ -159,10 +216,22 @@ pub fn write_kubeconfig(path: &Path, addr: SocketAddr) -> io::Result<()> {
     crate::fsutil::write_atomic(path, kubeconfig_yaml(addr).as_bytes(), 0o600)
 }
 
-fn resource(rest: &[&str], cluster: &Cluster) -> (u16, Value) {
+fn resource(rest: &[&str], query: &str, cluster: &Cluster) -> (u16, Value) {
     match rest {
-        ["nodes"] => (200, node_list(cluster)),
-        ["nodes", name] => match cluster.nodes.iter().find(|n| n.hostname == *name) {
+        ["nodes"] => {
+            let mut list = node_list(cluster);
+            // `fieldSelector=metadata.name=NAME` (kubectl's wait for a deletion; `=` may be `%3D`).
+            let wanted = query.split('&').find_map(|kv| {
+                kv.strip_prefix("fieldSelector=")
+                    .map(|v| v.replace("%3D", "=").replace("%3d", "="))
+                    .and_then(|v| v.strip_prefix("metadata.name=").map(str::to_owned))
+            });
+            if let (Some(name), Some(items)) = (wanted, list["items"].as_array_mut()) {
+                items.retain(|i| i["metadata"]["name"] == name.as_str());
+            }
+            (200, list)
+        }
+        ["nodes", name] => match listed_node(cluster, name) {
             Some(node) => (200, node_json(cluster, node)),
             None => (
                 404,
@@ -214,7 +283,7 @@ fn api_resources() -> Value {
         "groupVersion": "v1",
         "resources": [
             {"name": "nodes", "singularName": "node", "namespaced": false, "kind": "Node",
-             "verbs": verbs, "shortNames": ["no"]},
+             "verbs": ["get", "list", "watch", "delete"], "shortNames": ["no"]},
             {"name": "pods", "singularName": "pod", "namespaced": true, "kind": "Pod",
              "verbs": verbs, "shortNames": ["po"], "categories": ["all"]},
         ],
@@ -280,6 +349,7 @@ pub fn node_list(cluster: &Cluster) -> Value {
     let items: Vec<Value> = cluster
         .nodes
         .iter()
+        .filter(|n| !cluster.kube.deleted_nodes.contains(&n.hostname))
         .map(|n| node_json(cluster, n))
         .collect();
     json!({

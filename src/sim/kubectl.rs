@@ -1,6 +1,7 @@
 //! A stand-in `kubectl` for `talos-dr demo` on machines without kubectl. It answers only what
-//! talos-dr asks (`version --client -o json`, `get nodes|pods -o json`) from the simulated
-//! cluster's state; the tests always use the real kubectl against [`super::kube_api`].
+//! talos-dr asks (`version --client -o json`, `get nodes|pods -o json`, `delete node NAME`) from
+//! the simulated cluster's state; the tests always use the real kubectl against
+//! [`super::kube_api`].
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -22,6 +23,9 @@ pub fn main(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         }
     }
     let state = std::env::var_os(super::ENV_STATE).map(PathBuf::from);
+    if let (["delete", "node" | "nodes" | "no", name], Some(path)) = (rest.as_slice(), &state) {
+        return delete_node(path, name, out, err);
+    }
     let cluster = state.as_deref().map(Cluster::load);
     let value = match (rest.as_slice(), cluster) {
         (["version", ..], _) => serde_json::json!({
@@ -55,6 +59,47 @@ pub fn main(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         serde_json::to_string_pretty(&value).unwrap_or_default()
     );
     0
+}
+
+/// `kubectl delete node NAME`, as [`kube_api`] serves it.
+fn delete_node(
+    state: &std::path::Path,
+    name: &str,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> i32 {
+    let result = Cluster::update(state, |c| {
+        if !etcd_up(c) {
+            return Err(
+                "Error from server (ServiceUnavailable): etcdserver: request timed out".to_owned(),
+            );
+        }
+        let listed = c
+            .nodes
+            .iter()
+            .any(|n| n.hostname == name && !c.kube.deleted_nodes.iter().any(|d| d == name));
+        if !listed {
+            return Err(format!(
+                "Error from server (NotFound): nodes \"{name}\" not found"
+            ));
+        }
+        c.kube.deleted_nodes.push(name.to_owned());
+        Ok(())
+    });
+    match result {
+        Ok(Ok(())) => {
+            let _ = writeln!(out, "node \"{name}\" deleted");
+            0
+        }
+        Ok(Err(e)) => {
+            let _ = writeln!(err, "{e}");
+            1
+        }
+        Err(e) => {
+            let _ = writeln!(err, "simulated kubectl: cannot read the cluster state: {e}");
+            1
+        }
+    }
 }
 
 fn etcd_up(c: &Cluster) -> bool {

@@ -6,8 +6,10 @@
 //!
 //! The cluster lives in one JSON file ([`state::Cluster`]) named by `TALOS_DR_SIM_STATE`.
 //! `talos-dr __sim talosctl …` behaves like talosctl v1.9 against that state (syntax, exit codes,
-//! stdout/stderr split and output formats as `reference/talos.md` §12 lists them); tests put a
-//! two-line shim named `talosctl` first on `PATH`. Every call is appended to
+//! stdout/stderr split and output formats as `reference/talos.md` §12 lists them), or like
+//! 1.10–1.14 when the state's `talos_version` says so (§13); calls go through the talosconfig's
+//! endpoints (or `-e`) as apid proxies them. Tests put a two-line shim named `talosctl` first on
+//! `PATH`. Every call is appended to
 //! `<state>.calls.jsonl`, so tests can assert exactly which commands ran. Faults are injected by
 //! editing the state file.
 //!

@@ -7,7 +7,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod pve;
+mod talos;
 pub use pve::{Disk, Effect, Interface, Pve, Snapshot, Task, Violation, Vm};
+pub use talos::{
+    CORRUPT_EVENT, DialError, EtcdViolation, EtcdVolume, ViolationKind, minor_version,
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Cluster {
@@ -33,6 +37,22 @@ pub struct Cluster {
     /// What the simulated Proxmox VE API serves; absent in older files (then empty).
     #[serde(default)]
     pub pve: Pve,
+    /// A Talos VIP (an address that is not a node's) the talosconfig may use as its endpoint. It
+    /// answers only while etcd has quorum: the owner campaigns through an etcd election.
+    #[serde(default)]
+    pub vip: Option<String>,
+    /// The newest etcd cluster: 0 is the original one, each accepted bootstrap makes a new one.
+    /// A node's data belongs to one of them ([`Etcd::generation`]).
+    #[serde(default)]
+    pub etcd_generation: u32,
+    /// Who joined each cluster generation (addresses); generation 0 defaults to every
+    /// control-plane node.
+    #[serde(default)]
+    pub etcd_members: std::collections::BTreeMap<u32, Vec<String>>,
+    /// Split clusters the simulator saw happen (a second accepted bootstrap, a node that started
+    /// etcd on old data while a newer cluster existed). Anything here is a failed recovery.
+    #[serde(default)]
+    pub etcd_violations: Vec<EtcdViolation>,
 }
 
 /// How long simulated transitions take.
@@ -44,6 +64,29 @@ pub struct Timing {
     pub bootstrap_ms: u64,
     /// then → the other control-plane nodes join.
     pub join_ms: u64,
+    /// A call to an unreachable node or an unowned VIP on the same L2 fails with `no route to
+    /// host` after this long (the ARP timeout; a few seconds in reality).
+    #[serde(default = "default_no_route_ms")]
+    pub no_route_ms: u64,
+    /// A call to a lost host fails with `i/o timeout` after this long.
+    #[serde(default = "default_dial_timeout_ms")]
+    pub dial_timeout_ms: u64,
+    /// `etcd snapshot` on a member whose etcd restarted without quorum hangs this long, then fails
+    /// (the real call hangs until the caller gives up).
+    #[serde(default = "default_snapshot_hang_ms")]
+    pub snapshot_hang_ms: u64,
+}
+
+fn default_no_route_ms() -> u64 {
+    50
+}
+
+fn default_dial_timeout_ms() -> u64 {
+    100
+}
+
+fn default_snapshot_hang_ms() -> u64 {
+    200
 }
 
 impl Default for Timing {
@@ -52,6 +95,9 @@ impl Default for Timing {
             reset_ms: 300,
             bootstrap_ms: 300,
             join_ms: 300,
+            no_route_ms: default_no_route_ms(),
+            dial_timeout_ms: default_dial_timeout_ms(),
+            snapshot_hang_ms: default_snapshot_hang_ms(),
         }
     }
 }
@@ -65,6 +111,13 @@ pub struct Transition {
     pub event: String,
     #[serde(default)]
     pub data_empty: Option<bool>,
+    /// On arrival etcd starts on the node's own data and membership ([`Cluster::advance`] records
+    /// a split cluster if a newer cluster exists by then).
+    #[serde(default)]
+    pub old_data: bool,
+    /// On arrival the node has joined this cluster generation (its data is that cluster's).
+    #[serde(default)]
+    pub joins: Option<u32>,
 }
 
 fn default_version() -> String {
@@ -79,8 +132,20 @@ pub struct Node {
     pub machine_type: String,
     #[serde(default = "yes")]
     pub reachable: bool,
+    /// How calls to it fail while it is not reachable.
+    #[serde(default)]
+    pub dial_error: DialError,
     #[serde(default)]
     pub etcd: Etcd,
+    /// Where `/var/lib/etcd` lives (Talos ≥ 1.10 reports it as VolumeStatus `ETCD`).
+    #[serde(default)]
+    pub etcd_volume: EtcdVolume,
+    /// Fault: the node's clock is not synchronised (`bootstrap` is refused).
+    #[serde(default)]
+    pub time_unsynced: bool,
+    /// Fault (Talos 1.14): the machine config has no etcd CA (`bootstrap` is refused for good).
+    #[serde(default)]
+    pub etcd_unconfigured: bool,
 }
 
 fn yes() -> bool {
@@ -99,6 +164,24 @@ pub struct Etcd {
     pub data_empty: bool,
     #[serde(default)]
     pub pending: Vec<Transition>,
+    /// The node's own data while it has any: a real etcd snapshot file (with or without the
+    /// sha256 trailer). `None`: the cluster's [`Cluster::snapshot_source`].
+    #[serde(default)]
+    pub data: Option<PathBuf>,
+    /// Which cluster the data belongs to ([`Cluster::etcd_generation`]).
+    #[serde(default)]
+    pub generation: u32,
+    /// The data is damaged (etcd fails to load it); a raw copy of it fails verification.
+    #[serde(default)]
+    pub data_corrupt: bool,
+    /// etcd (re)started while quorum was lost: it does not serve clients, so `etcd snapshot`
+    /// hangs. A member that kept running through the loss still serves it.
+    #[serde(default)]
+    pub restarted_without_quorum: bool,
+    /// HEALTH follows whether a majority of the node's own cluster is up (set when etcd started
+    /// on old data and membership).
+    #[serde(default)]
+    pub health_from_quorum: bool,
 }
 
 impl Etcd {
@@ -124,6 +207,11 @@ impl Default for Etcd {
             ],
             data_empty: false,
             pending: Vec::new(),
+            data: None,
+            generation: 0,
+            data_corrupt: false,
+            restarted_without_quorum: false,
+            health_from_quorum: false,
         }
     }
 }
@@ -185,6 +273,10 @@ pub struct Kube {
     /// Fault: these nodes (hostname or address) report `Ready=False` (`KubeletNotReady`).
     #[serde(default)]
     pub nodes_not_ready: Vec<String>,
+    /// Node objects deleted through the API (hostnames); they are no longer listed. A restore
+    /// brings them back (they are in the snapshot).
+    #[serde(default)]
+    pub deleted_nodes: Vec<String>,
 }
 
 fn default_kube_version() -> String {
@@ -199,6 +291,7 @@ impl Default for Kube {
             pods_pending: Vec::new(),
             pods_crashloop: Vec::new(),
             nodes_not_ready: Vec::new(),
+            deleted_nodes: Vec::new(),
         }
     }
 }
@@ -350,7 +443,11 @@ impl Cluster {
                 hostname: format!("talos-cp-{i}"),
                 machine_type: "controlplane".into(),
                 reachable: true,
+                dial_error: DialError::default(),
                 etcd: Etcd::default(),
+                etcd_volume: EtcdVolume::default(),
+                time_unsynced: false,
+                etcd_unconfigured: false,
             });
         }
         for i in 1..=2 {
@@ -359,7 +456,11 @@ impl Cluster {
                 hostname: format!("talos-worker-{i}"),
                 machine_type: "worker".into(),
                 reachable: true,
+                dial_error: DialError::default(),
                 etcd: Etcd::default(),
+                etcd_volume: EtcdVolume::default(),
+                time_unsynced: false,
+                etcd_unconfigured: false,
             });
         }
         let pve = Pve::example(&nodes);
@@ -373,6 +474,10 @@ impl Cluster {
             bootstrap_saw: Vec::new(),
             kube: Kube::default(),
             pve,
+            vip: None,
+            etcd_generation: 0,
+            etcd_members: std::collections::BTreeMap::new(),
+            etcd_violations: Vec::new(),
         }
     }
 
@@ -380,20 +485,32 @@ impl Cluster {
         self.nodes.iter_mut().find(|n| n.address == address)
     }
 
-    /// Applies every transition that is due; returns whether anything changed.
+    /// Applies every transition that is due, in time order across nodes (a node starting on old
+    /// data must see what the others did before); then lets the etcd pre-stages that finish by
+    /// themselves go on. Returns whether anything changed.
     pub fn advance(&mut self, now_ms: i64) -> bool {
         let mut changed = false;
-        for node in &mut self.nodes {
-            node.etcd.pending.sort_by_key(|t| t.at_ms);
-            while node.etcd.pending.first().is_some_and(|t| t.at_ms <= now_ms) {
-                let t = node.etcd.pending.remove(0);
-                node.etcd.set(&t.state, &t.health, &t.event);
-                if let Some(e) = t.data_empty {
-                    node.etcd.data_empty = e;
-                }
-                changed = true;
-            }
+        loop {
+            let next = self
+                .nodes
+                .iter()
+                .enumerate()
+                .flat_map(|(i, n)| {
+                    n.etcd
+                        .pending
+                        .iter()
+                        .enumerate()
+                        .map(move |(j, t)| (t.at_ms, i, j))
+                })
+                .filter(|(at, _, _)| *at <= now_ms)
+                .min();
+            let Some((at, i, j)) = next else { break };
+            let t = self.nodes[i].etcd.pending.remove(j);
+            self.arrive(i, t, at);
+            changed = true;
         }
+        changed |= self.follow_quorum();
+        changed |= self.schedule_starts(now_ms);
         changed |= self.pve.advance(now_ms);
         changed
     }
@@ -430,6 +547,8 @@ pub fn later(after_ms: u64, state: &str, health: &str, event: &str) -> Transitio
         health: health.into(),
         event: event.into(),
         data_empty: None,
+        old_data: false,
+        joins: None,
     }
 }
 

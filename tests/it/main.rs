@@ -14,6 +14,7 @@ mod pve;
 mod pve_sim;
 mod restore;
 mod sets;
+mod sim_disasters;
 mod sim_golden;
 mod snapshot_cli;
 mod verify;

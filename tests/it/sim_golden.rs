@@ -177,3 +177,57 @@ fn bootstrap_prints_the_recovery_line_and_refuses_a_non_empty_data_dir() {
     );
     assert_eq!(env.cluster().bootstrapped, vec!["10.5.0.11"]);
 }
+
+/// talosctl 1.14's forms (`reference/talos.md` §13.6): one node required in new words,
+/// per-node `error from node N: …` lines with exit 1 while the other nodes' answers still print.
+#[test]
+fn talosctl_1_14_formats() {
+    let env = Env::new();
+    env.edit_cluster(|c| {
+        c.talos_version = "v1.14.0".into();
+        c.nodes[2].reachable = false;
+    });
+    let dial = "rpc error: code = Unavailable desc = connection error: desc = \"transport: Error while dialing: dial tcp 10.5.0.13:50000: connect: no route to host\"";
+    let (code, out, err) = talosctl(
+        &env,
+        &["-n", "10.5.0.11,10.5.0.12", "etcd", "snapshot", "x"],
+    );
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert!(
+        err.starts_with("command \"etcd snapshot\" requires exactly one node (got 2)\n\nUsage:"),
+        "{err}"
+    );
+    let (code, out, err) = talosctl(&env, &["-n", "10.5.0.11,10.5.0.13", "service", "etcd"]);
+    assert_eq!(code, 1);
+    assert!(
+        out.starts_with("NODE     10.5.0.11\nID       etcd\n"),
+        "{out}"
+    );
+    assert!(!out.contains("10.5.0.13"));
+    assert_eq!(err, format!("error from node 10.5.0.13: {dial}\n"));
+    let (code, out, err) = talosctl(&env, &["-n", "10.5.0.13", "etcd", "members"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        out, "NODE   ID   HOSTNAME   PEER URLS   CLIENT URLS   LEARNER\n",
+        "1.14 prints the header whatever happens"
+    );
+    assert_eq!(err, format!("error from node 10.5.0.13: {dial}\n"));
+    let (_, out, err) = talosctl(&env, &["-n", "10.5.0.11,10.5.0.13", "version"]);
+    assert!(
+        out.starts_with("Client:\n\tTag:         v1.14.0\n"),
+        "{out}"
+    );
+    assert!(out.contains("\tNODE:        10.5.0.11\n"));
+    assert_eq!(
+        err,
+        format!("error getting version from node 10.5.0.13: {dial}\n")
+    );
+    let (_, out, _) = talosctl(&env, &["version", "--client", "--short"]);
+    assert_eq!(out, "Client:\n\tTalos v1.14.0\n");
+    let (code, _, err) = talosctl(&env, &["-n", "10.5.0.13", "get", "members", "-o", "json"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err,
+        format!("error listing resources on node 10.5.0.13: {dial}\n")
+    );
+}
