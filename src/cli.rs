@@ -285,6 +285,11 @@ pub struct DemoArgs {
     /// Inject a fault to see how talos-dr fails (repeatable)
     #[arg(long, value_enum)]
     pub fault: Vec<talos_dr::sim::demo::Fault>,
+    /// Play one of the disasters that actually happen instead of "etcd lost everywhere":
+    /// vip-endpoint, quorum-loss (restored with --from-survivor), host-lost (restored with
+    /// --exclude), etcd-volume (Talos 1.14, ETCD partition), stale-preparing
+    #[arg(long, value_enum, value_name = "NAME")]
+    pub disaster: Option<talos_dr::sim::demo::Disaster>,
 }
 
 #[derive(Debug, Args)]

@@ -96,7 +96,7 @@ pub async fn salvage(
             ok: s.valid,
             message: match (&s.method, s.valid) {
                 (Some(m), true) => format!(
-                    "{node}: {} copy, revision {}",
+                    "{node}: saved ({}), revision {}",
                     m.as_str(),
                     s.revision.map_or("?".into(), |r| r.to_string())
                 ),

@@ -39,6 +39,9 @@ pub async fn run(ctx: &Ctx, args: DemoArgs) -> anyhow::Result<Exit> {
     };
     let real_kubectl = exec::resolve_tool("kubectl", exec::ENV_KUBECTL).is_ok();
     let env = demo::setup(&dir, &exe, real_kubectl, &args.fault)?;
+    if let Some(d) = args.disaster {
+        d.prepare(&env)?;
+    }
     let (kube_addr, kube_server) = sim::kube_api::serve(env.state.clone()).await?;
     sim::kube_api::write_kubeconfig(&env.config_dir.join("kubeconfig"), kube_addr)?;
     let pve = sim::pve_api::serve(env.state.clone()).await?;
@@ -104,27 +107,71 @@ pub async fn run(ctx: &Ctx, args: DemoArgs) -> anyhow::Result<Exit> {
     }
     let mut run_id = None;
     if exit == Exit::Success {
-        say("\n== 4/5 disaster: etcd's data is lost on every control-plane node (simulated)");
-        demo::disaster(&env.state)?;
+        let mut restore_args: Vec<String> = Vec::new();
+        match args.disaster {
+            None => {
+                say(
+                    "\n== 4/5 disaster: etcd's data is lost on every control-plane node (simulated)",
+                );
+                demo::disaster(&env.state)?;
+            }
+            Some(d) => {
+                say(&format!(
+                    "\n== 4/5 disaster: {} (simulated)",
+                    disaster_text(d)
+                ));
+                sim::state::Cluster::update(&env.state, |c| d.apply(c))?;
+                match d {
+                    demo::Disaster::HostLost => {
+                        let lost = sim::state::Cluster::load(&env.state)?
+                            .nodes
+                            .iter()
+                            .find(|n| n.hostname == "talos-cp-3")
+                            .map(|n| n.address.clone())
+                            .ok_or_else(|| UserError::failed("the demo's talos-cp-3 is missing"))?;
+                        restore_args.extend(["--exclude".into(), lost]);
+                    }
+                    demo::Disaster::QuorumLoss => restore_args.push("--from-survivor".into()),
+                    _ => {}
+                }
+            }
+        }
         let latest = talos_dr::snapshot::store::list(&env.config_dir.join("etcd-backups"))?
             .into_iter()
             .next()
             .map(|e| e.path)
             .ok_or_else(|| UserError::failed("the demo's snapshot is missing"))?;
+        if !restore_args.contains(&"--from-survivor".to_owned()) {
+            restore_args.extend(["--snapshot".into(), latest.display().to_string()]);
+        }
+        let shown = restore_args
+            .iter()
+            .map(|a| {
+                if a == &latest.display().to_string() {
+                    "<newest>"
+                } else {
+                    a.as_str()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut argv: Vec<String> = vec!["--yes".into(), "restore".into()];
+        argv.extend(restore_args.iter().cloned());
         let step = Step {
-            title: "5/5 recovery: `talos-dr restore --snapshot <newest>` (--yes implied: the demo answers the confirmations)".into(),
-            args: vec![
-                "--yes".into(),
-                "restore".into(),
-                "--snapshot".into(),
-                latest.display().to_string(),
-                "--poll-max".into(),
-                "500ms".into(),
-                "--wait-timeout".into(),
-                "12s".into(),
-                "--health-timeout".into(),
-                "60s".into(),
-            ],
+            title: format!(
+                "5/5 recovery: `talos-dr restore {shown}` (--yes implied: the demo answers the confirmations)"
+            ),
+            args: argv
+                .into_iter()
+                .chain([
+                    "--poll-max".into(),
+                    "500ms".into(),
+                    "--wait-timeout".into(),
+                    "12s".into(),
+                    "--health-timeout".into(),
+                    "60s".into(),
+                ])
+                .collect(),
         };
         let (code, out) = run_step(ctx, &exe, &env, &step).await?;
         results.push(json!({ "step": step.title, "args": step.args, "exit": code, "output": out }));
@@ -139,7 +186,11 @@ pub async fn run(ctx: &Ctx, args: DemoArgs) -> anyhow::Result<Exit> {
     let violations = talos_dr::sim::state::Cluster::load(&env.state)
         .map(|c| c.pve.violations)
         .unwrap_or_default();
-    if !violations.is_empty() && exit == Exit::Success {
+    // So is a split etcd cluster (two bootstraps, or a node that started on stale data).
+    let etcd_violations = talos_dr::sim::state::Cluster::load(&env.state)
+        .map(|c| c.etcd_violations)
+        .unwrap_or_default();
+    if (!violations.is_empty() || !etcd_violations.is_empty()) && exit == Exit::Success {
         exit = Exit::Failed;
     }
 
@@ -182,9 +233,17 @@ pub async fn run(ctx: &Ctx, args: DemoArgs) -> anyhow::Result<Exit> {
             v.method, v.path, v.errors
         ));
     }
+    for v in &etcd_violations {
+        text.push_str(&format!(
+            "  SPLIT etcd cluster: {:?} on {}: {}\n",
+            v.kind, v.node, v.detail
+        ));
+    }
     ctx.printer.text(&text);
     ctx.printer.json(&json!({
         "pve_violations": violations.len(),
+        "etcd_violations": etcd_violations.len(),
+        "disaster": args.disaster,
         "dir": dir,
         "kubectl": if real_kubectl { "real" } else { "simulated" },
         "faults": args.fault,
@@ -194,6 +253,26 @@ pub async fn run(ctx: &Ctx, args: DemoArgs) -> anyhow::Result<Exit> {
         "exit": exit.code(),
     }));
     Ok(exit)
+}
+
+fn disaster_text(d: demo::Disaster) -> &'static str {
+    match d {
+        demo::Disaster::VipEndpoint => {
+            "etcd's data is lost everywhere, and the talosconfig's endpoint is a VIP that died with it"
+        }
+        demo::Disaster::QuorumLoss => {
+            "two control-plane nodes lost their data; talos-cp-1 still runs without quorum and holds newer data than the last backup"
+        }
+        demo::Disaster::HostLost => {
+            "a Proxmox host died with talos-cp-3's VM, and the other nodes lost etcd's data"
+        }
+        demo::Disaster::EtcdVolume => {
+            "Talos 1.14 with etcd on its own ETCD partition lost etcd's data on every control-plane node"
+        }
+        demo::Disaster::StalePreparing => {
+            "etcd's data is damaged everywhere; talos-cp-2 shows Preparing but still has its old data"
+        }
+    }
 }
 
 async fn run_step(

@@ -36,7 +36,10 @@ impl Stage for ProxmoxCheck {
             .vm_snapshot
             .unwrap_or(px.snapshot_before_restore);
         let mut v = Vec::new();
-        for n in profile.control_plane() {
+        for n in profile
+            .control_plane()
+            .filter(|n| !plan.inputs.exclude.contains(&n.address))
+        {
             match &n.vm {
                 Some(vm) => {
                     v.push(format!(
@@ -112,7 +115,12 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     let cfg = ctx.profile().file.proxmox.clone().unwrap_or_default();
     let mut missing = Vec::new();
     let mut vms: Vec<(String, VmRef)> = Vec::new();
-    for n in ctx.profile().control_plane() {
+    // A node left out (--exclude) is usually lost with its host: its VM is not checked.
+    for n in ctx
+        .profile()
+        .control_plane()
+        .filter(|n| !ctx.inputs.exclude.contains(&n.address))
+    {
         match &n.vm {
             Some(vm) => vms.push((n.address.clone(), vm.clone())),
             None => missing.push(n.address.clone()),

@@ -110,6 +110,8 @@ impl Env {
     pub fn disaster(&self) {
         self.edit_cluster(|c| {
             for n in c.nodes.iter_mut().filter(|n| n.machine_type != "worker") {
+                // The data is damaged, so a raw copy of it does not verify either.
+                n.etcd.data_corrupt = true;
                 n.etcd.set(
                     "Failed",
                     "Fail",

@@ -109,9 +109,16 @@ fn restore_runs_the_real_procedure_and_reports() {
         .expect("post-verify succeeded");
     assert!(pv.kubernetes.checked, "{pv:?}");
     assert_eq!(pv.kubernetes.nodes.unwrap().ready, 5);
-    // Nothing answered before the restore, so nothing was saved first.
-    let pre = st.stage("pre-restore-snapshot").unwrap();
-    assert_eq!(pre.status, StageStatus::Skipped);
+    // Every node was tried before anything was reset; the damaged data gave nothing restorable.
+    let pre = st
+        .data::<talos_dr::stages::pre_restore_snapshot::PreRestoreOutputs>()
+        .unwrap()
+        .expect("the salvage ran");
+    assert_eq!(pre.salvaged.len(), 3, "{pre:?}");
+    assert!(pre.salvaged.iter().all(|s| !s.valid), "{pre:?}");
+    assert!(pre.path.is_none() && !pre.newer_than_snapshot);
+    assert_eq!(env.calls_of(&["etcd", "snapshot"]).len(), 3);
+    assert_eq!(env.calls_of(&["cp"]).len(), 3);
 
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("recovery time:"), "{stdout}");
