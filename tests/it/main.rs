@@ -4,6 +4,7 @@ mod backup;
 mod cli_snapshots;
 mod common;
 mod demo;
+mod disasters;
 mod etcd_maker;
 mod kube;
 mod monitor;
