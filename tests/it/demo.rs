@@ -90,3 +90,39 @@ fn each_fault_fails_the_right_step_with_the_right_code() {
             )));
     }
 }
+
+/// Every disaster of `demo --disaster` ends in one healthy restored cluster: exit 0, a clean
+/// Proxmox API log, no split etcd cluster, and the right way through (survivor data, exclusion,
+/// direct calls, ETCD label, a second reset).
+#[test]
+fn each_disaster_ends_in_one_restored_cluster() {
+    let cases = [
+        ("vip-endpoint", "are not control-plane node addresses"),
+        ("quorum-loss", "revision 162"),
+        ("host-lost", "deleted Kubernetes Node object talos-cp-3"),
+        ("etcd-volume", "resetting EPHEMERAL,ETCD on 10.5.0.11"),
+        ("stale-preparing", "/var/lib/etcd/member is still there"),
+    ];
+    for (disaster, evidence) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = demo(tmp.path())
+            .args(["--disaster", disaster])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{disaster}: {stdout}\n{stderr}");
+        assert!(
+            stdout.contains("result: everything worked"),
+            "{disaster}: {stdout}"
+        );
+        assert!(
+            stderr.contains(evidence),
+            "{disaster}: no {evidence:?} in\n{stderr}"
+        );
+        assert!(!stdout.contains("SPLIT") && !stdout.contains("INVALID"));
+        let state = talos_dr::sim::state::Cluster::load(&tmp.path().join("cluster.json")).unwrap();
+        assert_eq!(state.bootstrapped.len(), 1, "{disaster}: one bootstrap");
+        assert!(state.etcd_violations.is_empty(), "{disaster}");
+    }
+}
