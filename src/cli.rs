@@ -269,7 +269,6 @@ pub struct RestoreArgs {
     pub poll_max: std::time::Duration,
 }
 
-#[cfg(feature = "demo")]
 #[derive(Debug, Args)]
 pub struct SalvageArgs {
     /// Leave this control-plane node out (repeatable)
@@ -277,6 +276,7 @@ pub struct SalvageArgs {
     pub exclude: Vec<String>,
 }
 
+#[cfg(feature = "demo")]
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Put the demo's files here (default: a new directory under the system temp dir)
