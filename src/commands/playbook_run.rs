@@ -45,6 +45,27 @@ pub async fn restore(ctx: &Ctx, name: &str, args: RestoreArgs) -> anyhow::Result
     start(ctx, &profile, name, inputs, args.dry_run).await
 }
 
+/// For a plan with `etcd-recover`: the `--system-labels-to-wipe` of each included node, read
+/// (read-only) from its ETCD volume; a node that does not answer says so.
+async fn planned_wipes(
+    pb: &Playbook,
+    services: &Services,
+    inputs: &Inputs,
+) -> Vec<(String, String)> {
+    if !pb.stages.iter().any(|s| s.kind.as_str() == "etcd-recover") {
+        return Vec::new();
+    }
+    let nodes = inputs.control_plane(&services.profile);
+    futures::future::join_all(nodes.into_iter().map(|n| async move {
+        let labels = match services.talos.etcd_volume(&n).await {
+            Ok(v) => v.labels_to_wipe().to_owned(),
+            Err(e) => format!("unknown: {}", e.message()),
+        };
+        (n, labels)
+    }))
+    .await
+}
+
 /// `--exclude` names control-plane nodes of the profile and leaves at least one (exit 2 otherwise).
 pub fn check_excluded(profile: &Profile, exclude: &[String]) -> anyhow::Result<()> {
     let cp = profile.control_plane_addresses();
@@ -79,10 +100,22 @@ pub async fn start(
     let pb = load_playbook(name, profile)?;
     let services = services(ctx, profile)?;
     if dry_run {
-        ctx.printer
-            .text(&render_plan(&pb, profile, &services, &inputs, true));
-        ctx.printer
-            .json(&json!({ "dry_run": true, "plan": plan_json(&pb, profile, &services, &inputs) }));
+        let wipes = planned_wipes(&pb, &services, &inputs).await;
+        let mut text = render_plan(&pb, profile, &services, &inputs, true);
+        if !wipes.is_empty() {
+            text.push_str(
+                "\nwhat each reset will wipe (read now with `get volumestatus ETCD`; nothing is changed):\n",
+            );
+            for (node, labels) in &wipes {
+                text.push_str(&format!("   {node}   {labels}\n"));
+            }
+        }
+        ctx.printer.text(&text);
+        ctx.printer.json(&json!({
+            "dry_run": true,
+            "plan": plan_json(&pb, profile, &services, &inputs),
+            "wipes": wipes.iter().map(|(n, l)| json!({ "node": n, "labels": l })).collect::<Vec<_>>(),
+        }));
         return Ok(Exit::Success);
     }
     let _lock = prune::lock(profile, name)?;

@@ -315,8 +315,25 @@ fn dry_run_shows_the_salvage_the_exclusions_and_the_wipe_check() {
         ))
         .stdout(predicate::str::contains("10.5.0.13: left out (--exclude)"))
         .stdout(predicate::str::contains("get volumestatus ETCD"))
-        .stdout(predicate::str::contains("ls /var/lib/etcd/member"));
-    assert!(env.calls().is_empty(), "a dry run calls nothing");
+        .stdout(predicate::str::contains("ls /var/lib/etcd/member"))
+        .stdout(predicate::str::contains("   10.5.0.11   EPHEMERAL\n"));
+    // It only read the included nodes' ETCD volumes.
+    let mut read: Vec<String> = env.calls().iter().flat_map(|c| node_args(c)).collect();
+    read.sort();
+    assert_eq!(read, ["10.5.0.11", "10.5.0.12"]);
+    assert!(env.calls_of(&["reset"]).is_empty());
+}
+
+#[test]
+fn dry_run_on_talos_1_14_with_etcd_partitions_says_each_reset_wipes_etcd_too() {
+    let env = Env::new();
+    strike(&env, Disaster::EtcdVolume);
+    env.cmd()
+        .args(["restore", "--dry-run", "--snapshot", &small()])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("   10.5.0.12   EPHEMERAL,ETCD\n"));
+    assert!(env.calls_of(&["reset"]).is_empty());
 }
 
 /// SIGKILL while the reset of the stale node is in flight: `resume` finishes
@@ -356,4 +373,32 @@ fn sigkill_during_a_stale_data_reset_resumes_to_one_restored_cluster() {
     assert!(env.cluster().bootstrapped.is_empty());
     env.cmd().args(["--yes", "resume"]).assert().code(0);
     assert_one_restored_cluster(&env, &CP, 4);
+}
+
+/// `snapshot` uses the talosconfig's endpoints while they answer, and talks to the nodes directly
+/// when they do not (a VIP that died with quorum).
+#[test]
+fn snapshot_falls_back_to_the_nodes_when_the_vip_endpoint_is_down() {
+    let env = Env::new();
+    Disaster::VipEndpoint.prepare(&demo_env(&env)).unwrap();
+    // Healthy: the VIP answers, so the calls go through it.
+    env.cmd().arg("snapshot").assert().code(0);
+    let first = env.calls_of(&["etcd", "snapshot"]);
+    assert_eq!(first.len(), 1);
+    assert!(!first[0].iter().any(|a| a == "-e"), "{:?}", first[0]);
+    // Quorum lost, one survivor still runs: the VIP is gone, the survivor still streams.
+    env.edit_cluster(|c| Disaster::QuorumLoss.apply(c));
+    // (To its own file: the first one may have the same second in its scheduled name.)
+    let out = env.tmp.path().join("survivor.snapshot");
+    env.cmd()
+        .args(["snapshot", "--skip-health", "--output-file"])
+        .arg(&out)
+        .assert()
+        .code(0)
+        .stderr(predicate::str::contains("talking to the nodes directly"));
+    let calls = env.calls_of(&["etcd", "snapshot"]);
+    let last = calls.last().unwrap();
+    let e = last.windows(2).find(|w| w[0] == "-e").map(|w| w[1].clone());
+    assert_eq!(e.as_deref(), Some("10.5.0.11"), "{last:?}");
+    assert_eq!(verify_file(&out).unwrap().status.unwrap().revision, 162);
 }

@@ -369,9 +369,17 @@ fn dry_run_prints_every_call_and_changes_nothing() {
         .stdout(predicate::str::contains(
             "-n 10.5.0.11 bootstrap --recover-from=",
         ))
-        .stdout(predicate::str::contains("(exactly once)"));
+        .stdout(predicate::str::contains("(exactly once)"))
+        .stdout(predicate::str::contains("   10.5.0.13   EPHEMERAL\n"));
     assert!(!env.config_dir.join("runs").exists());
-    assert!(env.calls().is_empty());
+    // Nothing but reads of the ETCD volumes.
+    let calls = env.calls();
+    assert_eq!(calls.len(), 3);
+    assert!(
+        calls
+            .iter()
+            .all(|c| strip_globals(c) == ["get", "volumestatus", "ETCD", "-o", "json"])
+    );
 }
 
 #[test]
