@@ -163,11 +163,20 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     let mut healthy = 0usize;
     for (node, version, status) in answers {
         if let Err(e) = version {
-            problems.push(format!(
-                "control-plane node {node} does not answer ({}); bring it back, or leave it out with --exclude {node} and rebuild it afterwards",
-                e.message()
-            ));
-            unreachable.push(node.clone());
+            // A dial error or timeout means the node (or its host) is gone; anything else is the
+            // node answering with an error, which leaving it out would not fix.
+            if e.is_unreachable() {
+                problems.push(format!(
+                    "control-plane node {node} does not answer ({}); bring it back, or leave it out with --exclude {node} and rebuild it afterwards",
+                    e.message()
+                ));
+                unreachable.push(node.clone());
+            } else {
+                problems.push(format!(
+                    "control-plane node {node} answers with an error: {}",
+                    e.message()
+                ));
+            }
             continue;
         }
         match status {
