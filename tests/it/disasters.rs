@@ -33,7 +33,11 @@ fn strike(env: &Env, d: Disaster) {
 }
 
 fn restore(env: &Env, rest: &[&str]) -> assert_cmd::Command {
-    let mut c = env.cmd();
+    assert_cmd::Command::from_std(restore_std(env, rest))
+}
+
+fn restore_std(env: &Env, rest: &[&str]) -> std::process::Command {
+    let mut c = env.std_cmd();
     c.args([
         "--yes",
         "restore",
@@ -343,17 +347,7 @@ fn sigkill_during_a_stale_data_reset_resumes_to_one_restored_cluster() {
     use std::time::{Duration, Instant};
     let env = Env::new();
     strike(&env, Disaster::StalePreparing);
-    let mut cmd = env.std_cmd();
-    cmd.args([
-        "--yes",
-        "restore",
-        "--poll-max",
-        "100ms",
-        "--wait-timeout",
-        "20s",
-        "--snapshot",
-        &small(),
-    ]);
+    let mut cmd = restore_std(&env, &["--snapshot", &small()]);
     let mut child = cmd.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     // 10.5.0.12 showed Preparing at first, so its only reset is the stale-data one.
