@@ -405,15 +405,9 @@ impl Talosctl {
 }
 
 impl Talosctl {
-    /// Wipes EPHEMERAL (which holds /var/lib/etcd) and reboots; keeps STATE (the machine config).
-    /// `--graceful=false` because a graceful reset needs etcd quorum to leave the cluster.
-    pub async fn reset_ephemeral(&self, node: &str, timeout: Duration) -> Result<(), TalosError> {
-        self.call(Some(node), &RESET_ARGS, timeout)
-            .await
-            .map(|_| ())
-    }
-
-    /// Like [`Talosctl::reset_ephemeral`], wiping `labels` (`EPHEMERAL` or `EPHEMERAL,ETCD`).
+    /// Wipes `labels` (`EPHEMERAL`, which holds /var/lib/etcd, or `EPHEMERAL,ETCD` where etcd has
+    /// its own partition) and reboots; keeps STATE (the machine config). `--graceful=false`
+    /// because a graceful reset needs etcd quorum to leave the cluster.
     pub async fn reset_labels(
         &self,
         node: &str,

@@ -257,3 +257,14 @@ pub fn stdout_json(out: &std::process::Output) -> serde_json::Value {
         )
     })
 }
+
+/// Runs the simulated talosctl (`talos-dr __sim talosctl`) with the env's talosconfig and state.
+pub fn sim_talosctl(env: &Env, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .args(["__sim", "talosctl", "--talosconfig"])
+        .arg(env.config_dir.join("talosconfig"))
+        .args(args)
+        .env("TALOS_DR_SIM_STATE", &env.state)
+        .output()
+        .unwrap()
+}

@@ -32,13 +32,7 @@ struct Out {
 
 fn talosctl(env: &Env, args: &[&str]) -> Out {
     let started = Instant::now();
-    let out = std::process::Command::new(BIN)
-        .args(["__sim", "talosctl", "--talosconfig"])
-        .arg(env.config_dir.join("talosconfig"))
-        .args(args)
-        .env("TALOS_DR_SIM_STATE", &env.state)
-        .output()
-        .unwrap();
+    let out = sim_talosctl(env, args);
     Out {
         code: out.status.code().unwrap_or(-1),
         out: String::from_utf8(out.stdout).unwrap(),
@@ -48,13 +42,7 @@ fn talosctl(env: &Env, args: &[&str]) -> Out {
 }
 
 fn talosctl_bytes(env: &Env, args: &[&str]) -> (i32, Vec<u8>, String) {
-    let out = std::process::Command::new(BIN)
-        .args(["__sim", "talosctl", "--talosconfig"])
-        .arg(env.config_dir.join("talosconfig"))
-        .args(args)
-        .env("TALOS_DR_SIM_STATE", &env.state)
-        .output()
-        .unwrap();
+    let out = sim_talosctl(env, args);
     (
         out.status.code().unwrap_or(-1),
         out.stdout,

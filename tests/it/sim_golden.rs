@@ -4,13 +4,7 @@
 use crate::common::*;
 
 fn talosctl(env: &Env, args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(BIN)
-        .args(["__sim", "talosctl", "--talosconfig"])
-        .arg(env.config_dir.join("talosconfig"))
-        .args(args)
-        .env("TALOS_DR_SIM_STATE", &env.state)
-        .output()
-        .unwrap();
+    let out = sim_talosctl(env, args);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8(out.stdout).unwrap(),
