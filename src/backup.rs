@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::UserError;
+use crate::machine_config;
 use crate::offsite::{OffsiteError, RemotePrune, Target, Uploaded};
 use crate::pack::{self, Layer, Packing};
 use crate::profile::Profile;
@@ -118,6 +119,8 @@ pub struct BackupOutcome {
     pub pruned: Option<PruneOutcome>,
     /// Off-site retention, when it ran (after a good copy only).
     pub remote_pruned: Option<RemotePrune>,
+    /// Machine-config files retention removed locally (no snapshot referred to them any more).
+    pub configs_removed: usize,
 }
 
 impl BackupOutcome {
@@ -195,7 +198,22 @@ pub async fn run(
             (path.clone(), sidecar)
         }
         Destination::Scheduled | Destination::File(_) => {
-            take_plain(profile, talos, opts, &local_packing, reporter).await?
+            let (plain, mut sidecar) =
+                take_plain(profile, talos, opts, &local_packing, reporter).await?;
+            let configs = machine_config::collect(profile, talos).await;
+            for w in &configs.warnings {
+                reporter.warn(w);
+            }
+            if !configs.refs.is_empty() {
+                sidecar.machine_configs = configs.refs;
+                store::write_sidecar(&plain, &sidecar).map_err(|e| {
+                    UserError::failed(format!(
+                        "cannot record the machine configs in {}: {e}",
+                        store::sidecar_path(&plain).display()
+                    ))
+                })?;
+            }
+            (plain, sidecar)
         }
     };
     let (path, stored_size) = if local_packing.is_plain() {
@@ -210,7 +228,18 @@ pub async fn run(
         (_, Some(e)) => Some(OffsiteOutcome::Unavailable(e)),
         (Some(t), None) => Some(
             match t.upload(&plain, &sidecar, &offsite_packing, reporter).await {
-                Ok(u) => OffsiteOutcome::Uploaded(Box::new(u)),
+                Ok(u) => {
+                    // The configs go with the snapshot that refers to them; a config that
+                    // could not be copied is a warning, the snapshot copy itself is good.
+                    if let Err(e) =
+                        machine_config::copy_offsite(profile, t, &sidecar.machine_configs).await
+                    {
+                        reporter.warn(&format!(
+                            "the machine configs were not copied off-site: {e}"
+                        ));
+                    }
+                    OffsiteOutcome::Uploaded(Box::new(u))
+                }
                 Err(e) => OffsiteOutcome::Failed(e),
             },
         ),
@@ -233,6 +262,7 @@ pub async fn run(
         offsite,
         pruned: None,
         remote_pruned: None,
+        configs_removed: 0,
     };
     // Retention runs only after a good snapshot and, with a target, a good copy; only in the
     // backup directory.
@@ -253,12 +283,22 @@ pub async fn run(
             UserError::failed(format!("cannot apply retention in {}: {e}", dir.display()))
         })?,
     );
+    // Configs live exactly as long as a snapshot refers to them.
+    match machine_config::collect_garbage(profile) {
+        Ok(removed) => outcome.configs_removed = removed.len(),
+        Err(e) => reporter.warn(&format!("cannot remove unreferenced machine configs: {e}")),
+    }
     if let Some(t) = &target {
         outcome.remote_pruned = Some(
             t.prune(policy, jiff::Timestamp::now(), false)
                 .await
                 .map_err(|e| UserError::failed(format!("off-site retention failed: {e}")))?,
         );
+        if let Err(e) = machine_config::prune_offsite(t).await {
+            reporter.warn(&format!(
+                "cannot remove unreferenced off-site machine configs: {e}"
+            ));
+        }
     }
     Ok(outcome)
 }

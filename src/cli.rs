@@ -141,6 +141,14 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<SetsCommand>,
     },
+    /// Show the machine configs saved with the snapshots (secrets redacted)
+    ///
+    /// Every `snapshot` and `pre-upgrade` saves each node's machine config (`talosctl get
+    /// machineconfig`) in <backup dir>/configs/, age-encrypted when backup.recipients is set,
+    /// once per content, and records in the snapshot's sidecar which config each node had.
+    /// `rebuild-node` puts them back on a replaced node.
+    #[command(subcommand)]
+    Configs(ConfigsCommand),
     /// List, inspect or abandon playbook runs (checkpoints)
     Runs {
         #[command(subcommand)]
@@ -338,6 +346,30 @@ pub enum SetsCommand {
     Show { label: String },
     /// Delete a set: its VM snapshots (through the API), its etcd snapshot and its manifest
     Delete { label: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigsCommand {
+    /// The configs recorded with the newest snapshot (or --at): node, hostname, type, file
+    List {
+        /// A snapshot's file name (or its leading part, e.g. etcd-20261201) instead of the newest
+        #[arg(long, value_name = "SNAPSHOT")]
+        at: Option<String>,
+    },
+    /// Print one node's saved config, secrets redacted unless --reveal
+    Show {
+        /// The node's address as the profile lists it
+        node: String,
+        /// A snapshot's file name (or its leading part) instead of the newest that has one
+        #[arg(long, value_name = "SNAPSHOT")]
+        at: Option<String>,
+        /// Print keys, tokens and encryption secrets too (the file can take over the cluster)
+        #[arg(long)]
+        reveal: bool,
+        /// age identity file for encrypted configs (default: backup.identity_file)
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]

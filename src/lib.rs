@@ -17,6 +17,7 @@ pub mod exec;
 pub mod fsutil;
 pub mod kube;
 pub mod lock;
+pub mod machine_config;
 pub mod metrics;
 pub mod offsite;
 pub mod pack;

@@ -511,6 +511,67 @@ impl Target {
         }
     }
 
+    /// An object in a subdirectory of the prefix (`configs/<name>`), beside the snapshots.
+    fn aux_location(&self, dir: &str, name: &str) -> ObjPath {
+        self.prefix.child(dir).child(name)
+    }
+
+    /// Uploads a small file under `dir/` unless an object of that name is there already (the
+    /// name carries the content's hash, so equal names are equal contents).
+    pub async fn put_aux_if_absent(
+        &self,
+        dir: &str,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<bool, OffsiteError> {
+        let rel = format!("{dir}/{name}");
+        let loc = self.aux_location(dir, name);
+        match self.store.head(&loc).await {
+            Ok(_) => return Ok(false),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(self.store_err(&rel)(e)),
+        }
+        self.store
+            .put(&loc, PutPayload::from(bytes))
+            .await
+            .map_err(self.store_err(&rel))?;
+        Ok(true)
+    }
+
+    /// Names of the objects directly under `dir/`.
+    pub async fn list_aux(&self, dir: &str) -> Result<Vec<String>, OffsiteError> {
+        let prefix = self.prefix.child(dir);
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map_err(self.store_err(dir))?;
+        Ok(listing
+            .objects
+            .into_iter()
+            .filter_map(|o| o.location.filename().map(str::to_owned))
+            .collect())
+    }
+
+    /// Reads a small object under `dir/`.
+    pub async fn get_aux(&self, dir: &str, name: &str) -> Result<Vec<u8>, OffsiteError> {
+        let rel = format!("{dir}/{name}");
+        let r = self
+            .store
+            .get(&self.aux_location(dir, name))
+            .await
+            .map_err(self.store_err(&rel))?;
+        Ok(r.bytes().await.map_err(self.store_err(&rel))?.to_vec())
+    }
+
+    pub async fn delete_aux(&self, dir: &str, name: &str) -> Result<(), OffsiteError> {
+        let rel = format!("{dir}/{name}");
+        self.store
+            .delete(&self.aux_location(dir, name))
+            .await
+            .map_err(self.store_err(&rel))
+    }
+
     /// Snapshots at the target, newest first, each with its manifest when it has one.
     pub async fn list(&self) -> Result<Vec<RemoteEntry>, OffsiteError> {
         let prefix = (!self.prefix.as_ref().is_empty()).then_some(&self.prefix);

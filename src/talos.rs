@@ -12,6 +12,9 @@ use thiserror::Error;
 
 use crate::exec::{self, CmdOutput, ExecError};
 
+mod node_config;
+pub use node_config::{MachineStage, is_permission_denied, parse_machine_config};
+
 #[derive(Debug, Error)]
 pub enum TalosError {
     #[error(transparent)]

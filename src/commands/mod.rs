@@ -1,6 +1,7 @@
 //! One file per subcommand; each is a thin adapter: arguments → library call → printer.
 
 mod completions;
+mod configs;
 #[cfg(feature = "demo")]
 mod demo;
 mod list;
@@ -128,6 +129,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::PreUpgrade(args) => pre_upgrade::run(&ctx, args).await,
         Command::Rollback(args) => rollback::run(&ctx, args).await,
         Command::Sets { command } => sets::run(&ctx, command).await,
+        Command::Configs(command) => configs::run(&ctx, command).await,
         Command::Runs { command } => runs::run(&ctx, command),
         Command::Playbooks { command } => playbooks::run(&ctx, command),
         Command::Profile(ProfileCommand::Init(args)) => profile::init(&ctx, args).await,

@@ -344,6 +344,38 @@ pub async fn check(ctx: &Ctx) -> anyhow::Result<Exit> {
             }
         }
     }
+    if let (Some(t), true) = (&talos, tc_ok)
+        && let Some(node) = p.control_plane().next()
+    {
+        // Backups save every node's machine config; that read needs the os:admin role.
+        match t.machine_config(&node.address).await {
+            Ok(_) => push(
+                "machine configs",
+                true,
+                false,
+                "the talosconfig may read them (os:admin)".into(),
+            ),
+            Err(e) if talos_dr::talos::is_permission_denied(&e) => push(
+                "machine configs",
+                false,
+                true,
+                "the talosconfig lacks the os:admin role (e.g. an os:etcd:backup key): snapshots \
+                 cannot save machine configs, so rebuild-node will have none"
+                    .into(),
+            ),
+            Err(_) => {}
+        }
+    }
+    if p.file.backup.recipients.is_empty() {
+        push(
+            "config encryption",
+            false,
+            true,
+            "machine configs (cluster CA keys, tokens, the Secrets encryption key) are stored \
+             unencrypted, mode 0600: set backup.recipients to encrypt them with age"
+                .into(),
+        );
+    }
     if let Some(cfg) = &p.file.proxmox {
         match talos_dr::pve::PveClient::from_config(cfg, &p.config_dir, ctx.reporter.clone()) {
             Err(e) => {

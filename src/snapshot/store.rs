@@ -68,6 +68,9 @@ pub struct Sidecar {
     /// then describe the plain snapshot inside, and this describes the file as stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packed: Option<Packed>,
+    /// Each node's machine config at the time, by node address (files in `<backup dir>/configs`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub machine_configs: std::collections::BTreeMap<String, crate::machine_config::ConfigRef>,
 }
 
 /// The stored form of a packed snapshot.
@@ -95,6 +98,7 @@ impl Sidecar {
             duration_ms: None,
             tool_version: env!("CARGO_PKG_VERSION").to_owned(),
             packed: None,
+            machine_configs: Default::default(),
         }
     }
 
