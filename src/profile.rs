@@ -158,6 +158,10 @@ pub struct Node {
     pub hostname: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm: Option<VmLocation>,
+    /// MAC address of the VM's `net0` (`BC:24:11:…`): a VM rebuilt from a template gets it, so
+    /// the DHCP reservation gives it the node's address. `profile discover --write` records it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -492,6 +496,57 @@ fn validate(file: &ProfileFile) -> Result<(), InvalidProfile> {
         ));
     }
     Ok(())
+}
+
+/// What to record about one `[[nodes]]` entry (see [`update_nodes`]).
+#[derive(Debug, Clone, Default)]
+pub struct NodeUpdate {
+    pub address: String,
+    pub vm: Option<VmLocation>,
+    pub mac: Option<String>,
+}
+
+/// Sets `vm = { node, vmid }` (and `mac`) on the matching `[[nodes]]` entries of the profile file
+/// at `path`, keeping everything else (comments, order, formatting) as the user wrote it. The
+/// result must load, or nothing is written. Returns how many entries changed.
+pub fn update_nodes(path: &Path, updates: &[NodeUpdate]) -> Result<usize, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut written = 0;
+    if let Some(nodes) = doc
+        .get_mut("nodes")
+        .and_then(toml_edit::Item::as_array_of_tables_mut)
+    {
+        for table in nodes.iter_mut() {
+            let address = table
+                .get("address")
+                .and_then(toml_edit::Item::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let Some(u) = updates.iter().find(|u| u.address == address) else {
+                continue;
+            };
+            if let Some(vm) = &u.vm {
+                let mut inline = toml_edit::InlineTable::new();
+                inline.insert("node", vm.node.as_str().into());
+                inline.insert("vmid", i64::from(vm.vmid).into());
+                table.insert("vm", toml_edit::value(inline));
+            }
+            if let Some(mac) = &u.mac {
+                table.insert("mac", toml_edit::value(mac.as_str()));
+            }
+            if u.vm.is_some() || u.mac.is_some() {
+                written += 1;
+            }
+        }
+    }
+    let new_text = doc.to_string();
+    parse(&new_text).map_err(|m| format!("the updated profile would be invalid: {m}"))?;
+    crate::fsutil::write_atomic(path, new_text.as_bytes(), 0o644)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(written)
 }
 
 /// Renders a profile as commented TOML for `profile init`.

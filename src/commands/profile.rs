@@ -100,6 +100,7 @@ fn node(address: &str, role: Role, hostname: Option<String>) -> Node {
         role,
         hostname,
         vm: None,
+        mac: None,
     }
 }
 
@@ -560,44 +561,19 @@ pub async fn discover_vms(ctx: &Ctx, write: bool) -> anyhow::Result<Exit> {
     })
 }
 
-/// Sets `vm = { node, vmid }` on each mapped `[[nodes]]` entry, keeping the rest of the file
-/// (comments, order, formatting) as the user wrote it.
+/// Records each mapped node's VM (and its net0 MAC, for a rebuild from a template).
 fn write_mappings(
     path: &Path,
     mappings: &[talos_dr::pve::discover::Mapping],
 ) -> anyhow::Result<usize> {
-    let text = std::fs::read_to_string(path)?;
-    let mut doc: toml_edit::DocumentMut = text
-        .parse()
-        .map_err(|e| UserError::usage(format!("{}: {e}", path.display())))?;
-    let mut written = 0;
-    if let Some(nodes) = doc
-        .get_mut("nodes")
-        .and_then(toml_edit::Item::as_array_of_tables_mut)
-    {
-        for table in nodes.iter_mut() {
-            let address = table
-                .get("address")
-                .and_then(toml_edit::Item::as_str)
-                .unwrap_or_default()
-                .to_owned();
-            if let Some(vm) = mappings
-                .iter()
-                .find(|m| m.address == address)
-                .and_then(|m| m.vm.as_ref())
-            {
-                let mut inline = toml_edit::InlineTable::new();
-                inline.insert("node", vm.node.as_str().into());
-                inline.insert("vmid", i64::from(vm.vmid).into());
-                table.insert("vm", toml_edit::value(inline));
-                written += 1;
-            }
-        }
-    }
-    let new_text = doc.to_string();
-    // Never write a profile that would not load.
-    prof::parse(&new_text)
-        .map_err(|m| UserError::failed(format!("the updated profile would be invalid: {m}")))?;
-    talos_dr::fsutil::write_atomic(path, new_text.as_bytes(), 0o644)?;
-    Ok(written)
+    let updates: Vec<prof::NodeUpdate> = mappings
+        .iter()
+        .filter(|m| m.vm.is_some())
+        .map(|m| prof::NodeUpdate {
+            address: m.address.clone(),
+            vm: m.vm.clone(),
+            mac: m.mac.clone(),
+        })
+        .collect();
+    Ok(prof::update_nodes(path, &updates).map_err(UserError::failed)?)
 }

@@ -27,6 +27,9 @@ use crate::pve::types::{
 use crate::pve::{ENV_API_TOKEN, ENV_ENDPOINT, PveConfig};
 use crate::ui::{Event, NoopReporter, Reporter, ms};
 
+mod rebuild;
+pub use rebuild::{BackupVolume, CloneRequest, RestoreRequest, StorageInfo, mac_of, with_mac};
+
 /// Retries of transient read failures.
 #[derive(Debug, Clone)]
 pub struct RetryConfig {

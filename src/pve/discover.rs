@@ -48,6 +48,8 @@ pub struct Mapping {
     pub vm_name: Option<String>,
     pub method: MatchMethod,
     pub reason: String,
+    /// MAC of the VM's `net0`, read after matching (a rebuild from a template needs it).
+    pub mac: Option<String>,
 }
 
 /// What the matching looks at. `vms` may hold LXC guests and templates; they are skipped.
@@ -181,6 +183,7 @@ pub fn map_with_inventory(nodes: &[NodeIdentity], inv: &Inventory) -> Vec<Mappin
                 vm: Some(vm),
                 method,
                 reason,
+                mac: None,
             };
             match by_name(node, inv) {
                 Ok((vm, reason)) => return found(vm, MatchMethod::Name, reason),
@@ -234,6 +237,7 @@ pub fn map_with_inventory(nodes: &[NodeIdentity], inv: &Inventory) -> Vec<Mappin
                 vm_name: None,
                 method: MatchMethod::None,
                 reason: notes.join("; "),
+                mac: None,
             }
         })
         .collect();
@@ -272,6 +276,26 @@ const FETCH_PARALLEL: usize = 8;
 /// configs only if the names left nodes unmapped. Agent and config failures of single VMs are
 /// recorded, not fatal.
 pub async fn map_nodes(
+    client: &PveClient,
+    nodes: &[NodeIdentity],
+) -> Result<Vec<Mapping>, PveError> {
+    let mut mappings = match_nodes(client, nodes).await?;
+    let mapped: Vec<VmRef> = mappings.iter().filter_map(|m| m.vm.clone()).collect();
+    let configs = fetch_all(client, mapped, |c, vm| async move { c.vm_config(&vm).await }).await;
+    for m in &mut mappings {
+        m.mac = m
+            .vm
+            .as_ref()
+            .and_then(|vm| configs.get(vm))
+            .and_then(|r| r.as_ref().ok())
+            .and_then(|cfg| cfg.other.get("net0"))
+            .and_then(|v| v.as_str())
+            .and_then(super::mac_of);
+    }
+    Ok(mappings)
+}
+
+async fn match_nodes(
     client: &PveClient,
     nodes: &[NodeIdentity],
 ) -> Result<Vec<Mapping>, PveError> {

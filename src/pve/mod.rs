@@ -28,7 +28,10 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use auth::ApiToken;
-pub use client::{PveClient, PveClientBuilder, RetryConfig, SnapshotRequest};
+pub use client::{
+    BackupVolume, CloneRequest, PveClient, PveClientBuilder, RestoreRequest, RetryConfig,
+    SnapshotRequest, StorageInfo, mac_of, with_mac,
+};
 pub use error::{PveError, Target};
 pub use names::SnapshotName;
 pub use task::{PollConfig, TaskOutcome, Upid};
@@ -65,6 +68,10 @@ pub struct PveConfig {
     pub max_parallel: usize,
     #[serde(default = "default_keep_sets")]
     pub keep_sets: usize,
+    /// VMID of a template VM with the Talos ISO attached: `rebuild-node --from template` clones
+    /// it (full clone) to replace a lost VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<u32>,
 }
 
 fn default_true() -> bool {
@@ -88,6 +95,7 @@ impl Default for PveConfig {
             snapshot_before_restore: true,
             max_parallel: default_max_parallel(),
             keep_sets: default_keep_sets(),
+            template: None,
         }
     }
 }

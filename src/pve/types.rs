@@ -165,6 +165,11 @@ pub struct NodeInfo {
     pub ssl_fingerprint: Option<String>,
     #[serde(default, deserialize_with = "lenient::opt_u64")]
     pub uptime: Option<u64>,
+    /// Memory in use and in all, bytes (absent while the node is offline).
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub mem: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub maxmem: Option<u64>,
 }
 
 /// `GET /nodes/{node}/qemu/{vmid}/status/current`.
