@@ -130,6 +130,19 @@ pub enum Command {
     /// (sets/<label>.json), retention (complete sets beyond proxmox.keep_sets are deleted; only
     /// snapshots talos-dr made). A failed or interrupted run is continued with `resume`.
     PreUpgrade(PreUpgradeArgs),
+    /// Replace a lost node's VM while the rest of the cluster runs (playbook `rebuild-node`)
+    ///
+    /// Stages: preflight (the node does not answer, the other control-plane nodes hold etcd
+    /// quorum, the profile maps it to a VM, a saved machine config exists and has this cluster's
+    /// name and CA, a backup of the VM or a [proxmox] template exists), remove-member (typed
+    /// confirmation; `talosctl etcd remove-member` through a healthy node, before any VM starts),
+    /// recreate-vm (new VMID from /cluster/nextid: restore the newest vzdump/PBS backup with its
+    /// MAC kept, or full-clone the template and set the lost VM's MAC, cores and memory; start
+    /// it; the profile's `vm` follows), rejoin-node (template: wait for maintenance mode, then
+    /// `apply-config --insecure` with the saved config; backup: wipe its stale etcd data; then
+    /// wait until etcd lists it as a voting member), verify (etcd members, kubectl nodes,
+    /// talosctl health), report. The lost VM is never destroyed: remove it once its host is back.
+    RebuildNode(RebuildNodeArgs),
     /// Roll every VM of a pre-upgrade set back to its snapshot (playbook `rollback`)
     ///
     /// Shows the set, asks for the profile name (running VMs are hard-stopped and everything
@@ -370,6 +383,31 @@ pub enum ConfigsCommand {
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct RebuildNodeArgs {
+    /// The lost node's address, as the profile lists it
+    pub node: String,
+    /// Where the VM comes from: its newest Proxmox backup, or a full clone of [proxmox] template
+    /// (default: backup when one exists, else template)
+    #[arg(long = "from", value_name = "backup|template", value_parser = ["backup", "template"])]
+    pub from: Option<String>,
+    /// The Proxmox node for the new VM (default: the online node with the most free memory)
+    #[arg(long, value_name = "PVE_NODE")]
+    pub target_node: Option<String>,
+    /// How long a cloned VM may take to reach Talos maintenance mode and to install
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub maintenance_timeout: std::time::Duration,
+    /// How long to wait for the node to join etcd and for Kubernetes to be Ready
+    #[arg(long, default_value = "15m", value_parser = parse_duration)]
+    pub wait_timeout: std::time::Duration,
+    /// Longest pause between two checks while waiting
+    #[arg(long, default_value = "5s", value_parser = parse_duration, hide = true)]
+    pub poll_max: std::time::Duration,
+    /// Show the plan and the exact commands, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

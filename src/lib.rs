@@ -23,6 +23,7 @@ pub mod offsite;
 pub mod pack;
 pub mod profile;
 pub mod pve;
+pub mod rebuild;
 pub mod salvage;
 pub mod schedule;
 pub mod sets;

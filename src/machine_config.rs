@@ -242,6 +242,31 @@ pub fn load(
     Ok(text)
 }
 
+/// The plain text of a saved config, decrypted with `identity` or the profile's identity file;
+/// errors say what to do (exit 2 for a key problem, 1 for a damaged file).
+pub fn read(
+    profile: &Profile,
+    r: &ConfigRef,
+    identity: Option<PathBuf>,
+) -> Result<String, crate::error::UserError> {
+    use crate::error::UserError;
+    let encrypted = r.file.ends_with(".age");
+    let ids = match identity.or_else(|| profile.identity_file()) {
+        Some(p) if encrypted => {
+            Some(Identities::load(&p).map_err(|e| UserError::usage(e.to_string()))?)
+        }
+        _ => None,
+    };
+    load(&dir(profile), r, ids.as_ref()).map_err(|e| {
+        let hint = if encrypted && ids.is_none() {
+            "it is encrypted: pass --identity FILE or set backup.identity_file"
+        } else {
+            "the file may be damaged; an older snapshot may hold a good copy (`configs show NODE --at SNAPSHOT`)"
+        };
+        UserError::failed(e.to_string()).hint(hint)
+    })
+}
+
 /// What [`collect`] found.
 #[derive(Debug, Default)]
 pub struct Collected {

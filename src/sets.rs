@@ -59,6 +59,47 @@ pub struct SetVm {
     pub exitstatus: String,
     #[serde(default)]
     pub upid: Option<String>,
+    /// What the VM looked like (name, MAC, size), so a lost VM can be re-created like it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<VmSpec>,
+}
+
+/// The parts of a VM's config a re-created VM copies.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    pub name: Option<String>,
+    /// MAC of `net0`.
+    pub mac: Option<String>,
+    pub cores: Option<u32>,
+    pub memory_mib: Option<u64>,
+}
+
+impl VmSpec {
+    pub fn from_config(cfg: &crate::pve::types::VmConfig) -> Self {
+        let num = |k: &str| -> Option<u64> {
+            match cfg.other.get(k)? {
+                serde_json::Value::Number(n) => n.as_u64(),
+                // `memory` may be a property string (`current=8192`) on PVE 8.
+                serde_json::Value::String(s) => s
+                    .trim_start_matches("current=")
+                    .split(',')
+                    .next()?
+                    .parse()
+                    .ok(),
+                _ => None,
+            }
+        };
+        Self {
+            name: cfg.name.clone(),
+            mac: cfg
+                .other
+                .get("net0")
+                .and_then(|v| v.as_str())
+                .and_then(crate::pve::mac_of),
+            cores: num("cores").and_then(|c| u32::try_from(c).ok()),
+            memory_mib: num("memory"),
+        }
+    }
 }
 
 impl SetVm {

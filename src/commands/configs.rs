@@ -2,7 +2,6 @@
 
 use serde_json::json;
 use talos_dr::machine_config::{self, ConfigRef};
-use talos_dr::pack::Identities;
 use talos_dr::profile::Profile;
 use talos_dr::{Exit, UserError};
 
@@ -117,24 +116,10 @@ fn show(
     Ok(Exit::Success)
 }
 
-/// The plain text of a saved config (decrypted with `--identity` or the profile's identity file).
-pub fn read(
+fn read(
     profile: &Profile,
     r: &ConfigRef,
     identity: Option<std::path::PathBuf>,
 ) -> anyhow::Result<String> {
-    let ids = match identity.or_else(|| profile.identity_file()) {
-        Some(p) if r.file.ends_with(".age") => {
-            Some(Identities::load(&p).map_err(|e| UserError::usage(e.to_string()))?)
-        }
-        _ => None,
-    };
-    machine_config::load(&machine_config::dir(profile), r, ids.as_ref()).map_err(|e| {
-        let hint = if r.file.ends_with(".age") && ids.is_none() {
-            "it is encrypted: pass --identity FILE or set backup.identity_file"
-        } else {
-            "the file may be damaged; an older snapshot may hold a good copy (`configs show NODE --at SNAPSHOT`)"
-        };
-        UserError::failed(e.to_string()).hint(hint).into()
-    })
+    Ok(machine_config::read(profile, r, identity)?)
 }

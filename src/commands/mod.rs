@@ -11,6 +11,7 @@ mod pre_upgrade;
 mod prepare;
 mod profile;
 mod prune;
+mod rebuild_node;
 mod remote;
 mod rollback;
 mod runs;
@@ -128,6 +129,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Salvage(args) => salvage::run(&ctx, args).await,
         Command::PreUpgrade(args) => pre_upgrade::run(&ctx, args).await,
         Command::Rollback(args) => rollback::run(&ctx, args).await,
+        Command::RebuildNode(args) => rebuild_node::run(&ctx, args).await,
         Command::Sets { command } => sets::run(&ctx, command).await,
         Command::Configs(command) => configs::run(&ctx, command).await,
         Command::Runs { command } => runs::run(&ctx, command),

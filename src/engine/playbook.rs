@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use super::stage::{Registry, Stage};
 use crate::config::HumanDuration;
 
-pub const BUILT_IN: [(&str, &str); 4] = [
+pub const BUILT_IN: [(&str, &str); 5] = [
     ("restore", include_str!("../../playbooks/restore.toml")),
     ("drill", include_str!("../../playbooks/drill.toml")),
     (
@@ -18,6 +18,10 @@ pub const BUILT_IN: [(&str, &str); 4] = [
         include_str!("../../playbooks/pre-upgrade.toml"),
     ),
     ("rollback", include_str!("../../playbooks/rollback.toml")),
+    (
+        "rebuild-node",
+        include_str!("../../playbooks/rebuild-node.toml"),
+    ),
 ];
 
 /// A stage kind from the registry. It serialises as its name, so plan fingerprints and

@@ -124,6 +124,21 @@ pub struct Inputs {
     /// `restore --exclude NODE`: control-plane nodes left out (lost with their host).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<String>,
+    /// `rebuild-node NODE`: the node whose VM is re-created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild_node: Option<String>,
+    /// `--from backup|template` (default: backup when one exists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild_from: Option<String>,
+    /// `--target-node`: the Proxmox node the new VM goes to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_node: Option<String>,
+    /// `restore --rebuild NODE`: nodes whose VMs are re-created before the recovery.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rebuild: Vec<String>,
+    /// How long a cloned VM may take to reach Talos maintenance mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance_timeout_s: Option<u64>,
 }
 
 impl Inputs {

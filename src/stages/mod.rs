@@ -10,7 +10,12 @@ pub mod post_verify_kube;
 pub mod pre_restore_snapshot;
 pub mod preflight;
 pub mod proxmox_check;
+pub mod rebuild_preflight;
+pub mod rebuild_verify;
 pub mod record_set;
+pub mod recreate_vm;
+pub mod rejoin_node;
+pub mod remove_member;
 pub mod report;
 pub mod rollback_preflight;
 pub mod rollback_vms;
@@ -44,6 +49,11 @@ pub static REGISTRY: Registry = Registry(&[
     &rollback_preflight::RollbackPreflight,
     &rollback_vms::RollbackVms,
     &wait_healthy::WaitHealthy,
+    &rebuild_preflight::RebuildPreflight,
+    &remove_member::RemoveMember,
+    &recreate_vm::RecreateVm,
+    &rejoin_node::RejoinNode,
+    &rebuild_verify::RebuildVerify,
 ]);
 
 /// Loads playbook `name` (built-in, or `<config_dir>/playbooks/<name>.toml`) against [`REGISTRY`].
@@ -121,6 +131,7 @@ mod tests {
             let key = match name {
                 "pre-upgrade" => "vm-snapshots",
                 "rollback" => "rollback-vms",
+                "rebuild-node" => "recreate-vm",
                 _ => "etcd-recover",
             };
             assert!(pb.stages.iter().any(|s| s.kind.as_str() == key), "{name}");

@@ -32,7 +32,7 @@ impl Stage for RecordSet {
         &[UpgradePreflightOutputs::KIND, VmSnapshotsRecord::KIND]
     }
     fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> BoxFuture<'a, anyhow::Result<StageOutcome>> {
-        Box::pin(async move { run(ctx) })
+        Box::pin(run(ctx))
     }
 }
 
@@ -48,7 +48,7 @@ impl StageData for RecordSetOutputs {
     const KIND: &'static str = "record-set";
 }
 
-fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
+async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     let id = identity(ctx)?;
     let mut m = manifest(ctx, &id)?;
     let vms = ctx.output::<VmSnapshotsRecord>()?.vms;
@@ -78,6 +78,15 @@ fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
         .values()
         .map(|e| e.to_set_vm(id.snapname.as_ref()))
         .collect();
+    // What each VM looks like, so `rebuild-node --from template` can re-create a lost one with
+    // the same MAC (and so the same DHCP address). Best effort: the snapshots matter more.
+    if let Ok(pve) = ctx.pve() {
+        for v in &mut m.vms {
+            if let Ok(cfg) = pve.vm_config(&v.vm_ref()).await {
+                v.spec = Some(sets::VmSpec::from_config(&cfg));
+            }
+        }
+    }
     m.missing.clear();
     m.status = SetStatus::Complete;
     let dir = ctx.profile().sets_dir();

@@ -131,6 +131,7 @@ impl VmEntry {
             snapname: snapname.to_owned(),
             exitstatus: self.exitstatus.clone().unwrap_or_else(|| "OK".into()),
             upid: self.upid.clone(),
+            spec: None,
         }
     }
 }
