@@ -267,6 +267,11 @@ pub struct RestoreArgs {
     /// bootstrapped, not in `talosctl health`. Repeatable
     #[arg(long, value_name = "NODE")]
     pub exclude: Vec<String>,
+    /// Re-create this control-plane node's lost VM first (its newest Proxmox backup, else
+    /// [proxmox] template, with its saved machine config); it is then reset and joins with the
+    /// others (playbook `restore-rebuild`). Repeatable; needs [proxmox]
+    #[arg(long, value_name = "NODE", conflicts_with = "from_survivor")]
+    pub rebuild: Vec<String>,
     /// age identity file to decrypt an encrypted snapshot (default: backup.identity_file)
     #[arg(long, value_name = "FILE")]
     pub identity: Option<PathBuf>,

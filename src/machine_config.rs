@@ -235,7 +235,8 @@ pub fn load(
         path: path.clone(),
         source,
     })?;
-    let text = String::from_utf8(plain).map_err(|_| ConfigError::Mismatch { path: path.clone() })?;
+    let text =
+        String::from_utf8(plain).map_err(|_| ConfigError::Mismatch { path: path.clone() })?;
     if sha256_hex(&text) != r.sha256 {
         return Err(ConfigError::Mismatch { path });
     }
@@ -345,7 +346,13 @@ fn last_known(profile: &Profile) -> BTreeMap<String, ConfigRef> {
             match best.get(&node) {
                 Some(b) if b.read_at >= r.read_at => {}
                 _ => {
-                    best.insert(node, ConfigRef { carried: false, ..r });
+                    best.insert(
+                        node,
+                        ConfigRef {
+                            carried: false,
+                            ..r
+                        },
+                    );
                 }
             }
         }
@@ -519,7 +526,10 @@ mod tests {
             assert!(!r.contains(secret), "{secret} leaked:\n{r}");
         }
         assert!(r.contains("homelab") && r.contains("Q0xVU1RFUkNB") && r.contains("cp-2"));
-        assert!(r.contains("ExtensionServiceConfig"), "every document is shown");
+        assert!(
+            r.contains("ExtensionServiceConfig"),
+            "every document is shown"
+        );
     }
 
     #[test]
@@ -550,8 +560,14 @@ mod tests {
             load(dir.path(), &a, None),
             Err(ConfigError::Unpack { .. })
         ));
-        let c = store(dir.path(), "10.5.0.12", &CFG.replace("cp-2", "cp-9"), &recipients, now)
-            .unwrap();
+        let c = store(
+            dir.path(),
+            "10.5.0.12",
+            &CFG.replace("cp-2", "cp-9"),
+            &recipients,
+            now,
+        )
+        .unwrap();
         assert_ne!(a.file, c.file);
     }
     use age::secrecy::ExposeSecret;

@@ -97,16 +97,18 @@ fn show(
             "no saved machine config for node {node}{}",
             at.map(|a| format!(" in snapshot {a}")).unwrap_or_default()
         ))
-        .hint(format!("`{} configs list` shows what is saved", profile.cli()))
+        .hint(format!(
+            "`{} configs list` shows what is saved",
+            profile.cli()
+        ))
         .into());
     };
     let text = read(profile, &found.config, identity)?;
     let shown = if reveal {
         text
     } else {
-        machine_config::redact(&text).map_err(|e| {
-            UserError::failed(format!("{}: {e}", found.config.file))
-        })?
+        machine_config::redact(&text)
+            .map_err(|e| UserError::failed(format!("{}: {e}", found.config.file)))?
     };
     ctx.printer.text(&shown);
     ctx.printer.json(&json!({

@@ -21,6 +21,18 @@ use crate::cli::{RestoreArgs, ResumeArgs};
 pub async fn restore(ctx: &Ctx, name: &str, args: RestoreArgs) -> anyhow::Result<Exit> {
     let profile = ctx.profile()?;
     check_excluded(&profile, &args.exclude)?;
+    check_rebuild(&profile, &args.rebuild, &args.exclude)?;
+    if name == "drill" && !args.rebuild.is_empty() {
+        return Err(UserError::usage(
+            "--rebuild is for a real restore; a drill restores the cluster as it is",
+        )
+        .into());
+    }
+    let name = if args.rebuild.is_empty() || name != "restore" {
+        name
+    } else {
+        "restore-rebuild"
+    };
     let snapshot = match &args.snapshot {
         // Downloads, decrypts and decompresses (then verifies) before anything else happens.
         Some(s) => super::prepare::snapshot(ctx, &profile, s, &args).await?,
@@ -29,6 +41,7 @@ pub async fn restore(ctx: &Ctx, name: &str, args: RestoreArgs) -> anyhow::Result
     };
     let inputs = Inputs {
         exclude: args.exclude.clone(),
+        rebuild: args.rebuild.clone(),
         snapshot: Some(snapshot),
         vm_snapshot: if args.vm_snapshot {
             Some(true)
@@ -64,6 +77,39 @@ async fn planned_wipes(
         (n, labels)
     }))
     .await
+}
+
+/// `--rebuild` names control-plane nodes of the profile, not also `--exclude`d, and needs the
+/// Proxmox API; only `restore` takes it (exit 2 otherwise).
+fn check_rebuild(profile: &Profile, rebuild: &[String], exclude: &[String]) -> anyhow::Result<()> {
+    if rebuild.is_empty() {
+        return Ok(());
+    }
+    let cp = profile.control_plane_addresses();
+    for n in rebuild {
+        if !cp.contains(n) {
+            return Err(UserError::usage(format!(
+                "--rebuild {n}: not a control-plane node of profile {} (its control-plane nodes: {})",
+                profile.name(),
+                cp.join(", ")
+            ))
+            .into());
+        }
+        if exclude.contains(n) {
+            return Err(UserError::usage(format!(
+                "--rebuild {n} and --exclude {n}: a node is either rebuilt or left out"
+            ))
+            .into());
+        }
+    }
+    if profile.file.proxmox.is_none() {
+        return Err(UserError::usage(format!(
+            "--rebuild re-creates VMs through the Proxmox VE API, but profile {} has no [proxmox] section",
+            profile.name()
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// `--exclude` names control-plane nodes of the profile and leaves at least one (exit 2 otherwise).

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use super::stage::{Registry, Stage};
 use crate::config::HumanDuration;
 
-pub const BUILT_IN: [(&str, &str); 5] = [
+pub const BUILT_IN: [(&str, &str); 6] = [
     ("restore", include_str!("../../playbooks/restore.toml")),
     ("drill", include_str!("../../playbooks/drill.toml")),
     (
@@ -21,6 +21,10 @@ pub const BUILT_IN: [(&str, &str); 5] = [
     (
         "rebuild-node",
         include_str!("../../playbooks/rebuild-node.toml"),
+    ),
+    (
+        "restore-rebuild",
+        include_str!("../../playbooks/restore-rebuild.toml"),
     ),
 ];
 

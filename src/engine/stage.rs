@@ -152,6 +152,14 @@ impl Inputs {
         Duration::from_secs(self.wait_timeout_s.unwrap_or(15 * 60))
     }
     /// The profile's control-plane addresses less `--exclude`d ones, in profile order.
+    /// The control-plane nodes there now: without the `--exclude`d ones and without those whose
+    /// VMs `--rebuild` re-creates (they answer only after the `rebuild-vms` stage).
+    pub fn present_control_plane(&self, profile: &Profile) -> Vec<String> {
+        self.control_plane(profile)
+            .into_iter()
+            .filter(|a| !self.rebuild.contains(a))
+            .collect()
+    }
     pub fn control_plane(&self, profile: &Profile) -> Vec<String> {
         profile
             .control_plane_addresses()

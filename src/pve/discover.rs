@@ -281,24 +281,25 @@ pub async fn map_nodes(
 ) -> Result<Vec<Mapping>, PveError> {
     let mut mappings = match_nodes(client, nodes).await?;
     let mapped: Vec<VmRef> = mappings.iter().filter_map(|m| m.vm.clone()).collect();
-    let configs = fetch_all(client, mapped, |c, vm| async move { c.vm_config(&vm).await }).await;
+    let configs = fetch_all(
+        client,
+        mapped,
+        |c, vm| async move { c.vm_config(&vm).await },
+    )
+    .await;
     for m in &mut mappings {
-        m.mac = m
-            .vm
-            .as_ref()
-            .and_then(|vm| configs.get(vm))
-            .and_then(|r| r.as_ref().ok())
-            .and_then(|cfg| cfg.other.get("net0"))
-            .and_then(|v| v.as_str())
-            .and_then(super::mac_of);
+        m.mac =
+            m.vm.as_ref()
+                .and_then(|vm| configs.get(vm))
+                .and_then(|r| r.as_ref().ok())
+                .and_then(|cfg| cfg.other.get("net0"))
+                .and_then(|v| v.as_str())
+                .and_then(super::mac_of);
     }
     Ok(mappings)
 }
 
-async fn match_nodes(
-    client: &PveClient,
-    nodes: &[NodeIdentity],
-) -> Result<Vec<Mapping>, PveError> {
+async fn match_nodes(client: &PveClient, nodes: &[NodeIdentity]) -> Result<Vec<Mapping>, PveError> {
     let mut inv = Inventory {
         vms: client.cluster_vms().await?,
         ..Inventory::default()

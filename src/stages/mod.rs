@@ -12,6 +12,7 @@ pub mod preflight;
 pub mod proxmox_check;
 pub mod rebuild_preflight;
 pub mod rebuild_verify;
+pub mod rebuild_vms;
 pub mod record_set;
 pub mod recreate_vm;
 pub mod rejoin_node;
@@ -54,6 +55,7 @@ pub static REGISTRY: Registry = Registry(&[
     &recreate_vm::RecreateVm,
     &rejoin_node::RejoinNode,
     &rebuild_verify::RebuildVerify,
+    &rebuild_vms::RebuildVms,
 ]);
 
 /// Loads playbook `name` (built-in, or `<config_dir>/playbooks/<name>.toml`) against [`REGISTRY`].
@@ -132,6 +134,7 @@ mod tests {
                 "pre-upgrade" => "vm-snapshots",
                 "rollback" => "rollback-vms",
                 "rebuild-node" => "recreate-vm",
+                "restore-rebuild" => "rebuild-vms",
                 _ => "etcd-recover",
             };
             assert!(pb.stages.iter().any(|s| s.kind.as_str() == key), "{name}");

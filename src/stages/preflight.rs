@@ -138,7 +138,8 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     }
 
     let talos = ctx.talos();
-    let cp = ctx.control_plane();
+    // Nodes whose VMs `--rebuild` re-creates answer only after the rebuild-vms stage.
+    let cp = ctx.inputs.present_control_plane(ctx.profile());
     if !ctx.inputs.exclude.is_empty() {
         ctx.reporter.warn(&format!(
             "left out of this restore (--exclude): {}; they will not be etcd members afterwards",

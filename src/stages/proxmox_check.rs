@@ -39,6 +39,7 @@ impl Stage for ProxmoxCheck {
         for n in profile
             .control_plane()
             .filter(|n| !plan.inputs.exclude.contains(&n.address))
+            .filter(|n| !plan.inputs.rebuild.contains(&n.address))
         {
             match &n.vm {
                 Some(vm) => {
@@ -120,6 +121,7 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
         .profile()
         .control_plane()
         .filter(|n| !ctx.inputs.exclude.contains(&n.address))
+        .filter(|n| !ctx.inputs.rebuild.contains(&n.address))
     {
         match &n.vm {
             Some(vm) => vms.push((n.address.clone(), vm.clone())),

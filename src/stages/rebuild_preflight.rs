@@ -74,7 +74,11 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
 }
 
 /// Works out the plan, or the first reason it cannot be made.
-pub async fn check(ctx: &StageCtx<'_>, profile: &Profile, node: &str) -> anyhow::Result<RebuildPlan> {
+pub async fn check(
+    ctx: &StageCtx<'_>,
+    profile: &Profile,
+    node: &str,
+) -> anyhow::Result<RebuildPlan> {
     let entry = profile
         .file
         .nodes
@@ -84,7 +88,7 @@ pub async fn check(ctx: &StageCtx<'_>, profile: &Profile, node: &str) -> anyhow:
             UserError::usage(format!("node {node} is not in profile {}", profile.name()))
                 .hint(format!("`{} profile show` lists the nodes", profile.cli()))
         })?;
-    let pve = ctx.pve()?;
+    ctx.pve()?;
     let old_vm = entry.vm.clone().ok_or_else(|| {
         refuse(format!("the profile does not say which VM node {node} was"))
             .hint("set `vm = { node = \"pve2\", vmid = 102 }` on its [[nodes]] entry (or `profile discover --write` while it still runs)")
@@ -114,8 +118,12 @@ pub async fn check(ctx: &StageCtx<'_>, profile: &Profile, node: &str) -> anyhow:
         ))
     })?;
     let text = machine_config::read(profile, &found.config, None)?;
-    let saved = machine_config::identity(&text)
-        .map_err(|e| refuse(format!("the saved config of {node} ({}): {e}", found.config.file)))?;
+    let saved = machine_config::identity(&text).map_err(|e| {
+        refuse(format!(
+            "the saved config of {node} ({}): {e}",
+            found.config.file
+        ))
+    })?;
 
     let control_plane = entry.role == Role::ControlPlane;
     let others: Vec<String> = profile
@@ -138,10 +146,12 @@ pub async fn check(ctx: &StageCtx<'_>, profile: &Profile, node: &str) -> anyhow:
                 profile.cli()
             ))
     })?;
-    let members = talos
-        .etcd_members(&through)
-        .await
-        .map_err(|e| refuse(format!("cannot list etcd members through {through}: {}", e.message())))?;
+    let members = talos.etcd_members(&through).await.map_err(|e| {
+        refuse(format!(
+            "cannot list etcd members through {through}: {}",
+            e.message()
+        ))
+    })?;
     let voters = members.iter().filter(|m| !m.learner).count().max(1);
     if healthy.len() < voters / 2 + 1 {
         return Err(refuse(format!(
@@ -172,10 +182,7 @@ pub async fn check(ctx: &StageCtx<'_>, profile: &Profile, node: &str) -> anyhow:
         .hint("refusing: a node with another cluster's config would not join, or would join the wrong cluster")
         .into());
     }
-    let hostname = saved
-        .hostname
-        .clone()
-        .or_else(|| entry.hostname.clone());
+    let hostname = saved.hostname.clone().or_else(|| entry.hostname.clone());
     let member_id = if control_plane {
         members
             .iter()
@@ -185,6 +192,55 @@ pub async fn check(ctx: &StageCtx<'_>, profile: &Profile, node: &str) -> anyhow:
         None
     };
 
+    let vm = choose_vm(ctx, profile, node, &old_vm).await?;
+    Ok(RebuildPlan {
+        node: node.to_owned(),
+        control_plane,
+        vm_name: hostname
+            .clone()
+            .unwrap_or_else(|| format!("talos-{}", node.replace(['.', ':'], "-"))),
+        hostname,
+        old_vm: Some(old_vm),
+        strategy: vm.strategy,
+        backup: vm.backup,
+        template: vm.template,
+        target_node: vm.target_node,
+        config: Some(found.config),
+        config_snapshot: found.snapshot,
+        member_id,
+        healthy: Some(through),
+        mac: vm.mac,
+        cores: vm.cores,
+        memory_mib: vm.memory_mib,
+    })
+}
+
+/// Where a re-created VM comes from and where it goes.
+pub struct VmChoice {
+    pub strategy: Strategy,
+    pub backup: Option<rebuild::FoundBackup>,
+    pub template: Option<VmRef>,
+    pub target_node: String,
+    pub mac: Option<String>,
+    pub cores: Option<u32>,
+    pub memory_mib: Option<u64>,
+}
+
+/// Picks the strategy (`--from`, else a backup when one exists, else the template), the
+/// target node and, for a clone, the lost VM's MAC and size.
+pub async fn choose_vm(
+    ctx: &StageCtx<'_>,
+    profile: &Profile,
+    node: &str,
+    old_vm: &VmRef,
+) -> anyhow::Result<VmChoice> {
+    let pve = ctx.pve()?;
+    let entry = profile
+        .file
+        .nodes
+        .iter()
+        .find(|n| n.address == node)
+        .ok_or_else(|| UserError::usage(format!("node {node} is not in the profile")))?;
     // Where the new VM comes from, and where it goes.
     let online = rebuild::online_nodes(pve).await?;
     let online: Vec<String> = online.into_iter().filter(|n| *n != old_vm.node).collect();
@@ -224,9 +280,12 @@ pub async fn check(ctx: &StageCtx<'_>, profile: &Profile, node: &str) -> anyhow:
         (None, Some(_), _) => Strategy::Backup,
         (_, _, Some((t, is_template, status))) => {
             if !is_template {
-                return Err(refuse(format!("[proxmox] template = {} is not a template VM", t.vmid))
-                    .hint("convert the VM with the Talos ISO to a template (`qm template VMID`)")
-                    .into());
+                return Err(refuse(format!(
+                    "[proxmox] template = {} is not a template VM",
+                    t.vmid
+                ))
+                .hint("convert the VM with the Talos ISO to a template (`qm template VMID`)")
+                .into());
             }
             if status == "unknown" || !online.contains(&t.node) {
                 return Err(refuse(format!(
@@ -256,8 +315,15 @@ pub async fn check(ctx: &StageCtx<'_>, profile: &Profile, node: &str) -> anyhow:
         }
     };
     let template_ref: Option<VmRef> = template.map(|(t, _, _)| t);
-    let backup = if strategy == Strategy::Backup { backup } else { None };
-    let target_node = match (&ctx.inputs.target_node, backup.as_ref().and_then(|b| b.only_on.clone())) {
+    let backup = if strategy == Strategy::Backup {
+        backup
+    } else {
+        None
+    };
+    let target_node = match (
+        &ctx.inputs.target_node,
+        backup.as_ref().and_then(|b| b.only_on.clone()),
+    ) {
         (Some(t), Some(only)) if *t != only => {
             return Err(UserError::usage(format!(
                 "the backup is on node-local storage of {only}; it can only be restored there, not on {t}"
@@ -278,10 +344,7 @@ pub async fn check(ctx: &StageCtx<'_>, profile: &Profile, node: &str) -> anyhow:
 
     // A template clone gets new random MACs: the lost VM's must be put back for its DHCP
     // reservation (and so its address) to follow.
-    let mac = entry
-        .mac
-        .clone()
-        .or_else(|| recorded_mac(profile, node));
+    let mac = entry.mac.clone().or_else(|| recorded_mac(profile, node));
     if strategy == Strategy::Template && mac.is_none() {
         return Err(refuse(format!(
             "the MAC address of node {node}'s VM is not recorded: a clone would get a new one and another IP"
@@ -293,20 +356,11 @@ pub async fn check(ctx: &StageCtx<'_>, profile: &Profile, node: &str) -> anyhow:
         .into());
     }
     let spec = recorded_spec(profile, node);
-    Ok(RebuildPlan {
-        node: node.to_owned(),
-        control_plane,
-        vm_name: hostname.clone().unwrap_or_else(|| format!("talos-{}", node.replace(['.', ':'], "-"))),
-        hostname,
-        old_vm: Some(old_vm),
+    Ok(VmChoice {
         strategy,
         backup,
         template: template_ref,
         target_node,
-        config: Some(found.config),
-        config_snapshot: found.snapshot,
-        member_id,
-        healthy: Some(through),
         mac,
         cores: spec.as_ref().and_then(|s| s.cores),
         memory_mib: spec.and_then(|s| s.memory_mib),

@@ -36,7 +36,13 @@ impl Stage for RebuildVerify {
         vec![
             plan.talos.render(
                 cp.first().map(String::as_str),
-                &["health", "--control-plane-nodes", &cp.join(","), "--worker-nodes", &plan.profile.worker_addresses().join(",")],
+                &[
+                    "health",
+                    "--control-plane-nodes",
+                    &cp.join(","),
+                    "--worker-nodes",
+                    &plan.profile.worker_addresses().join(","),
+                ],
             ),
             "talosctl etcd members; kubectl get nodes -o json".into(),
         ]
@@ -58,7 +64,10 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     let mut out = RebuildVerifyOutputs::default();
 
     let members = talos.etcd_members(&through).await.map_err(|e| {
-        UserError::failed(format!("cannot list etcd members through {through}: {}", e.message()))
+        UserError::failed(format!(
+            "cannot list etcd members through {through}: {}",
+            e.message()
+        ))
     })?;
     out.members = members.iter().map(|m| m.hostname.clone()).collect();
     if members.len() != cp.len() || members.iter().any(|m| m.learner) {
@@ -104,7 +113,12 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
         }
     }
     talos
-        .health(&through, &cp, &profile.worker_addresses(), ctx.inputs.health_timeout())
+        .health(
+            &through,
+            &cp,
+            &profile.worker_addresses(),
+            ctx.inputs.health_timeout(),
+        )
         .await
         .map_err(|e| UserError::failed(format!("talosctl health failed: {}", e.message())))?;
     ctx.reporter

@@ -52,10 +52,16 @@ impl Stage for RecreateVm {
         "re-create the VM (backup restore or template clone) under a new VMID and start it"
     }
     fn describe(&self, plan: &Plan<'_>) -> Vec<String> {
-        let from = plan.inputs.rebuild_from.as_deref().unwrap_or("backup when one exists, else template");
+        let from = plan
+            .inputs
+            .rebuild_from
+            .as_deref()
+            .unwrap_or("backup when one exists, else template");
         vec![
             "GET /cluster/nextid (the VMID is recorded before the create)".into(),
-            format!("POST /nodes/<target>/qemu (archive=<newest backup>, unique=0) or POST /nodes/<n>/qemu/<template>/clone (full=1) — from: {from}"),
+            format!(
+                "POST /nodes/<target>/qemu (archive=<newest backup>, unique=0) or POST /nodes/<n>/qemu/<template>/clone (full=1) — from: {from}"
+            ),
             "template: GET/PUT …/config net0=<lost VM's MAC>, cores, memory".into(),
             "POST …/status/start; profile.toml: vm = { node, vmid } of the new VM".into(),
         ]
@@ -70,50 +76,87 @@ impl Stage for RecreateVm {
 
 async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     let plan = ctx.output::<RebuildPlan>()?;
+    let out = recreate(ctx, &plan, &Own(ctx)).await?;
+    StageOutcome::done(&out)
+}
+
+/// A stage's journal of one step: read it, and change it (written to the checkpoint at once).
+pub trait Journal<T> {
+    fn get(&self) -> anyhow::Result<T>;
+    fn set(&self, f: &mut dyn FnMut(&mut T)) -> anyhow::Result<()>;
+}
+
+/// The journal is the stage's own outputs.
+pub struct Own<'a>(pub &'a StageCtx<'a>);
+
+impl<T: StageData> Journal<T> for Own<'_> {
+    fn get(&self) -> anyhow::Result<T> {
+        self.0.own::<T>()
+    }
+    fn set(&self, f: &mut dyn FnMut(&mut T)) -> anyhow::Result<()> {
+        self.0.update(|o: &mut T| f(o))
+    }
+}
+
+/// Re-creates one VM as `plan` says, step by step through `j`.
+pub async fn recreate(
+    ctx: &StageCtx<'_>,
+    plan: &RebuildPlan,
+    j: &(dyn Journal<RecreateOutputs> + Sync),
+) -> anyhow::Result<RecreateOutputs> {
     let pve = ctx.pve()?;
-    ctx.update(|o: &mut RecreateOutputs| o.old_vm = plan.old_vm.clone())?;
+    j.set(&mut |o: &mut RecreateOutputs| o.old_vm = plan.old_vm.clone())?;
     let mut calls = 0u32;
 
-    let newid = match ctx.own::<RecreateOutputs>()?.newid {
+    let newid = match j.get()?.newid {
         Some(id) => id,
         None => {
             calls += 1;
             let id = pve.next_vmid().await?;
-            ctx.update(|o: &mut RecreateOutputs| o.newid = Some(id))?;
+            j.set(&mut |o: &mut RecreateOutputs| o.newid = Some(id))?;
             id
         }
     };
     let home = match plan.strategy {
         Strategy::Backup => plan.target_node.clone(),
-        Strategy::Template => plan.template.as_ref().map_or_else(String::new, |t| t.node.clone()),
+        Strategy::Template => plan
+            .template
+            .as_ref()
+            .map_or_else(String::new, |t| t.node.clone()),
     };
     let mut new_vm = VmRef::new(plan.target_node.clone(), newid);
 
-    if !ctx.own::<RecreateOutputs>()?.created {
-        let j = ctx.own::<RecreateOutputs>()?;
+    if !j.get()?.created {
+        let prior = j.get()?;
         let mut exists = false;
-        if j.posted {
+        if prior.posted {
             // Interrupted after the POST may have gone out: look before creating anything.
             calls += 1;
-            if let Some(vm) = pve.cluster_vms().await?.into_iter().find(|v| v.vmid == newid) {
+            if let Some(vm) = pve
+                .cluster_vms()
+                .await?
+                .into_iter()
+                .find(|v| v.vmid == newid)
+            {
                 exists = true;
                 new_vm = vm.vm_ref();
                 if vm.lock.is_some() {
-                    calls += wait_unlocked(ctx, pve, newid, j.upid.as_deref(), &new_vm).await?;
+                    calls += wait_unlocked(ctx, pve, newid, prior.upid.as_deref(), &new_vm).await?;
                 }
             }
         }
         if !exists {
-            ctx.update(|o: &mut RecreateOutputs| {
+            j.set(&mut |o: &mut RecreateOutputs| {
                 o.posted = true;
                 o.upid = None;
             })?;
             calls += 1;
             let upid = match plan.strategy {
                 Strategy::Backup => {
-                    let b = plan.backup.as_ref().ok_or_else(|| {
-                        UserError::failed("the plan has no backup to restore")
-                    })?;
+                    let b = plan
+                        .backup
+                        .as_ref()
+                        .ok_or_else(|| UserError::failed("the plan has no backup to restore"))?;
                     pve.restore_vm(
                         &plan.target_node,
                         &RestoreRequest {
@@ -126,9 +169,10 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
                     .await
                 }
                 Strategy::Template => {
-                    let t = plan.template.as_ref().ok_or_else(|| {
-                        UserError::failed("the plan has no template to clone")
-                    })?;
+                    let t = plan
+                        .template
+                        .as_ref()
+                        .ok_or_else(|| UserError::failed("the plan has no template to clone"))?;
                     pve.clone_vm(
                         t,
                         &CloneRequest {
@@ -146,28 +190,27 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
                     .await
                 }
             }
-            .map_err(|e| create_failed(&plan, &new_vm, &e.to_string(), false))?;
-            ctx.update(|o: &mut RecreateOutputs| o.upid = Some(upid.as_str().to_owned()))?;
+            .map_err(|e| create_failed(plan, &new_vm, &e.to_string(), false))?;
+            j.set(&mut |o: &mut RecreateOutputs| o.upid = Some(upid.as_str().to_owned()))?;
             let key = format!("vm {newid}");
             let target = Target::vm(&VmRef::new(home.clone(), newid));
             let (polled, result) = wait_counted(pve, &upid, &key, &target).await;
             calls += polled;
             if let Err(e) = result {
-                return Err(create_failed(&plan, &new_vm, &e.to_string(), true).into());
+                return Err(create_failed(plan, &new_vm, &e.to_string(), true).into());
             }
         }
-        ctx.update(|o: &mut RecreateOutputs| {
+        j.set(&mut |o: &mut RecreateOutputs| {
             o.created = true;
             o.new_vm = Some(new_vm.clone());
         })?;
         ctx.reporter.info(&format!(
             "VM {newid} created on {} ({})",
-            new_vm.node,
-            plan.strategy
+            new_vm.node, plan.strategy
         ));
     }
 
-    if plan.strategy == Strategy::Template && !ctx.own::<RecreateOutputs>()?.configured {
+    if plan.strategy == Strategy::Template && !j.get()?.configured {
         calls += 2;
         let cfg = pve.vm_config(&new_vm).await?;
         let net0 = cfg
@@ -195,10 +238,10 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
                     rebuild::cleanup_hint(&new_vm)
                 ))
             })?;
-        ctx.update(|o: &mut RecreateOutputs| o.configured = true)?;
+        j.set(&mut |o: &mut RecreateOutputs| o.configured = true)?;
     }
 
-    if !ctx.own::<RecreateOutputs>()?.started {
+    if !j.get()?.started {
         calls += 1;
         let status = pve.vm_status(&new_vm).await?;
         if status.status != "running" {
@@ -211,10 +254,10 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
                 UserError::failed(format!("VM {newid} on {} did not start: {e}", new_vm.node))
             })?;
         }
-        ctx.update(|o: &mut RecreateOutputs| o.started = true)?;
+        j.set(&mut |o: &mut RecreateOutputs| o.started = true)?;
     }
 
-    if !ctx.own::<RecreateOutputs>()?.profile_updated {
+    if !j.get()?.profile_updated {
         let path = ctx.profile().config_dir.join(crate::profile::PROFILE_FILE);
         crate::profile::update_nodes(
             &path,
@@ -233,16 +276,16 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
                 new_vm.node, plan.node
             ))
         })?;
-        ctx.update(|o: &mut RecreateOutputs| o.profile_updated = true)?;
+        j.set(&mut |o: &mut RecreateOutputs| o.profile_updated = true)?;
     }
-    ctx.update(|o: &mut RecreateOutputs| o.api_calls += calls)?;
+    j.set(&mut |o: &mut RecreateOutputs| o.api_calls += calls)?;
     if let Some(old) = &plan.old_vm {
         ctx.reporter.warn(&format!(
             "the lost VM {} on {} stays registered (its host is down); once the host is back, remove it there — never start it: `qm destroy {} --purge`",
             old.vmid, old.node, old.vmid
         ));
     }
-    StageOutcome::done(&ctx.own::<RecreateOutputs>()?)
+    j.get()
 }
 
 /// Waits for a task, counting the status polls (reported in the closing numbers).
@@ -276,7 +319,12 @@ async fn wait_unlocked(
     let mut calls = 0;
     loop {
         calls += 1;
-        match pve.cluster_vms().await?.into_iter().find(|v| v.vmid == newid) {
+        match pve
+            .cluster_vms()
+            .await?
+            .into_iter()
+            .find(|v| v.vmid == newid)
+        {
             Some(v) if v.lock.is_none() => return Ok(calls),
             None => {
                 return Err(UserError::failed(format!(

@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 use super::{Plan, Poller, Stage, StageCtx, StageData, StageOutcome};
 use crate::engine::playbook::Confirm;
 use crate::error::UserError;
+use crate::pve::VmRef;
 use crate::rebuild::{RebuildPlan, Strategy};
-use crate::stages::recreate_vm::RecreateOutputs;
+use crate::stages::recreate_vm::{Journal, Own, RecreateOutputs};
 
 pub struct RejoinNode;
 
@@ -51,9 +52,23 @@ impl Stage for RejoinNode {
     fn describe(&self, plan: &Plan<'_>) -> Vec<String> {
         let node = plan.inputs.rebuild_node.as_deref().unwrap_or("<node>");
         vec![
-            format!("template: talosctl -n {node} get machinestatus --insecure until maintenance, then talosctl apply-config --insecure -n {node} --file <saved config>"),
-            format!("backup: {}", plan.talos.render(Some(node), &["reset", "--graceful=false", "--reboot", "--system-labels-to-wipe=EPHEMERAL[,ETCD]"])),
-            "wait for etcd members to list it (learner, then promoted) and service etcd Running".into(),
+            format!(
+                "template: talosctl -n {node} get machinestatus --insecure until maintenance, then talosctl apply-config --insecure -n {node} --file <saved config>"
+            ),
+            format!(
+                "backup: {}",
+                plan.talos.render(
+                    Some(node),
+                    &[
+                        "reset",
+                        "--graceful=false",
+                        "--reboot",
+                        "--system-labels-to-wipe=EPHEMERAL[,ETCD]"
+                    ]
+                )
+            ),
+            "wait for etcd members to list it (learner, then promoted) and service etcd Running"
+                .into(),
         ]
     }
     fn min_confirm(&self) -> Confirm {
@@ -71,6 +86,20 @@ impl Stage for RejoinNode {
 async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     let plan = ctx.output::<RebuildPlan>()?;
     let vm = ctx.output::<RecreateOutputs>()?.new_vm;
+    let out = bring_up(ctx, &plan, vm.as_ref(), &Own(ctx), true).await?;
+    StageOutcome::done(&out)
+}
+
+/// Puts the config on the new VM (template) and waits for it to answer. With `join` (the
+/// cluster runs): also wipes a restored VM's stale etcd data and waits for it to join etcd.
+/// Without (inside a restore): etcd-recover resets it and it joins with the others.
+pub async fn bring_up(
+    ctx: &StageCtx<'_>,
+    plan: &RebuildPlan,
+    vm: Option<&VmRef>,
+    j: &(dyn Journal<RejoinOutputs> + Sync),
+    join: bool,
+) -> anyhow::Result<RejoinOutputs> {
     let node = plan.node.clone();
     let talos = ctx.talos().clone().direct();
     let console = format!(
@@ -80,15 +109,15 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     );
     match plan.strategy {
         Strategy::Template => {
-            let j = ctx.own::<RejoinOutputs>()?;
-            let configured = j.config_applied && talos.server_version(&node).await.is_ok();
+            let prior = j.get()?;
+            let configured = prior.config_applied && talos.server_version(&node).await.is_ok();
             if !configured {
                 wait_maintenance(ctx, &node, &console).await?;
                 let text = crate::machine_config::read(
                     ctx.profile(),
-                    plan.config.as_ref().ok_or_else(|| {
-                        UserError::failed("the plan has no saved config")
-                    })?,
+                    plan.config
+                        .as_ref()
+                        .ok_or_else(|| UserError::failed("the plan has no saved config"))?,
                     None,
                 )?;
                 let dir = ctx.profile().runs_dir().join(ctx.run_id());
@@ -99,7 +128,7 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
                     .suffix(".yaml")
                     .tempfile_in(&dir)?;
                 std::fs::write(file.path(), text.as_bytes())?;
-                ctx.update(|o: &mut RejoinOutputs| o.config_applied = true)?;
+                j.set(&mut |o: &mut RejoinOutputs| o.config_applied = true)?;
                 talos
                     .apply_config_insecure(&node, file.path(), Duration::from_secs(120))
                     .await
@@ -116,18 +145,18 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
                 ));
             }
             let v = wait_answers(ctx, &node, &console).await?;
-            ctx.update(|o: &mut RejoinOutputs| o.talos_version = Some(v))?;
+            j.set(&mut |o: &mut RejoinOutputs| o.talos_version = Some(v.clone()))?;
         }
         Strategy::Backup => {
             let v = wait_answers(ctx, &node, &console).await?;
-            ctx.update(|o: &mut RejoinOutputs| o.talos_version = Some(v))?;
-            if plan.control_plane && !ctx.own::<RejoinOutputs>()?.reset_issued {
+            j.set(&mut |o: &mut RejoinOutputs| o.talos_version = Some(v.clone()))?;
+            if join && plan.control_plane && !j.get()?.reset_issued {
                 let labels = talos
                     .etcd_volume(&node)
                     .await
                     .map(|v| v.labels_to_wipe().to_owned())
                     .unwrap_or_else(|_| "EPHEMERAL".into());
-                ctx.update(|o: &mut RejoinOutputs| {
+                j.set(&mut |o: &mut RejoinOutputs| {
                     o.reset_issued = true;
                     o.wiped_labels = Some(labels.clone());
                 })?;
@@ -147,14 +176,14 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
             }
         }
     }
-    if plan.control_plane {
-        let id = wait_joined(ctx, &plan).await?;
-        ctx.update(|o: &mut RejoinOutputs| {
+    if join && plan.control_plane {
+        let id = wait_joined(ctx, plan).await?;
+        j.set(&mut |o: &mut RejoinOutputs| {
             o.joined = true;
-            o.member_id = Some(id);
+            o.member_id = Some(id.clone());
         })?;
     }
-    StageOutcome::done(&ctx.own::<RejoinOutputs>()?)
+    j.get()
 }
 
 fn maintenance_timeout(ctx: &StageCtx<'_>) -> Duration {

@@ -38,7 +38,8 @@ impl Stage for RemoveMember {
     fn describe(&self, plan: &Plan<'_>) -> Vec<String> {
         vec![format!(
             "{} (through a healthy control-plane node, after checking the ID is {}'s)",
-            plan.talos.render(Some("<healthy node>"), &["etcd", "remove-member", "<ID>"]),
+            plan.talos
+                .render(Some("<healthy node>"), &["etcd", "remove-member", "<ID>"]),
             plan.inputs.rebuild_node.as_deref().unwrap_or("<node>")
         )]
     }
@@ -73,7 +74,10 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     let talos = ctx.talos().clone().direct();
     // Check the ID still belongs to the lost node: etcd may have changed since the preflight.
     let members = talos.etcd_members(&through).await.map_err(|e| {
-        UserError::failed(format!("cannot list etcd members through {through}: {}", e.message()))
+        UserError::failed(format!(
+            "cannot list etcd members through {through}: {}",
+            e.message()
+        ))
     })?;
     let mut out = RemoveMemberOutputs {
         member_id: Some(id.clone()),

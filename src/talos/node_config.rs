@@ -154,7 +154,10 @@ mod tests {
 }"#;
         let spec = parse_machine_config(out).unwrap();
         assert!(spec.starts_with("version: v1alpha1\nmachine:"));
-        assert!(spec.contains("\n---\n"), "multi-document configs stay whole");
+        assert!(
+            spec.contains("\n---\n"),
+            "multi-document configs stay whole"
+        );
         assert_eq!(parse_machine_config("{\"spec\": {}}"), None);
     }
 

@@ -94,7 +94,9 @@ pub struct CloneRequest {
 impl PveClient {
     /// `GET /cluster/nextid`: the lowest free VMID (dead hosts' VMs count as taken).
     pub async fn next_vmid(&self) -> Result<u32, PveError> {
-        let v: serde_json::Value = self.get(&["cluster", "nextid"], &[], &Target::none()).await?;
+        let v: serde_json::Value = self
+            .get(&["cluster", "nextid"], &[], &Target::none())
+            .await?;
         let n = match &v {
             serde_json::Value::String(s) => s.parse().ok(),
             serde_json::Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
@@ -114,7 +116,10 @@ impl PveClient {
         node: &str,
         content: Option<&str>,
     ) -> Result<Vec<StorageInfo>, PveError> {
-        let query: Vec<(&str, String)> = content.map(|c| ("content", c.to_owned())).into_iter().collect();
+        let query: Vec<(&str, String)> = content
+            .map(|c| ("content", c.to_owned()))
+            .into_iter()
+            .collect();
         self.get(&["nodes", node, "storage"], &query, &Target::node(node))
             .await
     }
@@ -203,8 +208,20 @@ pub fn mac_of(net: &str) -> Option<String> {
     let first = net.split(',').next()?;
     let (model, mac) = first.split_once('=')?;
     let known = [
-        "virtio", "e1000", "e1000e", "rtl8139", "vmxnet3", "i82551", "i82557b", "i82559er",
-        "ne2k_isa", "ne2k_pci", "pcnet", "e1000-82540em", "e1000-82544gc", "e1000-82545em",
+        "virtio",
+        "e1000",
+        "e1000e",
+        "rtl8139",
+        "vmxnet3",
+        "i82551",
+        "i82557b",
+        "i82559er",
+        "ne2k_isa",
+        "ne2k_pci",
+        "pcnet",
+        "e1000-82540em",
+        "e1000-82544gc",
+        "e1000-82545em",
     ];
     (known.contains(&model) || model == "macaddr").then(|| mac.to_ascii_uppercase())
 }
@@ -232,7 +249,10 @@ mod tests {
         );
         assert_eq!(mac_of("bridge=vmbr0"), None);
         assert_eq!(
-            with_mac("virtio=BC:24:11:00:00:01,bridge=vmbr0,tag=20", "BC:24:11:2A:6C:9E"),
+            with_mac(
+                "virtio=BC:24:11:00:00:01,bridge=vmbr0,tag=20",
+                "BC:24:11:2A:6C:9E"
+            ),
             "virtio=BC:24:11:2A:6C:9E,bridge=vmbr0,tag=20"
         );
     }
