@@ -1273,6 +1273,11 @@ async fn discover_by_name_needs_no_agent_calls() {
         .respond_with(json("cluster_resources_vm"))
         .mount(&server)
         .await;
+    Mock::given(method("GET"))
+        .and(path(format!("{VM_BASE}/config")))
+        .respond_with(json("config"))
+        .mount(&server)
+        .await;
     let (c, _) = client(&server);
     let nodes = [NodeIdentity {
         address: "10.0.0.11".into(),
@@ -1281,7 +1286,20 @@ async fn discover_by_name_needs_no_agent_calls() {
     let m = map_nodes(&c, &nodes).await.unwrap();
     assert_eq!(m[0].method, MatchMethod::Name);
     assert_eq!(m[0].vm, Some(vm()));
-    assert_eq!(server.received_requests().await.unwrap().len(), 1);
+    // Matching took the resources list alone; the mapped VM's config is read once, for the
+    // net0 MAC a rebuild from a template needs.
+    let paths: Vec<String> = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.url.path().to_owned())
+        .collect();
+    assert_eq!(
+        paths,
+        ["/api2/json/cluster/resources".to_owned(), format!("{VM_BASE}/config")]
+    );
+    assert!(m[0].mac.as_deref().is_some_and(|m| m.len() == 17), "{:?}", m[0].mac);
 }
 
 #[tokio::test]
