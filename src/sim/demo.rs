@@ -80,6 +80,9 @@ pub fn setup(dir: &Path, exe: &Path, real_kubectl: bool, faults: &[Fault]) -> io
         no_route_ms: 1500,
         dial_timeout_ms: 2000,
         snapshot_hang_ms: 3000,
+        install_ms: 3000,
+        reboot_ms: 2000,
+        promote_ms: 0,
     };
     for f in faults {
         f.apply(&mut cluster);
@@ -160,7 +163,7 @@ fn shim(path: &Path, exe: &Path, tool: &str) -> io::Result<()> {
 /// The disaster: etcd's data is lost on every control-plane node.
 pub fn disaster(state: &Path) -> io::Result<()> {
     Cluster::update(state, |c| {
-        for n in c.nodes.iter_mut().filter(|n| n.machine_type != "worker") {
+        for n in c.nodes.iter_mut().filter(|n| n.is_control_plane()) {
             n.etcd.pending.clear();
             n.etcd.data_corrupt = true;
             n.etcd.set(

@@ -312,7 +312,7 @@ fn etcd_available(cluster: &Cluster) -> bool {
 }
 
 fn is_control_plane(node: &Node) -> bool {
-    node.machine_type != "worker"
+    node.is_control_plane()
 }
 
 /// Why a node is not Ready, as the node's `Ready` condition would say.

@@ -589,7 +589,7 @@ fn get(
                         "nodeId": format!("{:x}", fnv(&m.hostname)),
                         "operatingSystem": format!("Talos ({})", ctx.cluster.talos_version),
                     });
-                    if m.machine_type != "worker" {
+                    if m.is_control_plane() {
                         spec["controlPlane"] = serde_json::json!({"port": 6443});
                     }
                     write_resource(
@@ -1152,7 +1152,7 @@ fn accept_bootstrap(
     let saw = c
         .nodes
         .iter()
-        .filter(|n| n.machine_type != "worker")
+        .filter(|n| n.is_control_plane())
         .map(|n| (n.address.clone(), n.etcd.state.clone()))
         .collect();
     let previous = c.etcd_generation;
