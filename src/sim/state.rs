@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-mod machine;
+pub mod machine;
 mod pve;
 pub mod pve_config;
 mod pve_storage;

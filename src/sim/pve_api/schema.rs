@@ -244,7 +244,7 @@ pub fn check(
     }
     let mut out = BTreeMap::new();
     for (name, p) in ep.props.iter().filter(|(k, _)| !k.ends_with("[n]")) {
-        if given.get(name).is_none() && !p.optional {
+        if !given.contains_key(name) && !p.optional {
             errors.insert(
                 name.clone(),
                 "property is missing and it is not optional".to_owned(),

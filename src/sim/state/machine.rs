@@ -90,17 +90,26 @@ impl Secrets {
         line(1, &format!("token: {}", self.machine_token));
         line(1, "ca:");
         line(2, &format!("crt: {}", self.os_ca_crt));
-        line(2, &format!("key: {}", if control { &self.os_ca_key } else { "\"\"" }));
+        line(
+            2,
+            &format!("key: {}", if control { &self.os_ca_key } else { "\"\"" }),
+        );
         line(1, "certSANs: []");
         line(1, "kubelet:");
-        line(2, &format!("image: ghcr.io/siderolabs/kubelet:{kube_version}"));
+        line(
+            2,
+            &format!("image: ghcr.io/siderolabs/kubelet:{kube_version}"),
+        );
         line(2, "defaultRuntimeSeccompProfileEnabled: true");
         line(2, "disableManifestsDirectory: true");
         line(1, "network:");
         line(2, &format!("hostname: {}", node.hostname));
         line(1, "install:");
         line(2, "disk: /dev/sda");
-        line(2, &format!("image: ghcr.io/siderolabs/installer:{talos_version}"));
+        line(
+            2,
+            &format!("image: ghcr.io/siderolabs/installer:{talos_version}"),
+        );
         line(2, "wipe: false");
         line(1, "features:");
         line(2, "rbac: true");
@@ -121,14 +130,14 @@ impl Secrets {
         line(3, "- 10.96.0.0/12");
         line(1, &format!("token: {}", self.bootstrap_token));
         if control {
-            line(
-                1,
-                &format!("secretboxEncryptionSecret: {}", self.secretbox),
-            );
+            line(1, &format!("secretboxEncryptionSecret: {}", self.secretbox));
         }
         line(1, "ca:");
         line(2, &format!("crt: {}", self.ca_crt));
-        line(2, &format!("key: {}", if control { &self.ca_key } else { "\"\"" }));
+        line(
+            2,
+            &format!("key: {}", if control { &self.ca_key } else { "\"\"" }),
+        );
         if control {
             line(1, "apiServer:");
             line(
@@ -260,9 +269,7 @@ pub fn check_config(text: &str) -> Result<(), ConfigProblem> {
         Some("controlplane" | "worker" | "init") => {}
         other => errors.push(format!("unknown machine type {:?}", other.unwrap_or(""))),
     }
-    if yaml_value(text, "machine.install.disk").is_none()
-        && !text.contains("diskSelector:")
-    {
+    if yaml_value(text, "machine.install.disk").is_none() && !text.contains("diskSelector:") {
         errors.push("either install disk or diskSelector should be defined".to_owned());
     }
     if errors.is_empty() {
@@ -293,11 +300,13 @@ pub fn maintenance_node(address: &str, mac: &str) -> Node {
             .map(|i| L[((h >> (shift + i * 6)) % L.len() as u64) as usize] as char)
             .collect()
     };
-    let mut etcd = Etcd::default();
-    etcd.state = "Waiting".into();
-    etcd.health = "?".into();
-    etcd.events = vec![("Waiting".into(), "Waiting for the machine config".into())];
-    etcd.data_empty = true;
+    let etcd = Etcd {
+        state: "Waiting".into(),
+        health: "?".into(),
+        events: vec![("Waiting".into(), "Waiting for the machine config".into())],
+        data_empty: true,
+        ..Etcd::default()
+    };
     Node {
         address: address.into(),
         hostname: format!("talos-{}-{}", part(0), part(20)),
@@ -496,10 +505,10 @@ impl Cluster {
         }
         if old_data {
             self.start_from_disk(address, now_ms);
-        } else if self.node(address).is_some_and(|n| n.is_control_plane()) {
-            if let Some(n) = self.node_mut(address) {
-                n.etcd.set("Preparing", "?", "Running pre state");
-            }
+        } else if let Some(n) = self.node_mut(address)
+            && n.is_control_plane()
+        {
+            n.etcd.set("Preparing", "?", "Running pre state");
         }
     }
 
@@ -556,10 +565,12 @@ impl Cluster {
                         if let Some(h) = yaml_value(&config, "machine.network.hostname") {
                             n.hostname = h;
                         }
-                        let mut etcd = Etcd::default();
-                        etcd.data_empty = true;
-                        etcd.join_loop = true;
-                        etcd.events.clear();
+                        let mut etcd = Etcd {
+                            data_empty: true,
+                            join_loop: true,
+                            events: Vec::new(),
+                            ..Etcd::default()
+                        };
                         if n.is_control_plane() {
                             etcd.set("Preparing", "?", "Running pre state");
                         } else {
@@ -629,12 +640,10 @@ impl Cluster {
                 .dhcp
                 .insert(vm.mac.to_ascii_uppercase(), node.address.clone());
             let mut image = node.clone();
-            image.machine_config = Some(
-                image
-                    .machine_config
-                    .clone()
-                    .unwrap_or_else(|| self.secrets.config(node, &self.talos_version, &self.kube.version)),
-            );
+            image.machine_config = Some(image.machine_config.clone().unwrap_or_else(|| {
+                self.secrets
+                    .config(node, &self.talos_version, &self.kube.version)
+            }));
             if image.etcd.data.is_none() && !image.etcd.data_empty {
                 image.etcd.data.clone_from(&self.snapshot_source);
             }
@@ -702,7 +711,11 @@ impl Cluster {
             .filter(|v| v.node == pve_node)
             .map(|v| v.name.clone())
             .collect();
-        for n in self.nodes.iter_mut().filter(|n| names.contains(&n.hostname)) {
+        for n in self
+            .nodes
+            .iter_mut()
+            .filter(|n| names.contains(&n.hostname))
+        {
             n.reachable = false;
             n.dial_error = DialError::Timeout;
         }

@@ -362,18 +362,34 @@ impl Task {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Effect {
-    Snapshot { name: String },
-    DeleteSnapshot { name: String },
-    Rollback { name: String, start: bool },
+    Snapshot {
+        name: String,
+    },
+    DeleteSnapshot {
+        name: String,
+    },
+    Rollback {
+        name: String,
+        start: bool,
+    },
     Start,
     Stop,
     /// `qmrestore`: the VM the backup gives (overrides applied); a failure leaves the stub.
-    Restore { vm: Box<Vm>, start: bool },
+    Restore {
+        vm: Box<Vm>,
+        start: bool,
+    },
     /// `qmclone` (the task's VMID is the template's): the new VM, moved to `target` at the end;
     /// a failure removes it.
-    Clone { vm: Box<Vm>, target: String },
+    Clone {
+        vm: Box<Vm>,
+        target: String,
+    },
     /// `qmconfig`: the changes of a config POST.
-    Config { vmid: u32, changes: BTreeMap<String, String> },
+    Config {
+        vmid: u32,
+        changes: BTreeMap<String, String>,
+    },
     /// `qmdestroy`.
     Destroy,
 }
@@ -577,7 +593,10 @@ impl Pve {
     /// The second half of a task's work (the first half ran when it started).
     fn finish_effect(&mut self, vmid: u32, effect: &Effect, ok: bool, at_ms: i64) {
         match effect {
-            Effect::Restore { vm: restored, start } => {
+            Effect::Restore {
+                vm: restored,
+                start,
+            } => {
                 let Some(vm) = self.vm_mut(restored.vmid) else {
                     return;
                 };
@@ -615,8 +634,6 @@ impl Pve {
             Effect::Destroy => {
                 if ok {
                     self.vms.retain(|v| v.vmid != vmid);
-                } else if let Some(vm) = self.vm_mut(vmid) {
-                    vm.lock = None;
                 }
                 return;
             }
@@ -682,7 +699,10 @@ impl Pve {
                     vm.status = "stopped".into();
                 }
             }
-            Effect::Restore { .. } | Effect::Clone { .. } | Effect::Config { .. } | Effect::Destroy => {}
+            Effect::Restore { .. }
+            | Effect::Clone { .. }
+            | Effect::Config { .. }
+            | Effect::Destroy => {}
         }
     }
 }

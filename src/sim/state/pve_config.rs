@@ -117,7 +117,10 @@ mod tests {
         assert_eq!(n.bridge.as_deref(), Some("vmbr0"));
         assert_eq!(n.options, ["firewall=1", "tag=20"]);
         let n = parse_net("model=e1000,macaddr=BC:24:11:00:00:01,bridge=vmbr1");
-        assert_eq!((n.model.as_str(), n.mac.as_deref()), ("e1000", Some("BC:24:11:00:00:01")));
+        assert_eq!(
+            (n.model.as_str(), n.mac.as_deref()),
+            ("e1000", Some("BC:24:11:00:00:01"))
+        );
         let n = parse_net("virtio,bridge=vmbr0");
         assert_eq!((n.model.as_str(), n.mac), ("virtio", None));
     }

@@ -199,6 +199,8 @@ impl Pve {
 
     /// `/cluster/nextid`: the lowest free VMID from 100.
     pub fn next_free_vmid(&self) -> u32 {
-        (100..).find(|id| self.vmid_taken(*id).is_none()).unwrap_or(100)
+        (100..)
+            .find(|id| self.vmid_taken(*id).is_none())
+            .unwrap_or(100)
     }
 }

@@ -119,7 +119,11 @@ impl Cluster {
         let members: Vec<String> = self
             .members_of(generation)
             .into_iter()
-            .filter(|a| !self.node(a).is_some_and(|n| n.etcd.learner && n.etcd.generation == generation))
+            .filter(|a| {
+                !self
+                    .node(a)
+                    .is_some_and(|n| n.etcd.learner && n.etcd.generation == generation)
+            })
             .collect();
         let up = members
             .iter()
@@ -327,13 +331,19 @@ impl Cluster {
         let stale: Vec<String> = self
             .members_of(newest)
             .into_iter()
-            .filter(|a| self.node(a).is_some_and(|n| n.hostname == hostname && n.address != address))
+            .filter(|a| {
+                self.node(a)
+                    .is_some_and(|n| n.hostname == hostname && n.address != address)
+            })
             .collect();
         if let Some(m) = self.etcd_members.get_mut(&newest) {
             m.retain(|a| !stale.contains(a));
         }
         // A new member: a new ID.
-        let id = super::machine::fnv(&format!("{hostname}/{address}/{newest}/{}", self.member_ids.len()));
+        let id = super::machine::fnv(&format!(
+            "{hostname}/{address}/{newest}/{}",
+            self.member_ids.len()
+        ));
         self.member_ids.insert(address.clone(), id);
         self.etcd_restart_loops.retain(|a| *a != address);
         let promote_ms = i64::try_from(self.timing.promote_ms).unwrap_or(0);
