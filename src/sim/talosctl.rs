@@ -816,7 +816,7 @@ fn k8s_nodes_match(cluster: &Cluster, expected: &[String]) -> Option<String> {
     let mut actual: Vec<&str> = cluster
         .nodes
         .iter()
-        .filter(|n| !cluster.kube.deleted_nodes.contains(&n.hostname))
+        .filter(|n| !n.maintenance && !cluster.kube.deleted_nodes.contains(&n.hostname))
         .map(|n| n.address.as_str())
         .collect();
     for e in expected {

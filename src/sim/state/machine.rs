@@ -735,3 +735,78 @@ impl Cluster {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_standard_alphabet() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn configs_share_the_cluster_secrets_and_parse_back() {
+        let c = Cluster::example(None);
+        let cp = c.machine_config(&c.nodes[0]).unwrap();
+        let worker = c.machine_config(&c.nodes[3]).unwrap();
+        assert_eq!(
+            yaml_value(&cp, "machine.type").as_deref(),
+            Some("controlplane")
+        );
+        assert_eq!(
+            yaml_value(&worker, "machine.type").as_deref(),
+            Some("worker")
+        );
+        assert_eq!(
+            yaml_value(&cp, "machine.network.hostname").as_deref(),
+            Some("talos-cp-1")
+        );
+        for key in [
+            "cluster.id",
+            "cluster.clusterName",
+            "cluster.ca.crt",
+            "cluster.token",
+        ] {
+            assert_eq!(yaml_value(&cp, key), yaml_value(&worker, key), "{key}");
+        }
+        // Only control planes carry the CA keys and the secretbox secret.
+        assert!(yaml_value(&cp, "cluster.secretboxEncryptionSecret").is_some());
+        assert!(yaml_value(&worker, "cluster.secretboxEncryptionSecret").is_none());
+        assert_eq!(yaml_value(&worker, "cluster.ca.key").as_deref(), Some(""));
+        assert!(check_config(&cp).is_ok());
+        // Another cluster: other secrets.
+        let other = Secrets::generate("prod", "https://10.9.0.10:6443").config(
+            &c.nodes[0],
+            "v1.9.5",
+            "v1.32.3",
+        );
+        assert_ne!(
+            yaml_value(&cp, "cluster.id"),
+            yaml_value(&other, "cluster.id")
+        );
+        // Multi-document configs: the v1alpha1 document is found.
+        let multi = format!("apiVersion: v1alpha1\nkind: HostnameConfig\nhostname: x\n---\n{cp}");
+        assert_eq!(
+            yaml_value(&multi, "machine.type").as_deref(),
+            Some("controlplane")
+        );
+    }
+
+    #[test]
+    fn losing_every_control_plane_host_leaves_the_spare_one() {
+        let mut c = Cluster::example(None);
+        c.add_rebuild_fixtures(1_767_225_605);
+        c.lose_all_control_plane_hosts();
+        assert_eq!(c.pve.offline_nodes, ["pve1", "pve2", "pve3"]);
+        assert!(!c.pve.is_offline("pve4"));
+        assert!(c.nodes.iter().all(|n| !n.reachable));
+        assert_eq!(c.pve.vm(9000).unwrap().node, "pve4");
+        assert_eq!(c.pve.backups.len(), 10);
+        // The shared backups stay visible from the spare host.
+        assert!(c.pve.backups.iter().all(|b| b.visible_from(&c.pve, "pve4")));
+    }
+}

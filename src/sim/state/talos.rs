@@ -312,6 +312,7 @@ impl Cluster {
     /// another name blocks it. A node that joins after a bootstrap keeps the old rules (no
     /// learner phase unless `timing.promote_ms` is set).
     fn prepare_join(&mut self, i: usize) -> Result<(), String> {
+        self.pin_members();
         let newest = self.etcd_generation;
         let address = self.nodes[i].address.clone();
         let hostname = self.nodes[i].hostname.clone();
