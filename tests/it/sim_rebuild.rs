@@ -458,6 +458,31 @@ async fn a_restored_vm_whose_member_was_removed_restarts_etcd_forever() {
     let out = lab.talosctl_until(&["-n", CP3, "service", "etcd"], |o| o.contains("Failed"));
     assert!(out.contains("permanently removed"), "{out}");
     assert_eq!(lab.cluster().etcd_restart_loops, [CP3]);
+    // The usual reset wipes the stale data: the node then joins the live cluster anew.
+    let (code, _, err) = lab.talosctl(&[
+        "-n",
+        CP3,
+        "reset",
+        "--graceful=false",
+        "--reboot",
+        "--system-labels-to-wipe=EPHEMERAL",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let out = lab.talosctl_until(&["-n", CP1, "etcd", "members"], |o| {
+        o.lines().skip(1).count() == 3
+    });
+    let new_id = out
+        .lines()
+        .find(|l| l.contains("talos-cp-3"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap();
+    assert_ne!(new_id, old_id);
+    assert!(lab.cluster().etcd_restart_loops.is_empty());
+    lab.talosctl_until(&["-n", CP3, "service", "etcd"], |o| {
+        o.contains("HEALTH   OK")
+    });
     lab.assert_no_violations();
 }
 
@@ -970,6 +995,12 @@ fn apply_config_refusals_and_a_hanging_install() {
         err.starts_with("failed to read configuration from \"/nonexistent/cp.yaml\""),
         "{err}"
     );
+    // Talos 1.14 serves Version in maintenance mode.
+    env.edit_cluster(|c| c.talos_version = "v1.14.0".into());
+    let o = sim_talosctl(&env, &["version", "--insecure", "-n", "10.5.0.30"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("\tNODE:        10.5.0.30\n"));
+    env.edit_cluster(|c| c.talos_version = "v1.9.5".into());
     // The install hangs: still maintenance mode, stage `installing`.
     let good = env.cluster();
     let cfg = good.machine_config(good.node(CP1).unwrap()).unwrap();

@@ -454,6 +454,83 @@ mod tests {
         assert_eq!(c.members_of(1), ["10.5.0.11", "10.5.0.13"]);
     }
 
+    /// A node fresh from `apply-config` (empty data, join loop) next to the live cluster.
+    fn joiner(c: &mut Cluster, hostname: &str) -> usize {
+        c.pin_members();
+        let mut n = super::super::maintenance_node("10.5.0.30", "BC:24:11:AA:BB:CC");
+        n.maintenance = false;
+        n.machine_type = "controlplane".into();
+        n.hostname = hostname.into();
+        n.etcd.join_loop = true;
+        n.etcd.set("Preparing", "?", "Running pre state");
+        c.nodes.push(n);
+        c.nodes.len() - 1
+    }
+
+    #[test]
+    fn the_join_loop_adds_a_learner_while_etcd_has_quorum() {
+        let mut c = cluster();
+        c.timing.promote_ms = 1000;
+        let i = joiner(&mut c, "talos-cp-4");
+        assert!(c.schedule_starts(0));
+        assert_eq!(c.nodes[i].etcd.pending[0].joins, Some(0));
+        assert!(c.nodes[i].etcd.learner);
+        c.advance(i64::MAX / 4);
+        assert_eq!(c.nodes[i].etcd.state, "Running");
+        assert!(c.members_of(0).contains(&"10.5.0.30".to_owned()));
+        assert!(!c.nodes[i].etcd.learner, "promoted");
+        assert_ne!(c.member_id("10.5.0.30"), 0);
+    }
+
+    #[test]
+    fn without_quorum_the_joiner_waits_for_a_bootstrap() {
+        let mut c = cluster();
+        c.nodes[1].reachable = false;
+        c.nodes[2].reachable = false;
+        let i = joiner(&mut c, "talos-cp-4");
+        assert!(!c.schedule_starts(0));
+        assert_eq!(c.nodes[i].etcd.state, "Preparing");
+        assert!(c.nodes[i].etcd.pending.is_empty());
+    }
+
+    #[test]
+    fn a_joiner_replaces_the_member_with_its_hostname_but_114_refuses_another_name_on_its_url() {
+        let mut c = cluster();
+        c.nodes[2].reachable = false;
+        let old = c.member_id("10.5.0.13");
+        // Same address and hostname as the dead member: it takes its place with a new ID.
+        c.pin_members();
+        let mut n = c.nodes[2].clone();
+        n.reachable = true;
+        n.etcd = super::super::Etcd {
+            data_empty: true,
+            join_loop: true,
+            ..super::super::Etcd::default()
+        };
+        n.etcd.set("Preparing", "?", "Running pre state");
+        c.nodes[2] = n.clone();
+        assert!(c.schedule_starts(0));
+        c.advance(i64::MAX / 4);
+        assert_eq!(c.members_of(0).len(), 3);
+        assert_ne!(c.member_id("10.5.0.13"), old);
+        // Talos 1.14: a member with this peer URL under another name blocks the join.
+        let mut c = cluster();
+        c.talos_version = "v1.14.0".into();
+        c.nodes[2].reachable = false;
+        c.pin_members();
+        n.hostname = "talos-cp-3b".into();
+        c.nodes[2] = n;
+        assert!(c.schedule_starts(0));
+        assert!(c.nodes[2].etcd.pending.is_empty());
+        assert!(
+            c.nodes[2].etcd.events[0]
+                .1
+                .contains("member already exists with the same peer URLs [https://10.5.0.13:2380]"),
+            "{:?}",
+            c.nodes[2].etcd.events
+        );
+    }
+
     #[test]
     fn corrupt_old_data_fails_again() {
         let mut c = cluster();
