@@ -586,6 +586,18 @@ async fn clone_gets_new_macs_then_put_net0_sets_the_old_one() {
     assert!(upid.contains(":qmconfig:106:"), "{upid}");
     assert_eq!(lab.wait_task(&upid).await, "OK");
     assert_eq!(lab.config("pve1", 106).await["tags"], "control-plane;k8s");
+    // On a running VM, cores and memory wait for the next cold start (pending).
+    let a = lab
+        .call("PUT", "/nodes/pve1/qemu/101/config", &[("cores", "4")])
+        .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(lab.config("pve1", 101).await["cores"], 4);
+    let a = lab
+        .get("/nodes/pve1/qemu/101/config", &[("current", "1")])
+        .await;
+    assert_eq!(a.data()["cores"], 2);
+    let a = lab.call("PUT", "/nodes/pve1/qemu/101/config", &[]).await;
+    assert_eq!(a.message(), "no options specified\n");
     // A template on local storage clones only onto its own node.
     let a = lab
         .call(

@@ -483,6 +483,20 @@ mod tests {
     }
 
     #[test]
+    fn a_config_from_another_cluster_never_joins() {
+        let mut c = cluster();
+        let i = joiner(&mut c, "talos-cp-4");
+        let other = super::super::Secrets::generate("prod", "https://10.9.0.10:6443");
+        c.nodes[i].machine_config = Some(other.config(&c.nodes[i], "v1.9.5", "v1.32.3"));
+        assert!(!c.schedule_starts(0));
+        assert_eq!(c.nodes[i].etcd.state, "Preparing");
+        // With this cluster's secrets it joins.
+        let own = c.secrets.config(&c.nodes[i], "v1.9.5", "v1.32.3");
+        c.nodes[i].machine_config = Some(own);
+        assert!(c.schedule_starts(0));
+    }
+
+    #[test]
     fn without_quorum_the_joiner_waits_for_a_bootstrap() {
         let mut c = cluster();
         c.nodes[1].reachable = false;
