@@ -80,6 +80,9 @@ pub fn setup(dir: &Path, exe: &Path, real_kubectl: bool, faults: &[Fault]) -> io
         no_route_ms: 1500,
         dial_timeout_ms: 2000,
         snapshot_hang_ms: 3000,
+        install_ms: 3000,
+        reboot_ms: 2000,
+        promote_ms: 0,
     };
     for f in faults {
         f.apply(&mut cluster);
@@ -160,7 +163,7 @@ fn shim(path: &Path, exe: &Path, tool: &str) -> io::Result<()> {
 /// The disaster: etcd's data is lost on every control-plane node.
 pub fn disaster(state: &Path) -> io::Result<()> {
     Cluster::update(state, |c| {
-        for n in c.nodes.iter_mut().filter(|n| n.machine_type != "worker") {
+        for n in c.nodes.iter_mut().filter(|n| n.is_control_plane()) {
             n.etcd.pending.clear();
             n.etcd.data_corrupt = true;
             n.etcd.set(
@@ -190,10 +193,15 @@ pub enum Disaster {
     /// kept running; `cp /var/lib/etcd/member/snap/db` is the fallback) and restores from the
     /// newest valid copy instead of the older backup.
     QuorumLoss,
-    /// talos-cp-3's Proxmox host is gone: every call to it times out (`i/o timeout`) and its
-    /// PVE node answers 596. A correct recovery stops at the unreachable node unless the user
-    /// leaves it out; restored without it, its Kubernetes Node object (back from the snapshot)
-    /// makes `talosctl health` fail `unexpected nodes with IPs` until it is deleted.
+    /// talos-cp-3's Proxmox host (pve3) is gone: every call to it times out (`i/o timeout`) and
+    /// every `/nodes/pve3/…` request answers 595 (`No route to host`). A correct recovery stops
+    /// at the unreachable node unless the user leaves it out; restored without it, its
+    /// Kubernetes Node object (back from the snapshot) makes `talosctl health` fail
+    /// `unexpected nodes with IPs` until it is deleted. [`Disaster::prepare`] also lays out
+    /// what a rebuild of the lost VM needs ([`Cluster::add_rebuild_fixtures`]: backups of every
+    /// VM on a shared NFS and a PBS storage, template VM 9000 booting the Talos ISO on the
+    /// spare host pve4, DHCP reservations); [`host_lost_only`] is the same loss with etcd
+    /// left alone (quorum kept: the `rebuild-node` case).
     HostLost,
     /// Talos 1.14 whose etcd lives on its own `ETCD` partition (`get volumestatus ETCD` says
     /// `type: partition`). A correct recovery resets with `EPHEMERAL,ETCD`: an EPHEMERAL-only
@@ -230,6 +238,9 @@ impl Disaster {
                 )
             }
             Disaster::EtcdVolume => Cluster::update(&env.state, etcd_partitions),
+            Disaster::HostLost => Cluster::update(&env.state, |c| {
+                c.add_rebuild_fixtures(jiff::Timestamp::now().as_second() - 6 * 3600);
+            }),
             _ => Ok(()),
         }
     }
@@ -303,6 +314,23 @@ impl Disaster {
             }
         }
     }
+}
+
+/// The host of talos-cp-3's VM dies and takes only that VM with it: the two other control
+/// planes keep etcd's quorum (what `rebuild-node` is for). Call [`Disaster::prepare`] with
+/// [`Disaster::HostLost`] first for the backups and the template.
+pub fn host_lost_only(c: &mut Cluster) {
+    let host = c.pve.vm_named("talos-cp-3").map(|vm| vm.node.clone());
+    if let Some(h) = host {
+        c.lose_host(&h);
+    }
+}
+
+/// Every control plane's VM is lost with its host (pve1–pve3 die; the spare pve4 and the
+/// shared storages remain): what `restore --rebuild` is for. Call [`Disaster::prepare`] with
+/// [`Disaster::HostLost`] first for the backups and the template.
+pub fn all_hosts_lost(c: &mut Cluster) {
+    c.lose_all_control_plane_hosts();
 }
 
 /// Talos 1.14 with `/var/lib/etcd` on its own partition on every control plane.

@@ -147,10 +147,9 @@ async fn delete_node(State(path): StatePath, UrlPath(name): UrlPath<String>) -> 
 
 /// The Node object named `name`, unless it was deleted.
 fn listed_node<'a>(cluster: &'a Cluster, name: &str) -> Option<&'a Node> {
-    cluster
-        .nodes
-        .iter()
-        .find(|n| n.hostname == name && !cluster.kube.deleted_nodes.contains(&n.hostname))
+    cluster.nodes.iter().find(|n| {
+        n.hostname == name && !n.maintenance && !cluster.kube.deleted_nodes.contains(&n.hostname)
+    })
 }
 
 async fn fallback(method: Method, uri: Uri) -> Response {
@@ -312,7 +311,7 @@ fn etcd_available(cluster: &Cluster) -> bool {
 }
 
 fn is_control_plane(node: &Node) -> bool {
-    node.machine_type != "worker"
+    node.is_control_plane()
 }
 
 /// Why a node is not Ready, as the node's `Ready` condition would say.
@@ -349,7 +348,8 @@ pub fn node_list(cluster: &Cluster) -> Value {
     let items: Vec<Value> = cluster
         .nodes
         .iter()
-        .filter(|n| !cluster.kube.deleted_nodes.contains(&n.hostname))
+        // A node in maintenance mode has no kubelet yet: no Node object.
+        .filter(|n| !n.maintenance && !cluster.kube.deleted_nodes.contains(&n.hostname))
         .map(|n| node_json(cluster, n))
         .collect();
     json!({

@@ -105,5 +105,5 @@ fn delete_node(
 fn etcd_up(c: &Cluster) -> bool {
     c.nodes
         .iter()
-        .any(|n| n.machine_type != "worker" && n.etcd.state == "Running")
+        .any(|n| n.is_control_plane() && n.etcd.state == "Running")
 }

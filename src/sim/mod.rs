@@ -19,7 +19,10 @@
 //! [`pve_api`] serves the cluster's VMs as a Proxmox VE API over HTTPS (a fresh self-signed
 //! certificate, pinned by fingerprint), validating every request against the official schema
 //! subset; its VMs, tasks and faults live in the state file's `pve` section. It is the one
-//! stateful Proxmox VE fake of the tests and the benchmark.
+//! stateful Proxmox VE fake of the tests and the benchmark. For a rebuild of a lost VM it also
+//! has storages with backups, restore, clone, VM config and destroy, and hosts that are down;
+//! a VM that boots Talos with a MAC that has a DHCP reservation brings its node up
+//! (`state/machine.rs`: machine configs, maintenance mode, installs, etcd membership).
 //!
 //! Both servers are axum routers on hyper (`http.rs`).
 

@@ -35,6 +35,7 @@ use super::state::{Cluster, Violation};
 use crate::pve::tls::{fingerprint_of, format_fingerprint};
 
 mod handlers;
+mod rebuild;
 pub mod schema;
 
 use schema::{ParamValue, Rejection};

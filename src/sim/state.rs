@@ -6,9 +6,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod machine;
 mod pve;
+pub mod pve_config;
+mod pve_storage;
 mod talos;
+pub use machine::{Secrets, maintenance_node};
 pub use pve::{Disk, Effect, Interface, Pve, Snapshot, Task, Violation, Vm};
+pub use pve_storage::{Backup, BootImage, Storage, default_storages};
 pub use talos::{
     CORRUPT_EVENT, DialError, EtcdViolation, EtcdVolume, ViolationKind, minor_version,
 };
@@ -53,6 +58,30 @@ pub struct Cluster {
     /// etcd on old data while a newer cluster existed). Anything here is a failed recovery.
     #[serde(default)]
     pub etcd_violations: Vec<EtcdViolation>,
+    /// The cluster's secrets, shared by every node's machine config ([`Cluster::machine_config`]).
+    #[serde(default)]
+    pub secrets: Secrets,
+    /// The role of the talosconfig's client certificate (`os:admin`, `os:operator`,
+    /// `os:reader`, `os:etcd:backup`). Reading the machine config (`get machineconfig`) and
+    /// `etcd remove-member` need `os:admin`; others get `PermissionDenied desc = not authorized`.
+    #[serde(default = "default_role")]
+    pub talosconfig_role: String,
+    /// etcd member IDs that differ from the default (a member that joined anew gets a new one):
+    /// address → ID.
+    #[serde(default)]
+    pub member_ids: std::collections::BTreeMap<String, u64>,
+    /// The hostname each member registered with, where it differs from the node now at that
+    /// address: address → hostname.
+    #[serde(default)]
+    pub member_names: std::collections::BTreeMap<String, String>,
+    /// Nodes whose etcd started on old data of a member that was removed from the cluster: it
+    /// restarts forever (`the member has been permanently removed`) until the node is reset.
+    #[serde(default)]
+    pub etcd_restart_loops: Vec<String>,
+}
+
+fn default_role() -> String {
+    "os:admin".into()
 }
 
 /// How long simulated transitions take.
@@ -75,6 +104,20 @@ pub struct Timing {
     /// (the real call hangs until the caller gives up).
     #[serde(default = "default_snapshot_hang_ms")]
     pub snapshot_hang_ms: u64,
+    /// `apply-config --insecure` → the install to disk ends and the node reboots.
+    #[serde(default = "default_install_ms")]
+    pub install_ms: u64,
+    /// The reboot after the install (the node does not answer) → running with its config.
+    #[serde(default = "default_install_ms")]
+    pub reboot_ms: u64,
+    /// A member that joined as a learner is promoted to a voting member this long after it
+    /// joined (0: at once, LEARNER never shows `true`).
+    #[serde(default)]
+    pub promote_ms: u64,
+}
+
+fn default_install_ms() -> u64 {
+    300
 }
 
 fn default_no_route_ms() -> u64 {
@@ -98,6 +141,9 @@ impl Default for Timing {
             no_route_ms: default_no_route_ms(),
             dial_timeout_ms: default_dial_timeout_ms(),
             snapshot_hang_ms: default_snapshot_hang_ms(),
+            install_ms: default_install_ms(),
+            reboot_ms: default_install_ms(),
+            promote_ms: 0,
         }
     }
 }
@@ -146,6 +192,21 @@ pub struct Node {
     /// Fault (Talos 1.14): the machine config has no etcd CA (`bootstrap` is refused for good).
     #[serde(default)]
     pub etcd_unconfigured: bool,
+    /// Its machine config (YAML, one or more documents); `None`: the one
+    /// [`Cluster::machine_config`] generates for it from the cluster's secrets.
+    #[serde(default)]
+    pub machine_config: Option<String>,
+    /// Booted without a config (the Talos ISO, or STATE wiped): only the maintenance API
+    /// (`--insecure`) answers.
+    #[serde(default)]
+    pub maintenance: bool,
+    /// The machine stage `get machinestatus` reports (`None`: `running`, or `maintenance` in
+    /// maintenance mode): `installing`, `rebooting`, … while an install runs.
+    #[serde(default)]
+    pub stage: Option<String>,
+    /// Stage changes to come: `(at_ms, stage)`; reaching `running` ends the install.
+    #[serde(default)]
+    pub stage_pending: Vec<(i64, String)>,
 }
 
 fn yes() -> bool {
@@ -182,6 +243,17 @@ pub struct Etcd {
     /// on old data and membership).
     #[serde(default)]
     pub health_from_quorum: bool,
+    /// A learner (non-voting) member, as a node that just joined is.
+    #[serde(default)]
+    pub learner: bool,
+    /// When the learner is promoted (Unix ms).
+    #[serde(default)]
+    pub promote_at_ms: Option<i64>,
+    /// Talos's join loop runs for this node against the live cluster (a node installed by
+    /// `apply-config`, or one restored from a backup): with empty data it joins the newest
+    /// cluster while that has quorum, even before any bootstrap by talos-dr.
+    #[serde(default)]
+    pub join_loop: bool,
 }
 
 impl Etcd {
@@ -212,6 +284,9 @@ impl Default for Etcd {
             data_corrupt: false,
             restarted_without_quorum: false,
             health_from_quorum: false,
+            learner: false,
+            promote_at_ms: None,
+            join_loop: false,
         }
     }
 }
@@ -249,6 +324,10 @@ pub struct Faults {
     /// Milliseconds `bootstrap` takes before it returns (for crash-in-flight tests).
     #[serde(default)]
     pub bootstrap_delay_ms: u64,
+    /// These nodes (addresses) never leave maintenance mode after `apply-config`: the install
+    /// hangs (`get machinestatus --insecure` keeps saying `installing`).
+    #[serde(default)]
+    pub install_hangs: Vec<String>,
 }
 
 /// The Kubernetes side of the simulated cluster ([`crate::sim::kube_api`]).
@@ -329,7 +408,7 @@ impl Kube {
         };
         let mut pods = Vec::new();
         for n in nodes {
-            if n.machine_type != "worker" {
+            if n.is_control_plane() {
                 for c in [
                     "kube-apiserver",
                     "kube-controller-manager",
@@ -448,6 +527,10 @@ impl Cluster {
                 etcd_volume: EtcdVolume::default(),
                 time_unsynced: false,
                 etcd_unconfigured: false,
+                machine_config: None,
+                maintenance: false,
+                stage: None,
+                stage_pending: Vec::new(),
             });
         }
         for i in 1..=2 {
@@ -461,6 +544,10 @@ impl Cluster {
                 etcd_volume: EtcdVolume::default(),
                 time_unsynced: false,
                 etcd_unconfigured: false,
+                machine_config: None,
+                maintenance: false,
+                stage: None,
+                stage_pending: Vec::new(),
             });
         }
         let pve = Pve::example(&nodes);
@@ -478,6 +565,11 @@ impl Cluster {
             etcd_generation: 0,
             etcd_members: std::collections::BTreeMap::new(),
             etcd_violations: Vec::new(),
+            secrets: Secrets::default(),
+            talosconfig_role: default_role(),
+            member_ids: std::collections::BTreeMap::new(),
+            member_names: std::collections::BTreeMap::new(),
+            etcd_restart_loops: Vec::new(),
         }
     }
 
@@ -509,9 +601,12 @@ impl Cluster {
             self.arrive(i, t, at);
             changed = true;
         }
+        changed |= self.pve.advance(now_ms);
+        changed |= self.sync_guests(now_ms);
+        changed |= self.advance_stages(now_ms);
+        changed |= self.promote_learners(now_ms);
         changed |= self.follow_quorum();
         changed |= self.schedule_starts(now_ms);
-        changed |= self.pve.advance(now_ms);
         changed
     }
 

@@ -9,6 +9,7 @@
 //! after a dial delay ([`state::Timing`]) with the dial error talosctl prints.
 
 mod files;
+mod rebuild;
 mod volumes;
 
 use std::io::{Read, Write};
@@ -111,6 +112,37 @@ fn run(
     // Every call first lets simulated time pass (reboots finish, etcd starts…).
     let cluster =
         Cluster::update(state_path, |c| c.clone()).map_err(|e| format!("simulator state: {e}"))?;
+    // The maintenance client: no talosconfig, the `-n` nodes are the endpoints.
+    if words.iter().any(|w| *w == "--insecure" || *w == "-i") {
+        if p.nodes.is_empty() {
+            return Err("nodes are not set for the command: please use `--nodes` flag or configuration file to set the nodes to run the command against".into());
+        }
+        let minor = state::minor_version(&cluster.talos_version);
+        let ctx = Ctx {
+            cluster,
+            nodes: p.nodes.clone(),
+            endpoints: p.nodes.clone(),
+            minor,
+        };
+        return match words.as_slice() {
+            ["version", ..] => rebuild::version_insecure(&ctx, out),
+            ["get", kind, rest @ ..]
+                if matches!(
+                    *kind,
+                    "machinestatus" | "machinestatuses" | "disks" | "disk"
+                ) =>
+            {
+                rebuild::get_plain(&ctx, kind, rest, true, out)
+            }
+            ["apply-config", flags @ ..] => {
+                rebuild::apply_config(&ctx, state_path, flags, true, err)
+            }
+            _ => Err(format!(
+                "simulator: unsupported command with --insecure: talosctl {}",
+                words.join(" ")
+            )),
+        };
+    }
     let tc_path = p
         .talosconfig
         .clone()
@@ -124,7 +156,13 @@ fn run(
         .unwrap_or_default();
     let ctx_value = talosconfig["contexts"][&context_name].clone();
     if words.starts_with(&["config", "info"]) {
-        return config_info(&talosconfig, &context_name, &words, out);
+        return config_info(
+            &talosconfig,
+            &context_name,
+            &words,
+            &cluster.talosconfig_role,
+            out,
+        );
     }
     if ctx_value.is_null() {
         return Err(if context_name.is_empty() {
@@ -176,6 +214,9 @@ fn run(
         ["reset", flags @ ..] => reset(&ctx, state_path, flags, err),
         ["bootstrap", flags @ ..] => bootstrap(&ctx, state_path, flags, out),
         ["etcd", "members"] => etcd_members(&ctx, out, err),
+        ["etcd", "remove-member", id] => rebuild::remove_member(&ctx, state_path, id, err),
+        ["etcd", "remove-member", ..] => Err("accepts 1 arg(s), received 0".into()),
+        ["apply-config", flags @ ..] => rebuild::apply_config(&ctx, state_path, flags, false, err),
         ["cp" | "copy", rest @ ..] => files::copy(&ctx, rest, out),
         ["ls" | "list", rest @ ..] => files::list(&ctx, rest, out),
         _ => Err(format!(
@@ -262,6 +303,10 @@ impl Ctx {
         for ep in &self.endpoints {
             let host = host_of(ep);
             let answer = match self.cluster.node(host) {
+                Some(n) if n.reachable && n.maintenance => Err(Down {
+                    error: rebuild::UNKNOWN_AUTHORITY.into(),
+                    delay_ms: 0,
+                }),
                 Some(n) if n.reachable => Ok(()),
                 Some(n) => Err(self.dial_failure(host, n.dial_error)),
                 // An unowned VIP on the nodes' L2: nobody answers ARP for it.
@@ -301,10 +346,30 @@ impl Ctx {
             });
         }
         match self.cluster.node(address) {
+            Some(n) if n.reachable && n.maintenance => Err(Down {
+                error: rebuild::UNKNOWN_AUTHORITY.into(),
+                delay_ms: 0,
+            }),
             Some(n) if n.reachable => Ok(n),
             Some(n) => Err(self.dial_failure(address, n.dial_error)),
             None => Err(self.dial_failure(address, DialError::NoRouteToHost)),
         }
+    }
+
+    /// `address` through the endpoint (a `get` of one node among several).
+    fn one_node_of(&self, address: &str) -> Result<&Node, String> {
+        let via = self.endpoint().map_err(|d| {
+            sleep_ms(d.delay_ms);
+            d.error
+        })?;
+        self.proxy(&via, address).map_err(|d| {
+            sleep_ms(d.delay_ms);
+            d.error
+        })
+    }
+
+    fn dial_delay(&self, kind: DialError) -> u64 {
+        self.dial_failure("", kind).delay_ms
     }
 
     /// Every target node, asked in parallel: waits for the slowest failure.
@@ -479,6 +544,7 @@ fn config_info(
     tc: &serde_json::Value,
     context: &str,
     words: &[&str],
+    role: &str,
     out: &mut dyn Write,
 ) -> Result<(), String> {
     if tc.is_null() || context.is_empty() {
@@ -501,7 +567,7 @@ fn config_info(
                 "context": tc["context"],
                 "nodes": list("nodes"),
                 "endpoints": list("endpoints"),
-                "roles": ["os:admin"],
+                "roles": [role],
                 "certTTL": "10 years from now",
                 "certNotAfter": "2035-11-30",
             });
@@ -523,7 +589,7 @@ fn config_info(
             };
             let _ = write!(
                 out,
-                "Current context:     {}\nNodes:               {}\nEndpoints:           {}\nRoles:               os:admin\nCertificate expires: 10 years from now (2035-11-30)\n",
+                "Current context:     {}\nNodes:               {}\nEndpoints:           {}\nRoles:               {role}\nCertificate expires: 10 years from now (2035-11-30)\n",
                 tc["context"].as_str().unwrap_or_default(),
                 join("nodes"),
                 join("endpoints")
@@ -566,6 +632,12 @@ fn get(
     if volumes::is_volume_status(kind) {
         return volumes::get_volume_status(ctx, rest, out);
     }
+    if rebuild::is_machine_config(kind) {
+        return rebuild::get_machine_config(ctx, rest, out);
+    }
+    if matches!(kind, "machinestatus" | "machinestatuses" | "disks" | "disk") {
+        return rebuild::get_plain(ctx, kind, rest, false, out);
+    }
     if output_flag(rest) != Some("json") {
         return Err("simulator: only `-o json` is simulated for `get`".into());
     }
@@ -589,7 +661,7 @@ fn get(
                         "nodeId": format!("{:x}", fnv(&m.hostname)),
                         "operatingSystem": format!("Talos ({})", ctx.cluster.talos_version),
                     });
-                    if m.machine_type != "worker" {
+                    if m.is_control_plane() {
                         spec["controlPlane"] = serde_json::json!({"port": 6443});
                     }
                     write_resource(
@@ -744,7 +816,7 @@ fn k8s_nodes_match(cluster: &Cluster, expected: &[String]) -> Option<String> {
     let mut actual: Vec<&str> = cluster
         .nodes
         .iter()
-        .filter(|n| !cluster.kube.deleted_nodes.contains(&n.hostname))
+        .filter(|n| !n.maintenance && !cluster.kube.deleted_nodes.contains(&n.hostname))
         .map(|n| n.address.as_str())
         .collect();
     for e in expected {
@@ -1152,7 +1224,7 @@ fn accept_bootstrap(
     let saw = c
         .nodes
         .iter()
-        .filter(|n| n.machine_type != "worker")
+        .filter(|n| n.is_control_plane())
         .map(|n| (n.address.clone(), n.etcd.state.clone()))
         .collect();
     let previous = c.etcd_generation;
@@ -1308,20 +1380,24 @@ fn etcd_members(ctx: &Ctx, out: &mut dyn Write, err: &mut dyn Write) -> Result<(
                 continue;
             }
         };
-        // The local member's view: the members of the cluster its data belongs to.
-        for m in ctx
-            .cluster
-            .members_of(node.etcd.generation)
-            .iter()
-            .filter_map(|a| ctx.cluster.node(a))
-        {
+        // The local member's view: the members of the cluster its data belongs to (a member
+        // keeps the name it registered with; a learner says so).
+        for m in ctx.cluster.members_of(node.etcd.generation) {
+            let Some(n) = ctx.cluster.node(&m) else {
+                continue;
+            };
+            let hostname = ctx
+                .cluster
+                .member_hostnames_of(&m)
+                .unwrap_or_else(|| n.hostname.clone());
+            let learner = n.etcd.learner && n.etcd.generation == node.etcd.generation;
             rows.push(vec![
                 address.clone(),
-                format!("{:016x}", fnv(&m.hostname)),
-                m.hostname.clone(),
-                format!("https://{}:2380", m.address),
-                format!("https://{}:2379", m.address),
-                "false".into(),
+                format!("{:016x}", ctx.cluster.member_id(&m)),
+                hostname,
+                format!("https://{m}:2380"),
+                format!("https://{m}:2379"),
+                learner.to_string(),
             ]);
         }
     }

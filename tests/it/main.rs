@@ -17,5 +17,6 @@ mod restore;
 mod sets;
 mod sim_disasters;
 mod sim_golden;
+mod sim_rebuild;
 mod snapshot_cli;
 mod verify;

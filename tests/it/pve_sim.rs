@@ -377,7 +377,11 @@ async fn rollback_restores_and_zfs_only_to_newest() {
 #[tokio::test]
 async fn offline_node_answers_596_and_wrong_node_500() {
     let s = Sim::start(100).await;
-    s.edit(|p| p.offline_nodes.push("pve2".into()));
+    s.edit(|p| {
+        p.offline_nodes.push("pve2".into());
+        // The timeout form of a dead node (the default is 595, `No route to host`).
+        p.proxy_status = 596;
+    });
     let e = s
         .client
         .vm_status(&VmRef::new("pve2", 102))

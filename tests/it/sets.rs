@@ -420,7 +420,11 @@ async fn a_vm_locked_by_a_backup_stops_the_run_before_anything_is_snapshotted() 
 #[tokio::test]
 async fn an_offline_pve_node_and_an_unhealthy_cluster_are_reported_together() {
     let h = H::six().await;
-    h.edit(|p| p.offline_nodes.push("pve3".into()));
+    h.edit(|p| {
+        p.offline_nodes.push("pve3".into());
+        // The timeout form of a dead node (the default is 595, `No route to host`).
+        p.proxy_status = 596;
+    });
     h.env.edit_cluster(|c| {
         c.faults.health_error =
             Some("etcd member ips are not subset of control plane node ips".into());

@@ -25,10 +25,10 @@ pub(crate) struct Call<'a> {
 }
 
 impl Call<'_> {
-    fn param(&self, name: &str) -> &str {
+    pub(super) fn param(&self, name: &str) -> &str {
         self.matched.get(name).unwrap_or_default()
     }
-    fn vmid(&self) -> u32 {
+    pub(super) fn vmid(&self) -> u32 {
         self.param("vmid").parse().unwrap_or_default()
     }
 }
@@ -39,9 +39,15 @@ pub(crate) fn handle(pve: &mut Pve, call: &Call<'_>) -> Response {
         if !pve.nodes.contains(node) {
             return Response::fail(500, &format!("no such cluster node '{node}'"));
         }
-        // pveproxy forwards `/nodes/{node}/…` to that node; when it is down the proxy fails.
+        // pveproxy forwards `/nodes/{node}/…` to that node; when it is down the proxy fails
+        // (AnyEvent::HTTP: 595 for connection errors, 596 for TLS/request timeouts).
         if pve.is_offline(node) {
-            return Response::bare(596, "Connection timed out");
+            let reason = if pve.proxy_status == 596 {
+                "Connection timed out"
+            } else {
+                "No route to host"
+            };
+            return Response::bare(pve.proxy_status, reason);
         }
     }
     match (call.method, call.matched.template) {
@@ -62,6 +68,12 @@ pub(crate) fn handle(pve: &mut Pve, call: &Call<'_>) -> Response {
         }
         ("GET", "/nodes/{node}/tasks/{upid}/status") => task_status(pve, call),
         ("GET", "/nodes/{node}/tasks/{upid}/log") => task_log(pve, call),
+        ("GET", "/cluster/nextid") => super::rebuild::nextid(pve, call),
+        ("GET", "/nodes/{node}/storage") => super::rebuild::storage_list(pve, call),
+        ("GET", "/nodes/{node}/storage/{storage}/content") => {
+            super::rebuild::storage_content(pve, call)
+        }
+        ("POST", "/nodes/{node}/qemu") => super::rebuild::create(pve, call),
         (method, template) => {
             let vmid = call.vmid();
             let node = node.unwrap_or_default();
@@ -101,10 +113,15 @@ fn vm_endpoint(pve: &mut Pve, call: &Call<'_>, method: &str, rest: &str) -> Resp
         ("POST", "/snapshot") => create_snapshot(pve, call, &vm),
         ("DELETE", "/snapshot/{snapname}") => delete_snapshot(pve, call, &vm),
         ("POST", "/snapshot/{snapname}/rollback") => rollback(pve, call, &vm),
+        ("POST", "/clone") => super::rebuild::clone(pve, call, &vm),
+        ("PUT" | "POST", "/config") => super::rebuild::update_config(pve, call, &vm),
+        ("DELETE", "") => super::rebuild::destroy(pve, call, &vm),
         ("POST", "/status/start") => {
             let check = lock_error(pve, &vm).map_or_else(
                 || {
-                    if vm.status == "running" {
+                    if vm.template {
+                        Err("you can't start a vm if it's a template".to_owned())
+                    } else if vm.status == "running" {
                         Err(format!("VM {vmid} already running"))
                     } else {
                         Ok(())
@@ -220,7 +237,8 @@ fn size_bytes(s: &str) -> u64 {
 fn metrics(pve: &Pve, vm: &Vm, now_ms: i64) -> Value {
     let running = vm.status == "running";
     let mut v = json!({
-        "vmid": vm.vmid, "name": vm.name, "status": vm.status, "template": 0,
+        "vmid": vm.vmid, "name": vm.shown_name(), "status": vm.status,
+        "template": u8::from(vm.template),
         "uptime": uptime_s(vm, now_ms), "cpus": vm.cores,
         "cpu": if running { 0.031 } else { 0.0 },
         "maxmem": vm.memory_mib * MIB, "mem": if running { vm.memory_mib * MIB / 3 } else { 0 },
@@ -272,7 +290,7 @@ fn status_current(pve: &Pve, vm: &Vm, now_ms: i64) -> Value {
 }
 
 /// The storage a disk shows: `local-zfs` when the VM is on ZFS.
-fn volid(pve: &Pve, vm: &Vm, volume: &str) -> String {
+pub(super) fn volid(pve: &Pve, vm: &Vm, volume: &str) -> String {
     match (pve.on_zfs(vm), volume.split_once(':')) {
         (true, Some((_, rest))) => format!("local-zfs:{rest}"),
         _ => volume.to_owned(),
@@ -292,8 +310,66 @@ fn config(pve: &Pve, vm: &Vm, call: &Call<'_>) -> Response {
     {
         return Response::fail(500, &format!("snapshot '{name}' does not exist"));
     }
+    let mut c = match snap {
+        Some(_) => config_map(pve, vm, false),
+        None => config_map(pve, vm, !call.matched.flag("current", false)),
+    };
+    match snap {
+        // A snapshot's config carries its own parent and time, no lock.
+        Some(name) => {
+            let s = vm
+                .snapshots
+                .iter()
+                .find(|s| s.name == name)
+                .expect("checked above");
+            c.insert("snaptime".into(), json!(s.snaptime));
+            if let Some(p) = &s.parent {
+                c.insert("parent".into(), json!(p));
+            }
+            let digest = digest_of(&Value::Object(c.clone()));
+            c.insert("digest".into(), json!(digest));
+        }
+        None => {
+            if let Some(p) = &vm.parent {
+                c.insert("parent".into(), json!(p));
+            }
+            if let Some(lock) = pve.lock_of(vm) {
+                c.insert("lock".into(), json!(lock));
+            }
+            c.insert("digest".into(), json!(config_digest(pve, vm)));
+        }
+    }
+    Response::ok(Value::Object(c))
+}
+
+/// The digest of the config file (current values, pending section, lock, parent): the same
+/// whether `current` is asked for or not, and changed by every change.
+pub(super) fn config_digest(pve: &Pve, vm: &Vm) -> String {
+    digest_of(&json!([
+        config_map(pve, vm, false),
+        vm.pending,
+        pve.lock_of(vm),
+        vm.parent
+    ]))
+}
+
+/// The VM's config keys; `with_pending`: pending changes shown as if applied (`current=0`).
+fn config_map(pve: &Pve, vm: &Vm, with_pending: bool) -> serde_json::Map<String, Value> {
+    let mut vm = vm.clone();
+    if with_pending {
+        let pending = std::mem::take(&mut vm.pending);
+        crate::sim::state::pve_config::apply(&mut vm, &pending);
+    }
+    let vm = &vm;
     let mut c = serde_json::Map::new();
-    c.insert("name".into(), json!(vm.name));
+    if !vm.name.is_empty() {
+        c.insert("name".into(), json!(vm.name));
+    }
+    if vm.disks.is_empty() && vm.mac.is_empty() {
+        // A restore's stub: nothing but its memory.
+        c.insert("memory".into(), json!(vm.memory_mib.to_string()));
+        return c;
+    }
     if vm.agent {
         c.insert("agent".into(), json!("1"));
     }
@@ -313,51 +389,36 @@ fn config(pve: &Pve, vm: &Vm, call: &Call<'_>) -> Response {
             )),
         );
     }
-    c.insert("ide2".into(), json!("none,media=cdrom"));
-    c.insert(
-        "net0".into(),
-        json!(format!("virtio={},bridge=vmbr0,firewall=1", vm.mac)),
-    );
+    let cdrom = match vm.boot {
+        Some(crate::sim::state::BootImage::TalosIso) => {
+            "nfs-backup:iso/metal-amd64.iso,media=cdrom,size=100M"
+        }
+        _ => "none,media=cdrom",
+    };
+    c.insert("ide2".into(), json!(cdrom));
+    c.insert("net0".into(), json!(vm.net0()));
     if let Some(ip) = &vm.ipconfig0 {
         c.insert("ipconfig0".into(), json!(ip));
     }
     if let Some(tags) = &vm.tags {
         c.insert("tags".into(), json!(tags));
     }
+    if vm.template {
+        c.insert("template".into(), json!(1));
+    }
     c.insert("onboot".into(), json!(1));
     c.insert(
         "smbios1".into(),
-        json!(format!("uuid=00000000-0000-4000-8000-{:012}", vm.vmid)),
+        json!(format!(
+            "uuid=00000000-0000-4000-8000-{:012}",
+            u64::from(vm.vmid) + vm.uuid_seed * 1_000_000_000
+        )),
     );
-    match snap {
-        // A snapshot's config carries its own parent and time, no lock.
-        Some(name) => {
-            let s = vm
-                .snapshots
-                .iter()
-                .find(|s| s.name == name)
-                .expect("checked above");
-            c.insert("snaptime".into(), json!(s.snaptime));
-            if let Some(p) = &s.parent {
-                c.insert("parent".into(), json!(p));
-            }
-        }
-        None => {
-            if let Some(p) = &vm.parent {
-                c.insert("parent".into(), json!(p));
-            }
-            if let Some(lock) = pve.lock_of(vm) {
-                c.insert("lock".into(), json!(lock));
-            }
-        }
-    }
-    let digest = digest_of(&Value::Object(c.clone()));
-    c.insert("digest".into(), json!(digest));
-    Response::ok(Value::Object(c))
+    c
 }
 
 /// 40 hex digits, like the SHA-1 PVE computes over the config file.
-fn digest_of(v: &Value) -> String {
+pub(super) fn digest_of(v: &Value) -> String {
     hex::encode(Sha256::digest(v.to_string().as_bytes()))[..40].to_owned()
 }
 
@@ -427,7 +488,7 @@ fn snapshot_list(vm: &Vm) -> Value {
 // ---- tasks ---------------------------------------------------------------------------------
 
 /// What a task of this VM meets: its lock, or one that only tasks see ([`Pve::task_locked`]).
-fn lock_error(pve: &Pve, vm: &Vm) -> Option<String> {
+pub(super) fn lock_error(pve: &Pve, vm: &Vm) -> Option<String> {
     pve.lock_of(vm)
         .or_else(|| pve.task_locked.get(&vm.vmid).cloned())
         .map(|l| format!("VM is locked ({l})"))
@@ -443,6 +504,26 @@ fn start_task(
     log: Vec<String>,
     effect: Option<Effect>,
 ) -> Response {
+    let quick = check.is_err();
+    let effect = effect.filter(|_| check.is_ok());
+    let upid = new_task(pve, call, task_type, check, quick, log, effect, &[]);
+    Response::ok(json!(upid))
+}
+
+/// Records a task; returns its UPID. A failing task ends quickly (`quick`: a check at the
+/// worker's start) or after the full duration; `effect` runs at the end either way (told
+/// whether the task succeeded). `also_held`: more VMIDs whose [`Pve::hold_tasks`] entry holds it.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn new_task(
+    pve: &mut Pve,
+    call: &Call<'_>,
+    task_type: &str,
+    check: Result<(), String>,
+    quick: bool,
+    log: Vec<String>,
+    effect: Option<Effect>,
+    also_held: &[u32],
+) -> String {
     let vmid = call.vmid();
     let node = call.param("node").to_owned();
     let seq = u32::try_from(pve.tasks.len()).unwrap_or(u32::MAX);
@@ -456,8 +537,11 @@ fn start_task(
     let (outcome, duration_ms, log) = match check {
         Ok(()) => ("OK".to_owned(), pve.task_duration_ms, log),
         // Lock and name checks come first inside the worker: such tasks end almost at once.
-        Err(e) => (e, (pve.task_duration_ms / 10).min(200), Vec::new()),
+        Err(e) if quick => (e, (pve.task_duration_ms / 10).min(200), Vec::new()),
+        Err(e) => (e, pve.task_duration_ms, log),
     };
+    let held =
+        pve.hold_tasks.contains(&vmid) || also_held.iter().any(|v| pve.hold_tasks.contains(v));
     pve.tasks.push(Task {
         upid: upid.clone(),
         node,
@@ -469,10 +553,10 @@ fn start_task(
         exitstatus: None,
         outcome: outcome.clone(),
         log,
-        effect: effect.filter(|_| outcome == "OK"),
-        held: pve.hold_tasks.contains(&vmid),
+        effect,
+        held,
     });
-    Response::ok(json!(upid))
+    upid
 }
 
 fn create_snapshot(pve: &mut Pve, call: &Call<'_>, vm: &Vm) -> Response {
@@ -871,6 +955,19 @@ mod tests {
         );
         assert_eq!(r.reason, "VM 101 is not running");
         pve.offline_nodes.push("pve1".into());
+        let r = call(
+            &mut pve,
+            "GET",
+            "/nodes/pve1/qemu/101/status/current",
+            &[],
+            0,
+        );
+        // A host that is down: a connection error by default, a timeout with the knob.
+        assert_eq!(
+            (r.status, r.reason.as_str(), r.body),
+            (595, "No route to host", None)
+        );
+        pve.proxy_status = 596;
         let r = call(
             &mut pve,
             "GET",

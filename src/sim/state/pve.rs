@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::Node;
+use super::pve_storage::{Backup, BootImage, Storage, default_storages};
 
 /// The simulated PVE cluster.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,14 +35,39 @@ pub struct Pve {
     /// Authenticated, schema-valid requests handled, so tests can tell none was made.
     #[serde(default)]
     pub requests: u64,
+    /// `storage.cfg`; absent in older files (then `local` and `local-lvm`).
+    #[serde(default = "default_storages")]
+    pub storages: Vec<Storage>,
+    /// Backups on the storages ([`Backup::volid`] gives their volume ids).
+    #[serde(default)]
+    pub backups: Vec<Backup>,
+    /// DHCP reservations of the VMs' network, MAC (upper-case) → IPv4 address: a VM that boots
+    /// Talos with a reserved MAC brings its node up at that address.
+    #[serde(default)]
+    pub dhcp: BTreeMap<String, String>,
 
     // ---- faults ------------------------------------------------------------------------------
     /// Fault: these VMs hold a config lock (`{"101": "backup"}`), as while vzdump runs.
     #[serde(default)]
     pub locked: BTreeMap<u32, String>,
-    /// Fault: requests for these nodes fail with 596 (empty body), as when a node is down.
+    /// Fault: these PVE hosts are down. Every `/nodes/<it>/…` request fails as pveproxy's
+    /// forwarding does ([`Pve::proxy_status`], empty body); `GET /nodes` shows it `offline`
+    /// without metrics; `/cluster/resources` lists its VMs with `status: unknown`; its
+    /// node-local storage (and the backups there) is gone; its VMs' Talos nodes are unreachable.
     #[serde(default)]
     pub offline_nodes: Vec<String>,
+    /// How requests for an offline node fail: 595 `No route to host` (the default, a
+    /// connection error) or 596 `Connection timed out` (TLS/request timeouts).
+    #[serde(default = "default_proxy_status")]
+    pub proxy_status: u16,
+    /// Fault: the clone task of these templates (source VMID) fails with this reason
+    /// (exitstatus `clone failed: <reason>`; PVE removes the new VM itself).
+    #[serde(default)]
+    pub clone_fails: BTreeMap<u32, String>,
+    /// Fault: the restore task into these VMIDs fails with this message; the stub VM stays
+    /// (`VM <vmid> state is NOT cleaned up`).
+    #[serde(default)]
+    pub restore_fails: BTreeMap<u32, String>,
     /// Fault: the disks are on ZFS, which can only roll back to the newest snapshot (one VM's
     /// disks: [`Vm::zfs`]).
     #[serde(default)]
@@ -63,6 +89,10 @@ fn default_task_ms() -> u64 {
     1500
 }
 
+fn default_proxy_status() -> u16 {
+    595
+}
+
 impl Default for Pve {
     fn default() -> Self {
         Self {
@@ -73,8 +103,14 @@ impl Default for Pve {
             token: None,
             violations: Vec::new(),
             requests: 0,
+            storages: default_storages(),
+            backups: Vec::new(),
+            dhcp: BTreeMap::new(),
             locked: BTreeMap::new(),
             offline_nodes: Vec::new(),
+            proxy_status: default_proxy_status(),
+            clone_fails: BTreeMap::new(),
+            restore_fails: BTreeMap::new(),
             zfs: false,
             snapshot_fails: BTreeMap::new(),
             task_locked: BTreeMap::new(),
@@ -130,9 +166,94 @@ pub struct Vm {
     /// This VM's disks are on ZFS (as [`Pve::zfs`] for one VM).
     #[serde(default)]
     pub zfs: bool,
+    /// `net0`'s bridge.
+    #[serde(default = "default_bridge")]
+    pub bridge: String,
+    /// `net0`'s model (`virtio`, `e1000`, …).
+    #[serde(default = "default_model")]
+    pub model: String,
+    /// `net0`'s other options, as PVE prints them (`firewall=1`).
+    #[serde(default = "default_net_options")]
+    pub net_options: String,
+    /// A template (`template: 1`): cloned, never started.
+    #[serde(default)]
+    pub template: bool,
+    /// What its disk boots; `None`: a VM the simulator does not link to a Talos node.
+    #[serde(default)]
+    pub boot: Option<BootImage>,
+    /// The Talos node (address) this VM runs, once it has booted.
+    #[serde(default)]
+    pub booted: Option<String>,
+    /// Changes waiting for the next cold start (set on a running VM): key → value.
+    #[serde(default)]
+    pub pending: BTreeMap<String, String>,
+    /// Varies the SMBIOS uuid (a restore with `unique=1` and a clone get a new one).
+    #[serde(default)]
+    pub uuid_seed: u64,
+}
+
+fn default_bridge() -> String {
+    "vmbr0".into()
+}
+fn default_model() -> String {
+    "virtio".into()
+}
+fn default_net_options() -> String {
+    "firewall=1".into()
 }
 
 impl Vm {
+    /// The name PVE shows: `VM <vmid>` when the config has none (a restore's stub).
+    pub fn shown_name(&self) -> String {
+        if self.name.is_empty() {
+            format!("VM {}", self.vmid)
+        } else {
+            self.name.clone()
+        }
+    }
+
+    /// `net0` as the config prints it: `virtio=BC:24:11:2A:6C:9E,bridge=vmbr0,firewall=1`.
+    pub fn net0(&self) -> String {
+        let mut s = format!("{}={},bridge={}", self.model, self.mac, self.bridge);
+        if !self.net_options.is_empty() {
+            s.push(',');
+            s.push_str(&self.net_options);
+        }
+        s
+    }
+
+    /// A bare VM (the stub a restore starts from: `memory: 128`, no name, no disks).
+    pub fn stub(node: &str, vmid: u32) -> Self {
+        Self {
+            node: node.into(),
+            vmid,
+            name: String::new(),
+            status: "stopped".into(),
+            lock: None,
+            disks: Vec::new(),
+            ipconfig0: None,
+            mac: String::new(),
+            agent: false,
+            agent_running: false,
+            interfaces: Vec::new(),
+            snapshots: Vec::new(),
+            parent: None,
+            tags: None,
+            memory_mib: 128,
+            cores: 1,
+            started_ms: 0,
+            zfs: false,
+            bridge: default_bridge(),
+            model: default_model(),
+            net_options: String::new(),
+            template: false,
+            boot: None,
+            booted: None,
+            pending: BTreeMap::new(),
+            uuid_seed: 0,
+        }
+    }
+
     /// Gives the VM another VMID; its disks' volume names follow (`vm-<vmid>-disk-0`).
     pub fn renumber(&mut self, vmid: u32) {
         let (old, new) = (format!("vm-{}-", self.vmid), format!("vm-{vmid}-"));
@@ -241,11 +362,36 @@ impl Task {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Effect {
-    Snapshot { name: String },
-    DeleteSnapshot { name: String },
-    Rollback { name: String, start: bool },
+    Snapshot {
+        name: String,
+    },
+    DeleteSnapshot {
+        name: String,
+    },
+    Rollback {
+        name: String,
+        start: bool,
+    },
     Start,
     Stop,
+    /// `qmrestore`: the VM the backup gives (overrides applied); a failure leaves the stub.
+    Restore {
+        vm: Box<Vm>,
+        start: bool,
+    },
+    /// `qmclone` (the task's VMID is the template's): the new VM, moved to `target` at the end;
+    /// a failure removes it.
+    Clone {
+        vm: Box<Vm>,
+        target: String,
+    },
+    /// `qmconfig`: the changes of a config POST.
+    Config {
+        vmid: u32,
+        changes: BTreeMap<String, String>,
+    },
+    /// `qmdestroy`.
+    Destroy,
 }
 
 /// A request that broke the schema.
@@ -274,7 +420,7 @@ impl Pve {
                     .address
                     .rsplit_once('.')
                     .map_or_else(String::new, |(net, _)| format!(",gw={net}.1"));
-                let control = n.machine_type != "worker";
+                let control = n.is_control_plane();
                 Vm {
                     node: nodes[i % nodes.len()].clone(),
                     vmid,
@@ -317,6 +463,14 @@ impl Pve {
                     cores: if control { 2 } else { 4 },
                     started_ms: 1_736_154_000_000,
                     zfs: false,
+                    bridge: default_bridge(),
+                    model: default_model(),
+                    net_options: default_net_options(),
+                    template: false,
+                    boot: None,
+                    booted: None,
+                    pending: BTreeMap::new(),
+                    uuid_seed: 0,
                 }
             })
             .collect();
@@ -370,6 +524,18 @@ impl Pve {
     /// Whether this VM's disks are on ZFS (the cluster-wide fault or the VM's own).
     pub fn on_zfs(&self, vm: &Vm) -> bool {
         self.zfs || vm.zfs
+    }
+
+    /// Kills the held tasks (the worker dies, as in a node crash): they end `unexpected
+    /// status` and leave their locks behind (a clone's new VM keeps `lock: clone`).
+    pub fn kill_held(&mut self, now_ms: i64) {
+        self.hold_tasks.clear();
+        for t in self.tasks.iter_mut().filter(|t| t.held) {
+            t.held = false;
+            t.duration_ms = u64::try_from(now_ms - t.started_ms).unwrap_or(0);
+            t.effect = None;
+            t.outcome = "unexpected status".into();
+        }
     }
 
     /// Lets held tasks end now and stops holding new ones.
@@ -426,6 +592,53 @@ impl Pve {
 
     /// The second half of a task's work (the first half ran when it started).
     fn finish_effect(&mut self, vmid: u32, effect: &Effect, ok: bool, at_ms: i64) {
+        match effect {
+            Effect::Restore {
+                vm: restored,
+                start,
+            } => {
+                let Some(vm) = self.vm_mut(restored.vmid) else {
+                    return;
+                };
+                if ok {
+                    *vm = (**restored).clone();
+                    if *start {
+                        vm.status = "running".into();
+                        vm.started_ms = at_ms;
+                    }
+                } else {
+                    // Not cleaned up: the stub config stays, without its lock.
+                    vm.lock = None;
+                }
+                return;
+            }
+            Effect::Clone { vm: new, target } => {
+                if ok {
+                    if let Some(vm) = self.vm_mut(new.vmid) {
+                        vm.lock = None;
+                        vm.node.clone_from(target);
+                    }
+                } else {
+                    // PVE frees the new disks and removes the new config itself.
+                    self.vms.retain(|v| v.vmid != new.vmid);
+                }
+                return;
+            }
+            Effect::Config { vmid, changes } => {
+                if ok && let Some(vm) = self.vm_mut(*vmid) {
+                    vm.lock = None;
+                    super::pve_config::apply(vm, changes);
+                }
+                return;
+            }
+            Effect::Destroy => {
+                if ok {
+                    self.vms.retain(|v| v.vmid != vmid);
+                }
+                return;
+            }
+            _ => {}
+        }
         let Some(vm) = self.vm_mut(vmid) else {
             return;
         };
@@ -476,6 +689,9 @@ impl Pve {
                 if ok {
                     vm.status = "running".into();
                     vm.started_ms = at_ms;
+                    // A cold start applies the pending changes.
+                    let pending = std::mem::take(&mut vm.pending);
+                    super::pve_config::apply(vm, &pending);
                 }
             }
             Effect::Stop => {
@@ -483,6 +699,10 @@ impl Pve {
                     vm.status = "stopped".into();
                 }
             }
+            Effect::Restore { .. }
+            | Effect::Clone { .. }
+            | Effect::Config { .. }
+            | Effect::Destroy => {}
         }
     }
 }

@@ -86,7 +86,7 @@ pub const CORRUPT_EVENT: &str =
 
 impl Node {
     pub fn is_control_plane(&self) -> bool {
-        self.machine_type != "worker"
+        matches!(self.machine_type.as_str(), "controlplane" | "init")
     }
 }
 
@@ -115,7 +115,16 @@ impl Cluster {
     }
 
     fn majority_up(&self, generation: u32, healthy: bool) -> bool {
-        let members = self.members_of(generation);
+        // Learners do not vote.
+        let members: Vec<String> = self
+            .members_of(generation)
+            .into_iter()
+            .filter(|a| {
+                !self
+                    .node(a)
+                    .is_some_and(|n| n.etcd.learner && n.etcd.generation == generation)
+            })
+            .collect();
         let up = members
             .iter()
             .filter_map(|a| self.node(a))
@@ -246,14 +255,17 @@ impl Cluster {
     }
 
     /// Nodes whose etcd pre-stage finishes by itself: an empty node in the join loop joins the
-    /// newest cluster once it has quorum; a node in `Preparing` that still has data starts on it
-    /// once a newer cluster exists (it never waits for bootstrap).
+    /// newest cluster once it has quorum (after a bootstrap, or at any time for a node whose
+    /// join loop runs against the live cluster: [`super::Etcd::join_loop`]); a node in
+    /// `Preparing` that still has data starts on it once a newer cluster exists (it never waits
+    /// for bootstrap).
     pub(super) fn schedule_starts(&mut self, now_ms: i64) -> bool {
         let newest = self.etcd_generation;
-        let joinable = newest > 0 && self.has_quorum();
+        let quorum = self.has_quorum();
         let join_ms = i64::try_from(self.timing.join_ms).unwrap_or(0);
         let mut changed = false;
-        for n in &mut self.nodes {
+        for i in 0..self.nodes.len() {
+            let n = &self.nodes[i];
             if !n.is_control_plane()
                 || !n.reachable
                 || n.etcd.state != "Preparing"
@@ -262,7 +274,15 @@ impl Cluster {
                 continue;
             }
             let t = if n.etcd.data_empty {
-                if !joinable {
+                if !quorum || !(newest > 0 || n.etcd.join_loop) || !self.same_cluster(n) {
+                    continue;
+                }
+                if let Err(e) = self.prepare_join(i) {
+                    // Talos retries the join; the pre-stage stays in Preparing.
+                    if self.nodes[i].etcd.events.first().map(|e| &e.1) != Some(&e) {
+                        self.nodes[i].etcd.set("Preparing", "?", &e);
+                        changed = true;
+                    }
                     continue;
                 }
                 let mut t = Transition::at(
@@ -281,10 +301,73 @@ impl Cluster {
             } else {
                 continue;
             };
-            n.etcd.pending.push(t);
+            self.nodes[i].etcd.pending.push(t);
             changed = true;
         }
         changed
+    }
+
+    /// Talos's join loop before `MemberAddAsLearner` (talos:svc/etcd.go:472-535@release-1.9):
+    /// it removes a member with its own hostname; on 1.14 a member with its peer URL but
+    /// another name blocks it. A node that joins after a bootstrap keeps the old rules (no
+    /// learner phase unless `timing.promote_ms` is set).
+    fn prepare_join(&mut self, i: usize) -> Result<(), String> {
+        self.pin_members();
+        let newest = self.etcd_generation;
+        let address = self.nodes[i].address.clone();
+        let hostname = self.nodes[i].hostname.clone();
+        let members = self.members_of(newest);
+        if minor_version(&self.talos_version) >= 14
+            && members.iter().any(|a| {
+                *a == address && self.member_hostnames_of(a).is_some_and(|h| h != hostname)
+            })
+        {
+            return Err(format!(
+                "Failed to run pre stage: member already exists with the same peer URLs [https://{address}:2380]"
+            ));
+        }
+        if let Some(m) = self.etcd_members.get_mut(&newest) {
+            m.retain(|a| *a != address);
+        }
+        let stale: Vec<String> = self
+            .members_of(newest)
+            .into_iter()
+            .filter(|a| {
+                self.node(a)
+                    .is_some_and(|n| n.hostname == hostname && n.address != address)
+            })
+            .collect();
+        if let Some(m) = self.etcd_members.get_mut(&newest) {
+            m.retain(|a| !stale.contains(a));
+        }
+        // A new member: a new ID.
+        let id = super::machine::fnv(&format!(
+            "{hostname}/{address}/{newest}/{}",
+            self.member_ids.len()
+        ));
+        self.member_ids.insert(address.clone(), id);
+        self.etcd_restart_loops.retain(|a| *a != address);
+        let promote_ms = i64::try_from(self.timing.promote_ms).unwrap_or(0);
+        self.member_names.insert(address.clone(), hostname);
+        let n = &mut self.nodes[i];
+        if promote_ms > 0 {
+            n.etcd.learner = true;
+            n.etcd.promote_at_ms = Some(
+                jiff::Timestamp::now().as_millisecond()
+                    + i64::try_from(self.timing.join_ms).unwrap_or(0)
+                    + promote_ms,
+            );
+        }
+        Ok(())
+    }
+
+    /// The hostname the member at `address` registered with (the node there may have been
+    /// replaced since).
+    pub fn member_hostnames_of(&self, address: &str) -> Option<String> {
+        self.member_names
+            .get(address)
+            .cloned()
+            .or_else(|| self.node(address).map(|n| n.hostname.clone()))
     }
 }
 
@@ -369,6 +452,97 @@ mod tests {
         );
         assert_eq!(c.nodes[2].etcd.generation, 1);
         assert_eq!(c.members_of(1), ["10.5.0.11", "10.5.0.13"]);
+    }
+
+    /// A node fresh from `apply-config` (empty data, join loop) next to the live cluster.
+    fn joiner(c: &mut Cluster, hostname: &str) -> usize {
+        c.pin_members();
+        let mut n = super::super::maintenance_node("10.5.0.30", "BC:24:11:AA:BB:CC");
+        n.maintenance = false;
+        n.machine_type = "controlplane".into();
+        n.hostname = hostname.into();
+        n.etcd.join_loop = true;
+        n.etcd.set("Preparing", "?", "Running pre state");
+        c.nodes.push(n);
+        c.nodes.len() - 1
+    }
+
+    #[test]
+    fn the_join_loop_adds_a_learner_while_etcd_has_quorum() {
+        let mut c = cluster();
+        c.timing.promote_ms = 1000;
+        let i = joiner(&mut c, "talos-cp-4");
+        assert!(c.schedule_starts(0));
+        assert_eq!(c.nodes[i].etcd.pending[0].joins, Some(0));
+        assert!(c.nodes[i].etcd.learner);
+        c.advance(i64::MAX / 4);
+        assert_eq!(c.nodes[i].etcd.state, "Running");
+        assert!(c.members_of(0).contains(&"10.5.0.30".to_owned()));
+        assert!(!c.nodes[i].etcd.learner, "promoted");
+        assert_ne!(c.member_id("10.5.0.30"), 0);
+    }
+
+    #[test]
+    fn a_config_from_another_cluster_never_joins() {
+        let mut c = cluster();
+        let i = joiner(&mut c, "talos-cp-4");
+        let other = super::super::Secrets::generate("prod", "https://10.9.0.10:6443");
+        c.nodes[i].machine_config = Some(other.config(&c.nodes[i], "v1.9.5", "v1.32.3"));
+        assert!(!c.schedule_starts(0));
+        assert_eq!(c.nodes[i].etcd.state, "Preparing");
+        // With this cluster's secrets it joins.
+        let own = c.secrets.config(&c.nodes[i], "v1.9.5", "v1.32.3");
+        c.nodes[i].machine_config = Some(own);
+        assert!(c.schedule_starts(0));
+    }
+
+    #[test]
+    fn without_quorum_the_joiner_waits_for_a_bootstrap() {
+        let mut c = cluster();
+        c.nodes[1].reachable = false;
+        c.nodes[2].reachable = false;
+        let i = joiner(&mut c, "talos-cp-4");
+        assert!(!c.schedule_starts(0));
+        assert_eq!(c.nodes[i].etcd.state, "Preparing");
+        assert!(c.nodes[i].etcd.pending.is_empty());
+    }
+
+    #[test]
+    fn a_joiner_replaces_the_member_with_its_hostname_but_114_refuses_another_name_on_its_url() {
+        let mut c = cluster();
+        c.nodes[2].reachable = false;
+        let old = c.member_id("10.5.0.13");
+        // Same address and hostname as the dead member: it takes its place with a new ID.
+        c.pin_members();
+        let mut n = c.nodes[2].clone();
+        n.reachable = true;
+        n.etcd = super::super::Etcd {
+            data_empty: true,
+            join_loop: true,
+            ..super::super::Etcd::default()
+        };
+        n.etcd.set("Preparing", "?", "Running pre state");
+        c.nodes[2] = n.clone();
+        assert!(c.schedule_starts(0));
+        c.advance(i64::MAX / 4);
+        assert_eq!(c.members_of(0).len(), 3);
+        assert_ne!(c.member_id("10.5.0.13"), old);
+        // Talos 1.14: a member with this peer URL under another name blocks the join.
+        let mut c = cluster();
+        c.talos_version = "v1.14.0".into();
+        c.nodes[2].reachable = false;
+        c.pin_members();
+        n.hostname = "talos-cp-3b".into();
+        c.nodes[2] = n;
+        assert!(c.schedule_starts(0));
+        assert!(c.nodes[2].etcd.pending.is_empty());
+        assert!(
+            c.nodes[2].etcd.events[0]
+                .1
+                .contains("member already exists with the same peer URLs [https://10.5.0.13:2380]"),
+            "{:?}",
+            c.nodes[2].etcd.events
+        );
     }
 
     #[test]
