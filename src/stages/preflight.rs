@@ -208,7 +208,8 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
             None => {}
         }
     }
-    if problems.is_empty() {
+    // With every node being rebuilt there is nobody to ask; rebuild-vms checks the saved configs.
+    if problems.is_empty() && !cp.is_empty() {
         match talos.machine_types(&cp).await {
             Ok(types) => {
                 for (node, _) in types.iter().filter(|(_, t)| t == "init") {
@@ -240,26 +241,32 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     }
 
     // For information only: during a disaster this is expected to fail.
-    let health = match talos
-        .health(
-            &cp[0],
-            &cp,
-            &ctx.profile().worker_addresses(),
-            Duration::from_secs(30),
-        )
-        .await
-    {
-        Ok(()) => HealthNote {
-            ok: true,
-            detail: None,
-        },
-        Err(e) => HealthNote {
+    let health = match cp.first() {
+        None => HealthNote {
             ok: false,
-            detail: Some(last_line(e.stderr()).to_owned()),
+            detail: Some("every control-plane node is being rebuilt".into()),
+        },
+        Some(_) => match talos
+            .health(
+                &cp[0],
+                &cp,
+                &ctx.profile().worker_addresses(),
+                Duration::from_secs(30),
+            )
+            .await
+        {
+            Ok(()) => HealthNote {
+                ok: true,
+                detail: None,
+            },
+            Err(e) => HealthNote {
+                ok: false,
+                detail: Some(last_line(e.stderr()).to_owned()),
+            },
         },
     };
 
-    let quorum = healthy > cp.len() / 2;
+    let quorum = !cp.is_empty() && healthy > cp.len() / 2;
     if quorum {
         let taken = report
             .status

@@ -181,6 +181,13 @@ async fn plan_for(
     let text = machine_config::read(profile, &found.config, None)?;
     let saved = machine_config::identity(&text)
         .map_err(|e| UserError::precondition(format!("--rebuild {node}: its saved config: {e}")))?;
+    if saved.machine_type.as_deref() == Some("init") {
+        return Err(UserError::precondition(format!(
+            "--rebuild {node}: its saved config has machine type `init`, which etcd recovery does not support"
+        ))
+        .hint("change `machine.type` to `controlplane` in the saved config and apply it by hand")
+        .into());
+    }
     // Compare with another node's saved config of the same cluster (a live one may not exist).
     for other in profile.control_plane().filter(|n| n.address != node) {
         if let Some(o) = machine_config::locate(profile, &other.address, None)

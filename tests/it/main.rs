@@ -13,6 +13,7 @@ mod pack;
 mod proxmox_cli;
 mod pve;
 mod pve_sim;
+mod rebuild;
 mod restore;
 mod sets;
 mod sim_disasters;

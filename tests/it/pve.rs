@@ -1297,9 +1297,16 @@ async fn discover_by_name_needs_no_agent_calls() {
         .collect();
     assert_eq!(
         paths,
-        ["/api2/json/cluster/resources".to_owned(), format!("{VM_BASE}/config")]
+        [
+            "/api2/json/cluster/resources".to_owned(),
+            format!("{VM_BASE}/config")
+        ]
     );
-    assert!(m[0].mac.as_deref().is_some_and(|m| m.len() == 17), "{:?}", m[0].mac);
+    assert!(
+        m[0].mac.as_deref().is_some_and(|m| m.len() == 17),
+        "{:?}",
+        m[0].mac
+    );
 }
 
 #[tokio::test]
