@@ -346,6 +346,8 @@ async fn a_dead_host_answers_595_and_keeps_its_vmids() {
 #[tokio::test]
 async fn restore_keeps_the_mac_unless_unique() {
     let lab = Lab::start(true).await;
+    // Held until looked at, so that a slow machine sees the task running too.
+    lab.env.edit_cluster(|c| c.pve.hold_tasks.push(106));
     let archive = "nfs-backup:backup/vzdump-qemu-103-2026_01_01-00_00_05.vma.zst";
     let a = lab
         .call(
@@ -369,6 +371,8 @@ async fn restore_keeps_the_mac_unless_unique() {
         (a.data()["lock"].as_str(), a.data()["name"].as_str()),
         (Some("create"), Some("VM 106"))
     );
+    lab.env
+        .edit_cluster(|c| c.pve.release_held(jiff::Timestamp::now().as_millisecond()));
     assert_eq!(lab.wait_task(&upid).await, "OK");
     let c = lab.config("pve1", 106).await;
     assert_eq!(c["name"], "talos-cp-3");
@@ -489,6 +493,8 @@ async fn a_restored_vm_whose_member_was_removed_restarts_etcd_forever() {
 #[tokio::test]
 async fn clone_gets_new_macs_then_put_net0_sets_the_old_one() {
     let lab = Lab::start(true).await;
+    // Held until looked at, so that a slow machine sees the task running too.
+    lab.env.edit_cluster(|c| c.pve.hold_tasks.push(106));
     let a = lab
         .call(
             "POST",
@@ -517,6 +523,8 @@ async fn clone_gets_new_macs_then_put_net0_sets_the_old_one() {
         .unwrap()
         .clone();
     assert_eq!(new["lock"], "clone");
+    lab.env
+        .edit_cluster(|c| c.pve.release_held(jiff::Timestamp::now().as_millisecond()));
     assert_eq!(lab.wait_task(&upid).await, "OK");
     let c = lab.config("pve1", 106).await;
     let net0 = c["net0"].as_str().unwrap().to_owned();
@@ -824,7 +832,7 @@ fn remove_member_errors() {
 #[tokio::test]
 async fn maintenance_apply_config_joins_as_learner_then_promoted() {
     let lab = Lab::start(true).await;
-    lab.env.edit_cluster(|c| c.timing.promote_ms = 600);
+    lab.env.edit_cluster(|c| c.timing.promote_ms = 3000);
     let saved = {
         let c = lab.cluster();
         c.machine_config(c.node(CP3).unwrap()).unwrap()
