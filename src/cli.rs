@@ -312,8 +312,9 @@ pub struct DemoArgs {
     #[arg(long, value_enum)]
     pub fault: Vec<talos_dr::sim::demo::Fault>,
     /// Play one of the disasters that actually happen instead of "etcd lost everywhere":
-    /// vip-endpoint, quorum-loss (restored with --from-survivor), host-lost (restored with
-    /// --exclude), etcd-volume (Talos 1.14, ETCD partition), stale-preparing
+    /// vip-endpoint, quorum-loss (restored with --from-survivor), host-lost (a Proxmox host dies
+    /// with one control-plane VM; rebuilt with rebuild-node), etcd-volume (Talos 1.14, ETCD
+    /// partition), stale-preparing
     #[arg(long, value_enum, value_name = "NAME")]
     pub disaster: Option<talos_dr::sim::demo::Disaster>,
 }

@@ -108,6 +108,7 @@ pub async fn run(ctx: &Ctx, args: DemoArgs) -> anyhow::Result<Exit> {
     let mut run_id = None;
     if exit == Exit::Success {
         let mut restore_args: Vec<String> = Vec::new();
+        let mut rebuild: Option<String> = None;
         match args.disaster {
             None => {
                 say(
@@ -120,17 +121,22 @@ pub async fn run(ctx: &Ctx, args: DemoArgs) -> anyhow::Result<Exit> {
                     "\n== 4/5 disaster: {} (simulated)",
                     disaster_text(d)
                 ));
-                sim::state::Cluster::update(&env.state, |c| d.apply(c))?;
                 match d {
+                    // Only talos-cp-3's host dies; the other two keep quorum, so the node is
+                    // rebuilt while the cluster runs instead of restoring etcd.
                     demo::Disaster::HostLost => {
+                        sim::state::Cluster::update(&env.state, demo::host_lost_only)?;
                         let lost = sim::state::Cluster::load(&env.state)?
                             .nodes
                             .iter()
                             .find(|n| n.hostname == "talos-cp-3")
                             .map(|n| n.address.clone())
                             .ok_or_else(|| UserError::failed("the demo's talos-cp-3 is missing"))?;
-                        restore_args.extend(["--exclude".into(), lost]);
+                        rebuild = Some(lost);
                     }
+                    _ => sim::state::Cluster::update(&env.state, |c| d.apply(c))?,
+                }
+                match d {
                     demo::Disaster::QuorumLoss => restore_args.push("--from-survivor".into()),
                     _ => {}
                 }
@@ -157,20 +163,35 @@ pub async fn run(ctx: &Ctx, args: DemoArgs) -> anyhow::Result<Exit> {
             .join(" ");
         let mut argv: Vec<String> = vec!["--yes".into(), "restore".into()];
         argv.extend(restore_args.iter().cloned());
+        let mut title = format!(
+            "5/5 recovery: `talos-dr restore {shown}` (--yes implied: the demo answers the confirmations)"
+        );
+        if let Some(node) = &rebuild {
+            argv = vec!["--yes".into(), "rebuild-node".into(), node.clone()];
+            title = format!(
+                "5/5 recovery: `talos-dr rebuild-node {node}`: a new VM from its newest backup, its stale etcd data wiped, and it joins (--yes implied)"
+            );
+        }
         let step = Step {
-            title: format!(
-                "5/5 recovery: `talos-dr restore {shown}` (--yes implied: the demo answers the confirmations)"
-            ),
+            title,
             args: argv
                 .into_iter()
-                .chain([
-                    "--poll-max".into(),
-                    "500ms".into(),
-                    "--wait-timeout".into(),
-                    "12s".into(),
-                    "--health-timeout".into(),
-                    "60s".into(),
-                ])
+                .chain(["--poll-max".into(), "500ms".into()])
+                .chain(if rebuild.is_some() {
+                    [
+                        "--wait-timeout".into(),
+                        "60s".into(),
+                        "--maintenance-timeout".into(),
+                        "60s".into(),
+                    ]
+                } else {
+                    [
+                        "--wait-timeout".into(),
+                        "12s".into(),
+                        "--health-timeout".into(),
+                        "60s".into(),
+                    ]
+                })
                 .collect(),
         };
         let (code, out) = run_step(ctx, &exe, &env, &step).await?;
@@ -264,7 +285,7 @@ fn disaster_text(d: demo::Disaster) -> &'static str {
             "two control-plane nodes lost their data; talos-cp-1 still runs without quorum and holds newer data than the last backup"
         }
         demo::Disaster::HostLost => {
-            "a Proxmox host died with talos-cp-3's VM, and the other nodes lost etcd's data"
+            "a Proxmox host died with talos-cp-3's VM; the other two control-plane nodes keep etcd's quorum"
         }
         demo::Disaster::EtcdVolume => {
             "Talos 1.14 with etcd on its own ETCD partition lost etcd's data on every control-plane node"

@@ -1089,7 +1089,11 @@ async fn every_request_matches_the_api_schema() {
     ];
     // The rebuild reads, answered inline (shapes as pve-api-subset.json's `returns`).
     let inline: &[(&str, &str, serde_json::Value)] = &[
-        ("GET", r"^/api2/json/cluster/nextid$", serde_json::json!("105")),
+        (
+            "GET",
+            r"^/api2/json/cluster/nextid$",
+            serde_json::json!("105"),
+        ),
         (
             "GET",
             r"^/api2/json/nodes/[^/]+/storage$",
@@ -1105,7 +1109,9 @@ async fn every_request_matches_the_api_schema() {
     for (m, re, body) in inline {
         Mock::given(method(*m))
             .and(path_regex(*re))
-            .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({ "data": body })))
+            .respond_with(
+                ResponseTemplate::new(200).set_body_json(serde_json::json!({ "data": body })),
+            )
             .mount(&server)
             .await;
     }
@@ -1225,7 +1231,9 @@ async fn every_request_matches_the_api_schema() {
     .collect();
     assert_eq!(
         covered,
-        all.difference(&unused).cloned().collect::<std::collections::BTreeSet<_>>()
+        all.difference(&unused)
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
     );
 }
 
