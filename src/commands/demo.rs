@@ -136,9 +136,8 @@ pub async fn run(ctx: &Ctx, args: DemoArgs) -> anyhow::Result<Exit> {
                     }
                     _ => sim::state::Cluster::update(&env.state, |c| d.apply(c))?,
                 }
-                match d {
-                    demo::Disaster::QuorumLoss => restore_args.push("--from-survivor".into()),
-                    _ => {}
+                if d == demo::Disaster::QuorumLoss {
+                    restore_args.push("--from-survivor".into());
                 }
             }
         }

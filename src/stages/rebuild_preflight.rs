@@ -377,7 +377,7 @@ fn recorded_spec(profile: &Profile, node: &str) -> Option<crate::sets::VmSpec> {
         .into_iter()
         .flatten()
         .collect();
-    sets.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    sets.sort_by_key(|s| std::cmp::Reverse(s.created_at));
     sets.into_iter().find_map(|s| {
         s.vms
             .into_iter()

@@ -314,7 +314,9 @@ async fn locked_vm_fails_check_and_snapshot() {
 
 #[tokio::test]
 async fn rollback_restores_and_zfs_only_to_newest() {
-    let s = Sim::start(150).await;
+    // Tasks long enough that the status read right after the POST sees the rollback in flight
+    // even on a loaded machine.
+    let s = Sim::start(1500).await;
     let vm = vm101();
     for n in ["talosdr-a-2501060900", "talosdr-b-2501060901"] {
         s.client.snapshot_and_wait(&vm, &req(n)).await.unwrap();
