@@ -197,7 +197,7 @@ fn report(ctx: &Ctx, command: &str, outcomes: &[Outcome], worst: Exit) {
             result_word(o.exit).to_owned(),
             o.exit.code().to_string(),
             format!("{:.1}s", o.elapsed.as_secs_f64()),
-            first_line(detail, 100),
+            first_line(detail, 120),
         ]);
     }
     text.push_str(&talos_dr::table::render(&rows));
@@ -224,8 +224,9 @@ fn report(ctx: &Ctx, command: &str, outcomes: &[Outcome], worst: Exit) {
     }));
 }
 
+/// The text on one line (an error's own lines joined), cut at `max` characters.
 fn first_line(s: &str, max: usize) -> String {
-    let line = s.lines().next().unwrap_or("");
+    let line = s.split_whitespace().collect::<Vec<_>>().join(" ");
     if line.chars().count() > max {
         let cut: String = line.chars().take(max - 1).collect();
         format!("{cut}…")
