@@ -228,10 +228,18 @@ fn rpo(profile: &Profile, installed: Option<&Installed>) -> (Duration, String) {
     (DEFAULT_RPO, "rpo 24h (default)".into())
 }
 
+/// `90d`, `12h`, `30m` for whole units (settings read back as written), else `1d 2h`.
 fn age_text(d: Duration) -> String {
-    human_age(SignedDuration::from_secs(
-        i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-    ))
+    let secs = d.as_secs();
+    match secs {
+        0 => "0s".into(),
+        s if s % 86400 == 0 => format!("{}d", s / 86400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 && s < 3600 => format!("{}m", s / 60),
+        s => human_age(SignedDuration::from_secs(
+            i64::try_from(s).unwrap_or(i64::MAX),
+        )),
+    }
 }
 
 fn ago(now: Timestamp, t: Timestamp) -> String {
@@ -480,10 +488,14 @@ pub fn size(
     } else {
         Level::Green
     };
+    let percent = if share < 0.01 {
+        "<1%".to_owned()
+    } else {
+        format!("{:.0}%", share * 100.0)
+    };
     let mut reason = format!(
-        "{what} is {} = {:.0}% of {} ({quota_source})",
+        "{what} is {} = {percent} of {} ({quota_source})",
         human_bytes(biggest),
-        share * 100.0,
         human_bytes(quota)
     );
     if level == Level::Red {
