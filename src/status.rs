@@ -289,6 +289,16 @@ async fn offsite(
         )];
     };
     let url = cfg.url.to_string();
+    // Opening a file:// target creates its directory; status must not (an unmounted NFS share).
+    if let crate::config::TargetUrl::File { root } = &cfg.url
+        && !root.is_dir()
+    {
+        return vec![check(
+            "offsite",
+            Level::Red,
+            format!("{url}: {} does not exist (not mounted?)", root.display()),
+        )];
+    }
     let target = match Target::from_profile(profile) {
         Ok(Some(t)) => t,
         Ok(None) => return Vec::new(),

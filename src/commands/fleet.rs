@@ -10,6 +10,7 @@ use talos_dr::fleet::{self, Selection};
 use talos_dr::profile;
 use talos_dr::ui::{AssumeYes, NoPrompt, Prefixed, Prompter};
 use talos_dr::{Exit, UserError};
+use tracing::Instrument;
 
 use super::Ctx;
 use crate::cli::{FleetArgs, ListArgs, PruneArgs, SnapshotArgs};
@@ -105,6 +106,8 @@ pub async fn run(ctx: &Ctx, names: Vec<String>, jobs: u16, action: Action) -> an
         |name| {
             let sub = ctx.for_profile(&name);
             let action = action.clone();
+            // Library log lines (tracing) name the profile too: `profile{name=prod}: …`.
+            let span = tracing::info_span!("profile", name = %name);
             async move {
                 let started = Instant::now();
                 let result = match action {
@@ -134,6 +137,7 @@ pub async fn run(ctx: &Ctx, names: Vec<String>, jobs: u16, action: Action) -> an
                     hints,
                 }
             }
+            .instrument(span)
         },
         |name| Outcome {
             profile: name.clone(),

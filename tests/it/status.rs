@@ -361,3 +361,17 @@ fn damaged_copies_and_missing_machine_configs_are_red() {
     assert_eq!(level(&doc, "deep-check"), "yellow");
     assert!(reason(&doc, "deep-check").contains("never checked"));
 }
+
+#[test]
+fn an_unmounted_file_target_is_red_and_not_recreated() {
+    let env = Env::new();
+    let target = file_target(&env);
+    let h = healthy(env, &target);
+    assert_eq!(level(&h.status().1, "offsite"), "green");
+    let dir = h.env.tmp.path().join("nfs/talos");
+    std::fs::rename(&dir, h.env.tmp.path().join("nfs/elsewhere")).unwrap();
+    let doc = h.status().1;
+    assert_eq!(level(&doc, "offsite"), "red", "{doc:#}");
+    assert!(reason(&doc, "offsite").contains("does not exist (not mounted?)"));
+    assert!(!dir.exists(), "status must not create the target directory");
+}
