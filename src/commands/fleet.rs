@@ -96,8 +96,9 @@ pub struct Outcome {
 pub async fn run(ctx: &Ctx, names: Vec<String>, jobs: u16, action: Action) -> anyhow::Result<Exit> {
     let command = action.name();
     ctx.reporter.info(&format!(
-        "{command} for {} profiles, {jobs} at a time: {}",
+        "{command} for {} profile{}, {jobs} at a time: {}",
         names.len(),
+        if names.len() == 1 { "" } else { "s" },
         names.join(", ")
     ));
     let outcomes = fleet::run_bounded(
@@ -207,8 +208,9 @@ fn report(ctx: &Ctx, command: &str, outcomes: &[Outcome], worst: Exit) {
     text.push_str(&talos_dr::table::render(&rows));
     let ok = outcomes.iter().filter(|o| o.exit == Exit::Success).count();
     text.push_str(&format!(
-        "{command}: {} profiles, {ok} ok, {} not (exit {})\n",
+        "{command}: {} profile{}, {ok} ok, {} not (exit {})\n",
         outcomes.len(),
+        if outcomes.len() == 1 { "" } else { "s" },
         outcomes.len() - ok,
         worst.code()
     ));

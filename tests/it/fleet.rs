@@ -314,6 +314,31 @@ fn schedule_all_profiles_is_one_job_for_every_profile() {
         "{service}"
     );
     assert!(service.contains(" snapshot --all-profiles\n"), "{service}");
+    // The fleet units are valid units too.
+    let dir = fleet.home.path().join("printed");
+    std::fs::create_dir_all(&dir).unwrap();
+    let files = [
+        dir.join("talos-dr-snapshot-all-profiles.service"),
+        dir.join("talos-dr-snapshot-all-profiles.timer"),
+    ];
+    std::fs::write(&files[0], service).unwrap();
+    std::fs::write(&files[1], doc["timer"].as_str().unwrap()).unwrap();
+    let analyze = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("systemd-analyze"))
+        .find(|p| p.is_file())
+        .expect(
+            "systemd-analyze is not installed (Debian package systemd; `scripts/test` installs it)",
+        );
+    let out = std::process::Command::new(analyze)
+        .args(["verify", "--man=no"])
+        .args(&files)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify rejected the units:\n{stderr}"
+    );
 
     // Installed: the record in the home covers every profile, so each one's status sees it.
     let units = fleet.home.path().join("units");
