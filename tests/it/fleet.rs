@@ -26,7 +26,7 @@ impl Fleet {
         std::fs::write(
             &shim,
             format!(
-                "#!/bin/sh\n# talosctl for the cluster of the profile named by --talosconfig\nprev=; tc=\nfor a in \"$@\"; do [ \"$prev\" = --talosconfig ] && tc=$a; prev=$a; done\nTALOS_DR_SIM_STATE=$(cat \"$(dirname \"$tc\")/sim-state\") exec '{BIN}' __sim talosctl \"$@\"\n"
+                "#!/bin/sh\n# talosctl for the cluster of the profile named by --talosconfig\nprev=; tc=\nfor a in \"$@\"; do [ \"$prev\" = --talosconfig ] && tc=$a; prev=$a; done\n# `version --client` names no talosconfig: a state of its own (the default version).\nif [ -n \"$tc\" ]; then st=$(cat \"$(dirname \"$tc\")/sim-state\"); else st=\"$(dirname \"$0\")/client.json\"; fi\nTALOS_DR_SIM_STATE=$st exec '{BIN}' __sim talosctl \"$@\"\n"
             ),
         )
         .unwrap();
