@@ -269,9 +269,12 @@ pub struct Installed {
     pub files: Vec<PathBuf>,
     pub every_seconds: u64,
     pub installed_at: jiff::Timestamp,
-    /// A fleet job: `None` inside means every profile.
+    /// A job for several profiles (recorded in the profiles' home).
+    #[serde(default)]
+    pub fleet: bool,
+    /// The fleet job's profiles (directory names); none means every profile in the home.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fleet: Option<Option<Vec<String>>>,
+    pub profiles: Option<Vec<String>>,
 }
 
 pub const RECORD_FILE: &str = "schedule.json";
@@ -279,9 +282,9 @@ pub const RECORD_FILE: &str = "schedule.json";
 impl Installed {
     /// Whether this job backs up the profile called `name`.
     pub fn covers(&self, name: &str) -> bool {
-        match &self.fleet {
-            None | Some(None) => true,
-            Some(Some(names)) => names.iter().any(|n| n == name),
+        match &self.profiles {
+            None => true,
+            Some(names) => names.iter().any(|n| n == name),
         }
     }
 }
@@ -431,8 +434,17 @@ mod tests {
             files: vec![],
             every_seconds: 6 * 3600,
             installed_at: jiff::Timestamp::UNIX_EPOCH,
-            fleet: Some(Some(vec!["a".into(), "b".into()])),
+            fleet: true,
+            profiles: Some(vec!["a".into(), "b".into()]),
         };
         assert!(rec.covers("a") && !rec.covers("c"));
+        // An --all-profiles record reads back as one (no `null` lost on the way).
+        let all = Installed {
+            profiles: None,
+            ..rec
+        };
+        let back: Installed = serde_json::from_str(&serde_json::to_string(&all).unwrap()).unwrap();
+        assert_eq!(back, all);
+        assert!(back.fleet && back.covers("c"));
     }
 }

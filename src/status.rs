@@ -208,11 +208,10 @@ pub async fn gather(profile: &Profile, opts: &Options) -> ProfileStatus {
 fn find_installed(profile: &Profile, home: Option<&Path>) -> Option<Installed> {
     schedule::read_record(&profile.config_dir).or_else(|| {
         let fleet = schedule::read_record(home?)?;
-        // `-p a,b` jobs name the profile; an `--all-profiles` job covers what is in its home.
+        // A fleet job runs the profiles in its home, by directory name (`-p a,b` names them).
+        let dir_name = profile.config_dir.file_name()?.to_str()?;
         let in_home = profile.config_dir.parent() == home;
-        (fleet.covers(profile.name())
-            && (in_home || fleet.fleet.as_ref().is_some_and(Option::is_some)))
-        .then_some(fleet)
+        (fleet.fleet && in_home && fleet.covers(dir_name)).then_some(fleet)
     })
 }
 

@@ -127,7 +127,8 @@ fn record(ctx: &Ctx, spec: &Spec, kind: &str, files: Vec<PathBuf>, every: Durati
         files,
         every_seconds: every.as_secs(),
         installed_at: jiff::Timestamp::now(),
-        fleet: spec.fleet.as_ref().map(|f| f.profiles.clone()),
+        fleet: spec.fleet.is_some(),
+        profiles: spec.fleet.as_ref().and_then(|f| f.profiles.clone()),
     };
     if let Err(e) = schedule::write_record(&spec.config_dir, &rec) {
         ctx.reporter.warn(&format!(
