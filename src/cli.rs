@@ -26,9 +26,10 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
-    /// Cluster profile name (a directory under $TALOS_DR_HOME, default ~/.config/talos-dr)
+    /// Cluster profile name (a directory under $TALOS_DR_HOME, default ~/.config/talos-dr);
+    /// `a,b,c` runs snapshot, list, prune, status or schedule for each of them
     #[arg(
         short = 'p',
         long,
@@ -183,12 +184,26 @@ pub enum Command {
     /// no network, no etcd and no talosctl; uses the real kubectl when it is installed.
     #[cfg(feature = "demo")]
     Demo(DemoArgs),
+    /// Could each profile's cluster be recovered right now? One row of checks per profile
+    ///
+    /// Checks, each green, yellow or red with the reason: recovery-point (newest valid snapshot's
+    /// age against [backup] rpo, default twice the schedule's interval or 24h), offsite (newest
+    /// confirmed copy's age and count), offsite-key (backup.identity_file opens the newest copy:
+    /// only its age header and first chunk are read), size (snapshot or etcd database against
+    /// the quota — [backup] etcd_quota, default 2 GiB — and growth over the last 5 snapshots),
+    /// schedule (timer or cron entry installed, last run's exit code), machine-configs (saved for
+    /// every node with the newest snapshot), deep-check (`talos-dr check`'s last result), drill
+    /// (last successful `drill` against [backup] drill_every, default 90d), talos-version
+    /// (talosctl against the cluster). Exit 0 when nothing is red, 1 when something is. Writes
+    /// talos_dr_status{check=…} and friends to backup.metrics_file when set.
+    Status(StatusArgs),
     /// Print (or install) a systemd timer + service, or a crontab line, that runs `snapshot`
     ///
     /// The timer uses OnCalendar= with Persistent=true, so a run missed while the machine was
     /// off happens at the next boot. With --install the units go to /etc/systemd/system (root) or
     /// ~/.config/systemd/user and the timer is enabled; with --cron --install the line is added
-    /// to the user's crontab (once).
+    /// to the user's crontab (once). With --all-profiles (or -p a,b,c) one timer or line runs
+    /// `snapshot` for all of them.
     Schedule(ScheduleArgs),
     /// Print shell completions
     Completions {
@@ -204,7 +219,26 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Args)]
+/// Fleet runs: the same command for several profiles.
+#[derive(Debug, Clone, Args)]
+pub struct FleetArgs {
+    /// Run for every profile under $TALOS_DR_HOME (default ~/.config/talos-dr), in parallel
+    /// (-p a,b,c names some). Each keeps its own lock; a failing profile never stops the others;
+    /// one summary at the end; the exit code is the worst one: 130 > 1 > 4 > 3 > 2 > 5 > 0
+    #[arg(long)]
+    pub all_profiles: bool,
+    /// How many profiles run at once in a fleet run
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: u16,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct SnapshotArgs {
     /// Write the snapshot to this path instead of the backup directory (no pruning there)
     #[arg(long, value_name = "PATH")]
@@ -224,6 +258,8 @@ pub struct SnapshotArgs {
     /// How long `talosctl health` may wait for the cluster (e.g. 2m, 90s)
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     pub health_timeout: std::time::Duration,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }
 
 #[derive(Debug, Args)]
@@ -246,6 +282,8 @@ pub struct ScheduleArgs {
         conflicts_with = "cron"
     )]
     pub unit_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }
 
 #[derive(Debug, Args)]
@@ -453,7 +491,7 @@ pub struct VerifyArgs {
     pub identity: Option<PathBuf>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ListArgs {
     /// Re-verify every snapshot instead of trusting its sidecar
     #[arg(long)]
@@ -461,9 +499,11 @@ pub struct ListArgs {
     /// List the off-site copies (profile [offsite]) instead of the local ones
     #[arg(long, conflicts_with = "verify")]
     pub remote: bool,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct PruneArgs {
     /// Delete snapshots older than this many days (default: profile backup.retention_days)
     #[arg(long, value_name = "N")]
@@ -474,6 +514,8 @@ pub struct PruneArgs {
     /// Show what would be kept and deleted, and why; delete nothing
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }
 
 #[derive(Debug, Subcommand)]

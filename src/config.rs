@@ -247,6 +247,82 @@ impl<'de> Deserialize<'de> for Recipients {
     }
 }
 
+/// A size setting (`"2GiB"`, `"500 MB"`, `"8589934592"`) that keeps the text it was written as.
+/// Binary units (KiB, MiB, GiB, TiB) are powers of 1024, SI units (kB/KB, MB, GB, TB) of 1000.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = (t[..split].trim(), t[split..].trim());
+        let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1000,
+            "mb" => 1000_u64.pow(2),
+            "gb" => 1000_u64.pow(3),
+            "tb" => 1000_u64.pow(4),
+            "kib" => 1 << 10,
+            "mib" => 1 << 20,
+            "gib" => 1 << 30,
+            "tib" => 1 << 40,
+            _ => {
+                return Err(format!(
+                    "{text:?} is not a size: expected a number with B, KiB, MiB, GiB, TiB, kB, MB, GB or TB"
+                ));
+            }
+        };
+        let value: f64 = num
+            .parse()
+            .map_err(|_| format!("{text:?} is not a size: expected a number first, like 2GiB"))?;
+        if !(value.is_finite() && value > 0.0) {
+            return Err(format!("{text:?} must be a positive size"));
+        }
+        Ok(Self((value * mult as f64) as u64))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(0) => Err(serde::de::Error::custom("the size must be positive")),
+            Raw::Bytes(n) => Ok(Self(n)),
+            Raw::Text(t) => Self::parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+#[cfg(test)]
+mod byte_size_tests {
+    use super::ByteSize;
+
+    #[test]
+    fn sizes_parse_in_both_unit_systems() {
+        assert_eq!(ByteSize::parse("2GiB"), Ok(ByteSize(2 << 30)));
+        assert_eq!(ByteSize::parse("500 MB"), Ok(ByteSize(500_000_000)));
+        assert_eq!(ByteSize::parse("1.5KiB"), Ok(ByteSize(1536)));
+        assert_eq!(ByteSize::parse("4096"), Ok(ByteSize(4096)));
+        assert!(ByteSize::parse("2 GiBs").unwrap_err().contains("GiB"));
+        assert!(ByteSize::parse("GiB").is_err());
+        assert!(ByteSize::parse("0").is_err());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

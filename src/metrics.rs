@@ -121,15 +121,103 @@ pub fn parse_previous(text: &str) -> Previous {
     p
 }
 
-/// Writes the metrics file atomically (mode 0644: the collector runs as another user).
+/// Writes the metrics file atomically (mode 0644: the collector runs as another user). The
+/// `status` families already in the file stay.
 pub fn write(path: &Path, m: &RunMetrics) -> std::io::Result<()> {
-    let prev = std::fs::read_to_string(path)
-        .map(|t| parse_previous(&t))
-        .unwrap_or_default();
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let prev = parse_previous(&old);
+    let mut text = render(m, prev);
+    text.push_str(&keep_families(&old, |name| !name.starts_with(PREFIX)));
+    replace(path, &text)
+}
+
+fn replace(path: &Path, text: &str) -> std::io::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    crate::fsutil::write_atomic(path, render(m, prev).as_bytes(), 0o644)
+    crate::fsutil::write_atomic(path, text.as_bytes(), 0o644)
+}
+
+/// The lines of `text` (HELP, TYPE and samples) whose metric name `keep` accepts, so `snapshot`
+/// and `status` can share one textfile, each replacing only its own families.
+fn keep_families(text: &str, keep: impl Fn(&str) -> bool) -> String {
+    text.lines()
+        .filter(|l| {
+            let name = match l.strip_prefix("# ") {
+                Some(rest) => rest.split_whitespace().nth(1).unwrap_or(""),
+                None => l.split(['{', ' ']).next().unwrap_or(""),
+            };
+            !name.is_empty() && keep(name)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// What `status` found for one profile, for the textfile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusMetrics {
+    pub profile: String,
+    /// Age of the newest valid local snapshot.
+    pub recovery_point_age: Option<Duration>,
+    /// When the last drill succeeded.
+    pub last_drill: Option<Timestamp>,
+    /// Each check's name and level: 0 green, 1 yellow, 2 red.
+    pub checks: Vec<(String, u8)>,
+}
+
+const STATUS_FAMILIES: [&str; 3] = [
+    "talos_dr_recovery_point_age_seconds",
+    "talos_dr_last_drill_timestamp_seconds",
+    "talos_dr_status",
+];
+
+/// Renders the `status` families. Pure, for tests.
+pub fn render_status(m: &StatusMetrics) -> String {
+    let profile = escape_label(&m.profile);
+    let mut out = String::new();
+    let mut family = |name: &str, help: &str, samples: Vec<(String, f64)>| {
+        if samples.is_empty() {
+            return;
+        }
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for (labels, v) in samples {
+            out.push_str(&format!("{name}{{profile=\"{profile}\"{labels}}} {v}\n"));
+        }
+    };
+    family(
+        STATUS_FAMILIES[0],
+        "Age of the newest valid local etcd snapshot (the recovery point).",
+        m.recovery_point_age
+            .map(|d| (String::new(), d.as_secs_f64().round()))
+            .into_iter()
+            .collect(),
+    );
+    family(
+        STATUS_FAMILIES[1],
+        "Unix time of the last successful restore drill.",
+        m.last_drill
+            .map(|t| (String::new(), t.as_second() as f64))
+            .into_iter()
+            .collect(),
+    );
+    family(
+        STATUS_FAMILIES[2],
+        "talos-dr status per check: 0 green, 1 yellow, 2 red.",
+        m.checks
+            .iter()
+            .map(|(c, l)| (format!(",check=\"{}\"", escape_label(c)), f64::from(*l)))
+            .collect(),
+    );
+    out
+}
+
+/// Replaces the `status` families in the textfile, keeping everything else (the `snapshot`
+/// families) as it is.
+pub fn write_status(path: &Path, m: &StatusMetrics) -> std::io::Result<()> {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let mut text = keep_families(&old, |name| !STATUS_FAMILIES.contains(&name));
+    text.push_str(&render_status(m));
+    replace(path, &text)
 }
 
 fn escape_label(s: &str) -> String {
@@ -222,6 +310,41 @@ mod tests {
         ));
         assert!(second.contains("talos_dr_snapshot_last_exit_code{profile=\"lab\"} 4\n"));
         assert!(second.contains("talos_dr_snapshot_last_size_bytes{profile=\"lab\"} 4096\n"));
+    }
+
+    #[test]
+    fn snapshot_and_status_share_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("talos-dr.prom");
+        let status = StatusMetrics {
+            profile: "lab".into(),
+            recovery_point_age: Some(Duration::from_secs(3600)),
+            last_drill: None,
+            checks: vec![("drill".into(), 2), ("offsite".into(), 0)],
+        };
+        write_status(&path, &status).unwrap();
+        write(&path, &run(0)).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("talos_dr_recovery_point_age_seconds{profile=\"lab\"} 3600\n"));
+        assert!(text.contains("talos_dr_status{profile=\"lab\",check=\"drill\"} 2\n"));
+        assert!(text.contains("talos_dr_snapshot_last_exit_code{profile=\"lab\"} 0\n"));
+        assert!(!text.contains("last_drill"));
+        // A second status run replaces its own lines only, once.
+        let mut again = status.clone();
+        again.checks = vec![("drill".into(), 0)];
+        again.last_drill = Some("2026-11-30T02:00:00Z".parse().unwrap());
+        write_status(&path, &again).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.matches("# TYPE talos_dr_status gauge").count(), 1);
+        assert!(text.contains("talos_dr_status{profile=\"lab\",check=\"drill\"} 0\n"));
+        assert!(!text.contains("check=\"offsite\""));
+        assert!(
+            text.contains("talos_dr_last_drill_timestamp_seconds{profile=\"lab\"} 1796004000\n")
+        );
+        assert_eq!(
+            text.matches("# TYPE talos_dr_snapshot_count gauge").count(),
+            1
+        );
     }
 
     #[test]

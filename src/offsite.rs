@@ -572,6 +572,22 @@ impl Target {
             .map_err(self.store_err(&rel))
     }
 
+    /// The first `len` bytes of an object (a ranged GET; the whole object when it is smaller).
+    pub async fn read_head(
+        &self,
+        name: &str,
+        size: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, OffsiteError> {
+        let end = size.min(len);
+        let bytes = self
+            .store
+            .get_range(&self.location(name), 0..end)
+            .await
+            .map_err(self.store_err(name))?;
+        Ok(bytes.to_vec())
+    }
+
     /// Snapshots at the target, newest first, each with its manifest when it has one.
     pub async fn list(&self) -> Result<Vec<RemoteEntry>, OffsiteError> {
         let prefix = (!self.prefix.as_ref().is_empty()).then_some(&self.prefix);

@@ -308,6 +308,72 @@ pub fn unpack<R: Read, W: Write>(
     Ok((layers, n))
 }
 
+/// Bytes of an object's start that hold the age header and the first 64 KiB chunk (a header
+/// is a few hundred bytes per recipient).
+pub const HEAD_LEN: u64 = 128 << 10;
+
+/// What [`open_head`] found at the start of a packed file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// The layers found, outermost first.
+    pub layers: Vec<Layer>,
+    /// The start of the plain data is a bbolt database (etcd's snapshot format).
+    pub bolt: bool,
+}
+
+/// Opens the first bytes of a packed snapshot (at least [`HEAD_LEN`] of them, or the whole
+/// file): decrypts the age header and first chunk with `identities`, decompresses the start of a
+/// zstd layer, and checks the bbolt magic. Proves a key opens a copy without reading all of it.
+pub fn open_head(head: &[u8], identities: Option<&Identities>) -> Result<Head, PackError> {
+    const CHUNK: usize = 64 << 10;
+    let mut layers = Vec::new();
+    let mut plain = Vec::new();
+    if head.starts_with(AGE_ARMOR) {
+        return Err(PackError::Armored);
+    }
+    if head.starts_with(AGE_MAGIC) {
+        let ids = identities.ok_or(PackError::NoIdentity)?;
+        let decryptor = age::Decryptor::new(head).map_err(|e| PackError::Age(e.to_string()))?;
+        let reader = decryptor
+            .decrypt(ids.ids.iter().map(|i| i.as_ref() as &dyn age::Identity))
+            .map_err(|e| match e {
+                age::DecryptError::NoMatchingKeys => PackError::WrongIdentity {
+                    path: ids.path.clone(),
+                },
+                other => PackError::Age(other.to_string()),
+            })?;
+        // Only the first chunk: the bytes after it may be cut off mid-chunk.
+        reader
+            .take(CHUNK as u64)
+            .read_to_end(&mut plain)
+            .map_err(|e| PackError::Age(format!("the first chunk does not decrypt: {e}")))?;
+        layers.push(Layer::Age);
+    } else {
+        plain.extend_from_slice(&head[..head.len().min(CHUNK)]);
+    }
+    let mut start = [0u8; 32];
+    let n = if plain.starts_with(ZSTD_MAGIC) {
+        layers.push(Layer::Zstd);
+        let mut z = zstd::Decoder::new(plain.as_slice())?;
+        let mut n = 0;
+        while n < start.len() {
+            match z.read(&mut start[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) => return Err(PackError::Io(e)),
+            }
+        }
+        n
+    } else {
+        let n = plain.len().min(start.len());
+        start[..n].copy_from_slice(&plain[..n]);
+        n
+    };
+    // bbolt's meta page: a 16-byte page header, then the magic 0xED0CDAED (little-endian).
+    let bolt = n >= 20 && start[16..20] == 0xED0C_DAEDu32.to_le_bytes();
+    Ok(Head { layers, bolt })
+}
+
 /// What [`pack_file`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackedFile {
@@ -472,6 +538,62 @@ mod tests {
         assert!(e.to_string().contains("key.txt"), "{e}");
         let e = unpack(&packed[..], Vec::new(), None).unwrap_err();
         assert!(e.to_string().contains("--identity"), "{e}");
+    }
+
+    /// A bbolt-like start (meta magic at byte 16) followed by incompressible bytes, so the
+    /// packed file is several age chunks long and the head is a true prefix.
+    #[test]
+    fn the_head_alone_proves_the_key_and_the_format() {
+        let mut data = vec![0u8; 16];
+        data.extend_from_slice(&0xED0C_DAEDu32.to_le_bytes());
+        let mut x = 1u64;
+        while data.len() < 600_000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            data.push((x >> 56) as u8);
+        }
+        let (id, r) = key();
+        let (_d, ids) = identities(&id);
+        let (other, _) = key();
+        let (_o, wrong) = identities(&other);
+        for compress in [false, true] {
+            let p = Packing {
+                compress,
+                recipients: vec![r.clone()].into(),
+            };
+            let (_, packed) = pack(&data[..], Vec::new(), &p).unwrap();
+            assert!(packed.len() as u64 > HEAD_LEN * 3);
+            let head = &packed[..HEAD_LEN as usize];
+            let h = open_head(head, Some(&ids)).unwrap();
+            let mut expect = p.layers();
+            expect.reverse();
+            assert_eq!(h.layers, expect);
+            assert!(h.bolt, "compress={compress}");
+            let e = open_head(head, Some(&wrong)).unwrap_err();
+            assert!(matches!(e, PackError::WrongIdentity { .. }), "{e}");
+            assert!(matches!(
+                open_head(head, None).unwrap_err(),
+                PackError::NoIdentity
+            ));
+        }
+        // A damaged first chunk is not a key problem.
+        let p = Packing {
+            compress: false,
+            recipients: vec![r].into(),
+        };
+        let (_, mut packed) = pack(&data[..], Vec::new(), &p).unwrap();
+        let at = packed.len() / 100;
+        packed[at] ^= 1;
+        let e = open_head(&packed[..HEAD_LEN as usize], Some(&ids)).unwrap_err();
+        assert!(matches!(e, PackError::Age(_)), "{e}");
+        // Not packed: the start itself.
+        assert!(open_head(&data[..1000], None).unwrap().bolt);
+        assert!(
+            !open_head(b"not a database at all, nope", None)
+                .unwrap()
+                .bolt
+        );
     }
 
     #[test]

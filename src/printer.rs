@@ -3,16 +3,48 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::io::Write;
+use std::sync::{Arc, Mutex};
 
 use crate::cli::OutputFormat;
 
-/// Writes command results to stdout: text, or one JSON document with `-o json`.
-#[derive(Debug, Clone, Copy)]
+/// Writes command results to stdout: text, or one JSON document with `-o json`. A capturing
+/// printer keeps them instead, for a fleet run to print one profile's output at a time.
+#[derive(Debug, Clone)]
 pub struct Printer {
     pub format: OutputFormat,
+    capture: Option<Arc<Mutex<Captured>>>,
+}
+
+/// What a capturing printer kept.
+#[derive(Debug, Default, Clone)]
+pub struct Captured {
+    pub text: String,
+    pub json: Option<serde_json::Value>,
 }
 
 impl Printer {
+    pub fn new(format: OutputFormat) -> Self {
+        Self {
+            format,
+            capture: None,
+        }
+    }
+
+    pub fn capturing(format: OutputFormat) -> Self {
+        Self {
+            format,
+            capture: Some(Arc::default()),
+        }
+    }
+
+    /// What was captured so far (empty for a printer that writes to stdout).
+    pub fn captured(&self) -> Captured {
+        self.capture
+            .as_ref()
+            .map(|c| c.lock().map(|c| c.clone()).unwrap_or_default())
+            .unwrap_or_default()
+    }
+
     pub fn is_json(&self) -> bool {
         self.format == OutputFormat::Json
     }
@@ -20,12 +52,25 @@ impl Printer {
     /// Text for the user; ignored in JSON mode.
     pub fn text(&self, text: &str) {
         if !self.is_json() {
-            write_stdout(text.as_bytes());
+            match &self.capture {
+                Some(c) => {
+                    if let Ok(mut c) = c.lock() {
+                        c.text.push_str(text);
+                    }
+                }
+                None => write_stdout(text.as_bytes()),
+            }
         }
     }
 
     /// The JSON document (with `"schema": 1` first); ignored in text mode.
     pub fn json(&self, value: &serde_json::Value) {
+        if let (true, Some(c)) = (self.is_json(), &self.capture) {
+            if let Ok(mut c) = c.lock() {
+                c.json = Some(value.clone());
+            }
+            return;
+        }
         if self.is_json() {
             let mut doc = serde_json::Map::new();
             doc.insert("schema".into(), 1.into());

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer, Serialize};
 use thiserror::Error;
 
-use crate::config::{Recipients, TargetUrl};
+use crate::config::{ByteSize, HumanDuration, Recipients, TargetUrl};
 use crate::pack::Packing;
 use crate::pve::PveConfig;
 
@@ -196,6 +196,29 @@ pub struct Backup {
     /// Shell command run (`sh -c`) when `snapshot` fails; the error is in TALOS_DR_* variables.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify_command: Option<String>,
+    /// Recovery point objective for `status`: the newest valid snapshot may be this old (default:
+    /// twice the installed schedule's interval, else 24h).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "backup_duration"
+    )]
+    pub rpo: Option<HumanDuration>,
+    /// How often a restore drill (`talos-dr drill`) should succeed, for `status` (default 90d).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "backup_duration"
+    )]
+    pub drill_every: Option<HumanDuration>,
+    /// etcd's backend quota (`quota-backend-bytes`) when the cluster sets one, for `status`:
+    /// `"8GiB"`, `"500MB"` or bytes (default: etcd's and Talos' 2 GiB).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "backup_quota"
+    )]
+    pub etcd_quota: Option<ByteSize>,
 }
 
 impl Default for Backup {
@@ -210,6 +233,9 @@ impl Default for Backup {
             identity_file: None,
             metrics_file: None,
             notify_command: None,
+            rpo: None,
+            drill_every: None,
+            etcd_quota: None,
         }
     }
 }
@@ -245,6 +271,14 @@ fn keyed<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D, key: &str) -> Res
 
 fn backup_recipients<'de, D: Deserializer<'de>>(d: D) -> Result<Recipients, D::Error> {
     keyed(d, "backup.recipients")
+}
+
+fn backup_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HumanDuration>, D::Error> {
+    keyed(d, "backup.rpo / backup.drill_every").map(Some)
+}
+
+fn backup_quota<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ByteSize>, D::Error> {
+    keyed(d, "backup.etcd_quota").map(Some)
 }
 
 fn offsite_url<'de, D: Deserializer<'de>>(d: D) -> Result<TargetUrl, D::Error> {

@@ -94,7 +94,30 @@ pub struct Spec {
     pub binary: PathBuf,
     pub profile_name: String,
     /// The profile directory, passed as `--config-dir` so the job does not depend on $HOME.
+    /// For a fleet job, the profiles' home (its `env` file and cron log live there).
     pub config_dir: PathBuf,
+    /// One job for several profiles (`schedule --all-profiles` or `-p a,b,c`).
+    pub fleet: Option<FleetJob>,
+}
+
+/// A job that backs up several profiles in one run: `snapshot --all-profiles` (profiles added
+/// later are included) or `-p a,b,c snapshot`, with `TALOS_DR_HOME` set to the profiles' home.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetJob {
+    /// `None`: every profile under the home at the time of each run.
+    pub profiles: Option<Vec<String>>,
+    /// `--jobs` for the run, when not the default.
+    pub jobs: Option<usize>,
+}
+
+impl FleetJob {
+    /// The label that names the job's units: `all-profiles`, or `fleet-a-b-c`.
+    pub fn label(&self) -> String {
+        match &self.profiles {
+            None => "all-profiles".into(),
+            Some(names) => format!("fleet-{}", names.join("-")),
+        }
+    }
 }
 
 impl Spec {
@@ -115,12 +138,33 @@ impl Spec {
     }
 
     fn argv(&self) -> Vec<String> {
-        vec![
-            self.binary.display().to_string(),
-            "--config-dir".into(),
-            self.config_dir.display().to_string(),
-            "snapshot".into(),
-        ]
+        let bin = self.binary.display().to_string();
+        let Some(fleet) = &self.fleet else {
+            return vec![
+                bin,
+                "--config-dir".into(),
+                self.config_dir.display().to_string(),
+                "snapshot".into(),
+            ];
+        };
+        let mut argv = vec![bin];
+        match &fleet.profiles {
+            None => argv.extend(["snapshot".into(), "--all-profiles".into()]),
+            Some(names) => argv.extend(["-p".into(), names.join(","), "snapshot".into()]),
+        }
+        if let Some(j) = fleet.jobs {
+            argv.extend(["--jobs".into(), j.to_string()]);
+        }
+        argv
+    }
+
+    /// What the units back up, for their descriptions.
+    fn what(&self) -> String {
+        match self.fleet.as_ref().map(|f| &f.profiles) {
+            None => format!("etcd snapshot of Talos cluster {}", self.profile_name),
+            Some(None) => "etcd snapshots of every talos-dr profile".into(),
+            Some(Some(names)) => format!("etcd snapshots of profiles {}", names.join(", ")),
+        }
     }
 
     /// Optional `KEY=VALUE` file for S3 credentials and the like, so no secret sits in a unit.
@@ -138,13 +182,13 @@ pub fn systemd_service(spec: &Spec) -> String {
         .join(" ");
     format!(
         "[Unit]
-Description=talos-dr: etcd snapshot of Talos cluster {name}
+Description=talos-dr: {what}
 Wants=network-online.target
 After=network-online.target
 
 [Service]
 Type=oneshot
-ExecStart={exec}
+{home}ExecStart={exec}
 # Optional KEY=VALUE lines (AWS_ACCESS_KEY_ID=…, AWS_SECRET_ACCESS_KEY=…), mode 0600.
 EnvironmentFile=-{env}
 Nice=10
@@ -152,7 +196,15 @@ IOSchedulingClass=best-effort
 IOSchedulingPriority=7
 TimeoutStartSec=2h
 ",
-        name = spec.profile_name,
+        what = spec.what(),
+        // A fleet job finds its profiles through TALOS_DR_HOME, whatever $HOME the unit has.
+        home = match &spec.fleet {
+            Some(_) => format!(
+                "Environment={}\n",
+                systemd_quote(&format!("TALOS_DR_HOME={}", spec.config_dir.display()))
+            ),
+            None => String::new(),
+        },
         env = systemd_quote(&spec.env_file().display().to_string()),
     )
 }
@@ -160,7 +212,7 @@ TimeoutStartSec=2h
 pub fn systemd_timer(spec: &Spec) -> String {
     format!(
         "[Unit]
-Description=talos-dr: etcd snapshot of Talos cluster {name}, {every}
+Description=talos-dr: {what}, {every}
 
 [Timer]
 OnCalendar={cal}
@@ -173,7 +225,7 @@ Unit={unit}.service
 [Install]
 WantedBy=timers.target
 ",
-        name = spec.profile_name,
+        what = spec.what(),
         every = spec.every,
         cal = spec.every.on_calendar(),
         unit = spec.unit_name(),
@@ -190,11 +242,62 @@ pub fn crontab_line(spec: &Spec) -> String {
         .collect::<Vec<_>>()
         .join(" ");
     let log = shell_quote(&spec.config_dir.join("snapshot.log").display().to_string());
+    let home = match &spec.fleet {
+        Some(_) => format!(
+            "TALOS_DR_HOME={} ",
+            shell_quote(&spec.config_dir.display().to_string())
+        ),
+        None => String::new(),
+    };
     format!(
-        "{} {cmd} >>{log} 2>&1  # {}\n",
+        "{} {home}{cmd} >>{log} 2>&1  # {}\n",
         spec.every.cron_fields(),
         spec.unit_name()
     )
+}
+
+/// What `schedule --install` left behind, recorded as `schedule.json` in the profile directory
+/// (or, for a fleet job, the profiles' home) so `status` can check it is still there.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Installed {
+    pub schema: u32,
+    /// `systemd` or `cron`.
+    pub kind: String,
+    pub unit: String,
+    /// The unit files written (systemd); empty for cron.
+    #[serde(default)]
+    pub files: Vec<PathBuf>,
+    pub every_seconds: u64,
+    pub installed_at: jiff::Timestamp,
+    /// A job for several profiles (recorded in the profiles' home).
+    #[serde(default)]
+    pub fleet: bool,
+    /// The fleet job's profiles (directory names); none means every profile in the home.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profiles: Option<Vec<String>>,
+}
+
+pub const RECORD_FILE: &str = "schedule.json";
+
+impl Installed {
+    /// Whether this job backs up the profile called `name`.
+    pub fn covers(&self, name: &str) -> bool {
+        match &self.profiles {
+            None => true,
+            Some(names) => names.iter().any(|n| n == name),
+        }
+    }
+}
+
+pub fn write_record(dir: &Path, record: &Installed) -> std::io::Result<()> {
+    let text = serde_json::to_string_pretty(record).map_err(std::io::Error::other)?;
+    crate::fsutil::write_atomic(&dir.join(RECORD_FILE), text.as_bytes(), 0o600)
+}
+
+/// The record in `dir`, if there is a readable one.
+pub fn read_record(dir: &Path) -> Option<Installed> {
+    let text = std::fs::read_to_string(dir.join(RECORD_FILE)).ok()?;
+    serde_json::from_str(&text).ok()
 }
 
 /// Where units go: the system directory as root, else the user's.
@@ -243,6 +346,7 @@ mod tests {
             binary: "/usr/local/bin/talos-dr".into(),
             profile_name: "lab".into(),
             config_dir: "/root/.config/talos-dr/lab dir".into(),
+            fleet: None,
         }
     }
 
@@ -283,5 +387,64 @@ mod tests {
             "{cron}"
         );
         assert_eq!(shell_quote("50%"), "'50\\%'");
+    }
+
+    #[test]
+    fn a_fleet_job_backs_up_every_profile_under_its_home() {
+        let mut s = spec(Every::Hours(6));
+        s.config_dir = "/srv/talos dr".into();
+        s.fleet = Some(FleetJob {
+            profiles: None,
+            jobs: Some(3),
+        });
+        s.profile_name = s.fleet.as_ref().unwrap().label();
+        assert_eq!(s.unit_name(), "talos-dr-snapshot-all-profiles");
+        let service = systemd_service(&s);
+        assert!(
+            service.contains("Environment=\"TALOS_DR_HOME=/srv/talos dr\"\n"),
+            "{service}"
+        );
+        assert!(
+            service
+                .contains("ExecStart=/usr/local/bin/talos-dr snapshot --all-profiles --jobs 3\n"),
+            "{service}"
+        );
+        assert!(service.contains("every talos-dr profile"));
+        assert!(!service.contains("--config-dir"));
+        let cron = crontab_line(&s);
+        assert!(
+            cron.starts_with(
+                "0 */6 * * * TALOS_DR_HOME='/srv/talos dr' /usr/local/bin/talos-dr snapshot --all-profiles --jobs 3 >>'/srv/talos dr/snapshot.log'"
+            ),
+            "{cron}"
+        );
+        s.fleet = Some(FleetJob {
+            profiles: Some(vec!["a".into(), "b".into()]),
+            jobs: None,
+        });
+        s.profile_name = s.fleet.as_ref().unwrap().label();
+        assert_eq!(s.unit_name(), "talos-dr-snapshot-fleet-a-b");
+        assert!(
+            systemd_service(&s).contains("ExecStart=/usr/local/bin/talos-dr -p a,b snapshot\n")
+        );
+        let rec = Installed {
+            schema: 1,
+            kind: "systemd".into(),
+            unit: s.unit_name(),
+            files: vec![],
+            every_seconds: 6 * 3600,
+            installed_at: jiff::Timestamp::UNIX_EPOCH,
+            fleet: true,
+            profiles: Some(vec!["a".into(), "b".into()]),
+        };
+        assert!(rec.covers("a") && !rec.covers("c"));
+        // An --all-profiles record reads back as one (no `null` lost on the way).
+        let all = Installed {
+            profiles: None,
+            ..rec
+        };
+        let back: Installed = serde_json::from_str(&serde_json::to_string(&all).unwrap()).unwrap();
+        assert_eq!(back, all);
+        assert!(back.fleet && back.covers("c"));
     }
 }

@@ -500,6 +500,17 @@ impl Talosctl {
         Ok(parse_etcd_members(&out.stdout))
     }
 
+    /// etcd's database size on `node` in bytes (`etcd status`, column DB SIZE).
+    pub async fn etcd_db_size(&self, node: &str) -> Result<u64, TalosError> {
+        let out = self
+            .call(Some(node), &["etcd", "status"], self.timeout)
+            .await?;
+        parse_etcd_db_size(&out.stdout).ok_or_else(|| TalosError::Parse {
+            command: "talosctl etcd status".into(),
+            reason: "no DB SIZE value".into(),
+        })
+    }
+
     /// Machine type per node (`controlplane`, `worker`, `init`), asking each node directly.
     pub async fn machine_types(
         &self,
@@ -588,6 +599,27 @@ pub fn parse_etcd_members(stdout: &str) -> Vec<EtcdMember> {
             })
         })
         .collect()
+}
+
+/// The largest DB SIZE in `etcd status` output (go-humanize SI sizes: `21 MB`, `4.5 MB`).
+/// Columns are separated by at least two spaces (tabwriter pads by three); values such as
+/// `21 MB` hold one.
+pub fn parse_etcd_db_size(stdout: &str) -> Option<u64> {
+    let cols = |l: &str| -> Vec<String> {
+        l.split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut lines = stdout.lines().skip_while(|l| !l.contains("DB SIZE"));
+    let header = cols(lines.next()?);
+    let at = header.iter().position(|c| c == "DB SIZE")?;
+    lines
+        .filter_map(|l| cols(l).get(at).cloned())
+        .filter_map(|v| crate::config::ByteSize::parse(&v).ok())
+        .map(|b| b.0)
+        .max()
 }
 
 /// Drops talosctl's usage text (printed after errors mentioning "flag"/"command") and blank lines.
@@ -717,6 +749,19 @@ pub fn parse_service(stdout: &str) -> Vec<ServiceStatus> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod etcd_status_tests {
+    /// The docs' sample (`reference/talos.md` §7), with a second node.
+    #[test]
+    fn db_size_from_the_docs_sample() {
+        let out = "NODE         MEMBER             DB SIZE   IN USE            LEADER             RAFT INDEX   RAFT TERM   RAFT APPLIED INDEX   LEARNER   ERRORS\n\
+172.20.0.3   ecebb05b59a776f1   21 MB     6.0 MB (29.08%)   ecebb05b59a776f1   53391        4           53391                false     \n\
+172.20.0.4   a49c021e76e707db   4.5 MB    3.0 MB (66.67%)   ecebb05b59a776f1   53391        4           53391                false     \n";
+        assert_eq!(super::parse_etcd_db_size(out), Some(21_000_000));
+        assert_eq!(super::parse_etcd_db_size("error getting status"), None);
+    }
 }
 
 #[cfg(test)]

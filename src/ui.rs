@@ -105,6 +105,86 @@ impl Reporter for RecordingReporter {
     }
 }
 
+/// Prefixes every event with a label (`[prod] …`) and keys waits by it, so that the events of
+/// several profiles running at once stay apart.
+pub struct Prefixed {
+    pub inner: std::sync::Arc<dyn Reporter>,
+    pub label: String,
+}
+
+impl Reporter for Prefixed {
+    fn report(&self, event: Event) {
+        let p = |s: String| format!("[{}] {s}", self.label);
+        self.inner.report(match event {
+            Event::StageStarted { stage, title } => Event::StageStarted {
+                stage,
+                title: p(title),
+            },
+            Event::StageFinished {
+                stage,
+                status,
+                elapsed_ms,
+                message,
+            } => Event::StageFinished {
+                stage: p(stage),
+                status,
+                elapsed_ms,
+                message,
+            },
+            Event::WaitStarted { key, message } => Event::WaitStarted {
+                key: p(key),
+                message: p(message),
+            },
+            Event::WaitProgress {
+                key,
+                message,
+                elapsed_ms,
+            } => Event::WaitProgress {
+                key: p(key),
+                message: p(message),
+                elapsed_ms,
+            },
+            Event::WaitFinished {
+                key,
+                ok,
+                message,
+                elapsed_ms,
+            } => Event::WaitFinished {
+                key: p(key),
+                ok,
+                message: p(message),
+                elapsed_ms,
+            },
+            Event::Progress {
+                key,
+                message,
+                done,
+                total,
+            } => Event::Progress {
+                key: p(key),
+                message: p(message),
+                done,
+                total,
+            },
+            Event::Retry {
+                what,
+                error,
+                delay_ms,
+            } => Event::Retry {
+                what: p(what),
+                error,
+                delay_ms,
+            },
+            Event::Info { message } => Event::Info {
+                message: p(message),
+            },
+            Event::Warning { message } => Event::Warning {
+                message: p(message),
+            },
+        });
+    }
+}
+
 /// Asks the user before destructive steps.
 ///
 /// Each method returns `Ok(None)` when nobody can be asked (no TTY, `--non-interactive`, JSON
@@ -137,5 +217,36 @@ impl Prompter for NoPrompt {
     }
     fn confirm_typed(&self, _q: &str, _e: &str) -> std::io::Result<Option<bool>> {
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixed_labels_messages_and_keys() {
+        let rec = std::sync::Arc::new(RecordingReporter::default());
+        let p = Prefixed {
+            inner: rec.clone(),
+            label: "prod".into(),
+        };
+        p.warn("disk full");
+        p.report(Event::WaitStarted {
+            key: "10.0.0.1".into(),
+            message: "waiting".into(),
+        });
+        assert_eq!(
+            rec.events(),
+            vec![
+                Event::Warning {
+                    message: "[prod] disk full".into()
+                },
+                Event::WaitStarted {
+                    key: "[prod] 10.0.0.1".into(),
+                    message: "[prod] waiting".into()
+                }
+            ]
+        );
     }
 }

@@ -4,6 +4,7 @@ mod completions;
 mod configs;
 #[cfg(feature = "demo")]
 mod demo;
+mod fleet;
 mod list;
 mod playbook_run;
 mod playbooks;
@@ -19,6 +20,7 @@ mod salvage;
 mod schedule;
 mod sets;
 mod snapshot;
+mod status;
 mod verify;
 
 use std::sync::Arc;
@@ -43,9 +45,7 @@ pub struct Ctx {
 
 impl Ctx {
     fn new(global: GlobalArgs) -> Self {
-        let printer = Printer {
-            format: global.output,
-        };
+        let printer = Printer::new(global.output);
         let reporter: Arc<dyn Reporter> =
             Arc::new(TermReporter::detect(printer.is_json(), global.quiet));
         let prompter: Box<dyn Prompter> = if global.yes {
@@ -118,11 +118,36 @@ fn config_error(e: prof::ProfileError) -> anyhow::Error {
 pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
     let ctx = Ctx::new(cli.global);
     match cli.command {
-        Command::Snapshot(args) => snapshot::run(&ctx, args).await,
+        Command::Snapshot(args) => match fleet::selection(&ctx, &args.fleet)? {
+            Some(sel) => {
+                let jobs = args.fleet.jobs;
+                fleet::run(
+                    &ctx,
+                    fleet::names(&sel)?,
+                    jobs,
+                    fleet::Action::Snapshot(args),
+                )
+                .await
+            }
+            None => snapshot::run(&ctx, args).await,
+        },
         Command::Verify(args) => verify::run(&ctx, &args),
-        Command::List(args) if args.remote => remote::list(&ctx).await,
-        Command::List(args) => list::run(&ctx, &args),
-        Command::Prune(args) => prune::run(&ctx, &args),
+        Command::List(args) => match fleet::selection(&ctx, &args.fleet)? {
+            Some(sel) => {
+                let jobs = args.fleet.jobs;
+                fleet::run(&ctx, fleet::names(&sel)?, jobs, fleet::Action::List(args)).await
+            }
+            None if args.remote => remote::list(&ctx).await,
+            None => list::run(&ctx, &args),
+        },
+        Command::Prune(args) => match fleet::selection(&ctx, &args.fleet)? {
+            Some(sel) => {
+                let jobs = args.fleet.jobs;
+                fleet::run(&ctx, fleet::names(&sel)?, jobs, fleet::Action::Prune(args)).await
+            }
+            None => prune::run(&ctx, &args),
+        },
+        Command::Status(args) => status::run(&ctx, &args).await,
         Command::Restore(args) => playbook_run::restore(&ctx, "restore", args).await,
         Command::Drill(args) => playbook_run::restore(&ctx, "drill", args).await,
         Command::Resume(args) => playbook_run::resume(&ctx, args).await,

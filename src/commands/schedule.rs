@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::json;
-use talos_dr::schedule::{self, Every, Spec};
+use talos_dr::fleet::Selection;
+use talos_dr::schedule::{self, Every, FleetJob, Spec};
 use talos_dr::{Exit, UserError, exec};
 
 use super::Ctx;
@@ -14,21 +15,48 @@ use crate::cli::ScheduleArgs;
 const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub async fn run(ctx: &Ctx, args: &ScheduleArgs) -> anyhow::Result<Exit> {
-    let profile = ctx.profile()?;
     let every = Every::from_duration(args.every).map_err(|e| UserError::usage(e.to_string()))?;
     let binary = std::env::current_exe()
         .map_err(|e| UserError::failed(format!("cannot find the talos-dr binary: {e}")))?;
-    let spec = Spec {
-        every,
-        binary,
-        profile_name: profile.name().to_owned(),
-        config_dir: std::path::absolute(&profile.config_dir)?,
+    // A fleet gets one job that runs `snapshot` for all of its profiles.
+    let spec = match super::fleet::selection(ctx, &args.fleet)? {
+        Some(sel) => {
+            // At least one profile must exist (for --all-profiles: now).
+            super::fleet::names(&sel)?;
+            let home =
+                talos_dr::profile::profiles_home().map_err(|e| UserError::usage(e.to_string()))?;
+            let job = FleetJob {
+                profiles: match sel {
+                    Selection::All => None,
+                    Selection::Named(names) => Some(names),
+                },
+                jobs: (args.fleet.jobs != 2).then_some(usize::from(args.fleet.jobs)),
+            };
+            Spec {
+                every,
+                binary,
+                profile_name: job.label(),
+                config_dir: std::path::absolute(home)?,
+                fleet: Some(job),
+            }
+        }
+        None => {
+            let profile = ctx.profile()?;
+            Spec {
+                every,
+                binary,
+                profile_name: profile.name().to_owned(),
+                config_dir: std::path::absolute(&profile.config_dir)?,
+                fleet: None,
+            }
+        }
     };
     let unit = spec.unit_name();
     if args.cron {
         let line = schedule::crontab_line(&spec);
         if args.install {
             install_cron(&unit, &line).await?;
+            record(ctx, &spec, "cron", Vec::new(), args.every);
             ctx.printer
                 .text(&format!("added to the crontab ({every}):\n{line}"));
         } else {
@@ -55,6 +83,7 @@ pub async fn run(ctx: &Ctx, args: &ScheduleArgs) -> anyhow::Result<Exit> {
             })?,
         };
         let files = install_systemd(&dir, &unit, &service, &timer, root).await?;
+        record(ctx, &spec, "systemd", files.clone(), args.every);
         ctx.printer.text(&format!(
             "installed and enabled {unit}.timer ({every}):\n  {}\n  {}\ncheck it with: systemctl {}list-timers {unit}.timer\n",
             files[0].display(),
@@ -69,8 +98,16 @@ pub async fn run(ctx: &Ctx, args: &ScheduleArgs) -> anyhow::Result<Exit> {
         let dir = schedule::default_unit_dir(root, Some(Path::new("~")))
             .unwrap_or_else(|| PathBuf::from("/etc/systemd/system"));
         ctx.printer.text(&format!(
-            "# {dir}/{unit}.service\n{service}\n# {dir}/{unit}.timer\n{timer}\n# install with: talos-dr schedule --every {} --install\n",
+            "# {dir}/{unit}.service\n{service}\n# {dir}/{unit}.timer\n{timer}\n# install with: talos-dr {}schedule --every {} --install{}\n",
+            match spec.fleet.as_ref().map(|f| &f.profiles) {
+                Some(Some(names)) => format!("-p {} ", names.join(",")),
+                _ => String::new(),
+            },
             humantime(args.every),
+            match spec.fleet.as_ref().map(|f| &f.profiles) {
+                Some(None) => " --all-profiles",
+                _ => "",
+            },
             dir = dir.display(),
         ));
         ctx.printer.json(&json!({
@@ -78,6 +115,27 @@ pub async fn run(ctx: &Ctx, args: &ScheduleArgs) -> anyhow::Result<Exit> {
         }));
     }
     Ok(Exit::Success)
+}
+
+/// Leaves `schedule.json` where `status` looks for it (the profile, or the fleet's home). Its
+/// failure is a warning: the job itself is installed.
+fn record(ctx: &Ctx, spec: &Spec, kind: &str, files: Vec<PathBuf>, every: Duration) {
+    let rec = schedule::Installed {
+        schema: 1,
+        kind: kind.to_owned(),
+        unit: spec.unit_name(),
+        files,
+        every_seconds: every.as_secs(),
+        installed_at: jiff::Timestamp::now(),
+        fleet: spec.fleet.is_some(),
+        profiles: spec.fleet.as_ref().and_then(|f| f.profiles.clone()),
+    };
+    if let Err(e) = schedule::write_record(&spec.config_dir, &rec) {
+        ctx.reporter.warn(&format!(
+            "cannot record the schedule in {}: {e} (`status` will not find it)",
+            spec.config_dir.display()
+        ));
+    }
 }
 
 fn humantime(d: Duration) -> String {

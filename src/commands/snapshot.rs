@@ -170,6 +170,19 @@ async fn monitor(
             (exit, Some(format!("{e:#}")), hints)
         }
     };
+    // For `status`: how the last run ended, scheduled or not, with or without a metrics file.
+    let last = talos_dr::status::LastRun {
+        schema: 1,
+        finished_at: jiff::Timestamp::now(),
+        exit_code: exit.code(),
+        error: error.clone(),
+    };
+    if let Err(e) = talos_dr::status::record_last_run(&profile.config_dir, &last) {
+        ctx.reporter.warn(&format!(
+            "cannot record the run in {}: {e}",
+            profile.config_dir.display()
+        ));
+    }
     if let Some(path) = profile.metrics_file() {
         let local_count = store::list(&profile.backup_dir())
             .map(|v| v.iter().filter(|e| prune_valid(e)).count())

@@ -40,6 +40,11 @@ fn demo_runs_everything_and_reports_every_stage() {
     assert!(stdout.contains("SIMULATED"));
     assert!(stdout.contains("the real kubectl"), "{stdout}");
     assert!(stdout.contains("--yes implied"));
+    // It ends with the doctor's view of the restored cluster.
+    assert!(
+        stdout.contains("`talos-dr status`\nPROFILE   STATUS"),
+        "{stdout}"
+    );
     // A real snapshot was taken and verified, and the restore checked Kubernetes with kubectl.
     let backups = tmp.path().join("profile/etcd-backups");
     assert_eq!(talos_dr::snapshot::store::list(&backups).unwrap().len(), 1);
@@ -67,6 +72,20 @@ fn demo_json_is_one_document_with_every_step() {
     assert!(vms.iter().all(|v| v["exitstatus"] == "OK"));
     assert_eq!(doc["pve_violations"], 0);
     assert_eq!(doc["report"]["undo"].as_array().unwrap().len(), 3);
+    // Then status: the fresh snapshot is green; no timer and no drill are red, and the demo
+    // still succeeds.
+    let status = &doc["status"]["profiles"][0];
+    let level = |name: &str| {
+        status["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == name)
+            .map(|c| c["level"].clone())
+    };
+    assert_eq!(level("recovery-point"), Some("green".into()), "{status}");
+    assert_eq!(level("talos-version"), Some("green".into()), "{status}");
+    assert_eq!(level("drill"), Some("red".into()), "{status}");
 }
 
 #[test]
