@@ -55,7 +55,9 @@ pub enum OffsiteError {
     Config(String),
     #[error("{0}")]
     Url(#[from] SettingError),
-    #[error("{url}: {source}")]
+    /// The message carries the whole source chain: object_store's own top line ("HTTP error:
+    /// error sending request") hides the cause (connection refused, TLS, DNS) a user needs.
+    #[error("{url}: {}", with_causes(source))]
     Store {
         url: String,
         #[source]
@@ -109,6 +111,17 @@ pub struct Manifest {
     pub snapshot: Sidecar,
 }
 
+/// Who wrote a snapshot found at the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Origin {
+    /// `etcd-YYYYmmdd-HHMMSS.snapshot[.zst][.age]`, with a manifest when confirmed.
+    TalosDr,
+    /// siderolabs/talos-backup's `<cluster>-<RFC3339>.snap[.zst][.age]`: shown so a migrating
+    /// user finds them (and can restore them), never counted or deleted by retention.
+    TalosBackup,
+}
+
 /// One snapshot at the target.
 #[derive(Debug, Clone, Serialize)]
 pub struct RemoteEntry {
@@ -118,6 +131,7 @@ pub struct RemoteEntry {
     pub size: u64,
     pub layers: Vec<Layer>,
     pub manifest: Option<Manifest>,
+    pub origin: Origin,
 }
 
 impl RemoteEntry {
@@ -525,7 +539,10 @@ impl Target {
             .filter_map(|o| {
                 let name = o.location.filename()?.to_owned();
                 let (base, layers) = pack::split_name(&name);
-                let taken_at = store::parse_name(base)?;
+                let (taken_at, origin) = match store::parse_name(base) {
+                    Some(t) => (t, Origin::TalosDr),
+                    None => (parse_talos_backup_name(base)?, Origin::TalosBackup),
+                };
                 Some(RemoteEntry {
                     url: self.url_of(&name),
                     name,
@@ -533,18 +550,27 @@ impl Target {
                     size: o.size,
                     layers,
                     manifest: None,
+                    origin,
                 })
             })
             .collect();
         // Owned names: a future borrowing the entries is not `Send` in every caller's eyes
         // (the stages box their futures as `Send`).
-        let names: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
+        let names: Vec<String> = entries
+            .iter()
+            .filter(|e| e.origin == Origin::TalosDr)
+            .map(|e| e.name.clone())
+            .collect();
         let manifests: Vec<Option<Manifest>> = futures::stream::iter(names)
             .map(|name| async move { self.read_manifest(&name).await })
             .buffered(8)
             .try_collect()
             .await?;
-        for (e, m) in entries.iter_mut().zip(manifests) {
+        for (e, m) in entries
+            .iter_mut()
+            .filter(|e| e.origin == Origin::TalosDr)
+            .zip(manifests)
+        {
             e.manifest = m;
         }
         entries.sort_by(|a, b| b.taken_at.cmp(&a.taken_at).then(b.name.cmp(&a.name)));
@@ -559,8 +585,10 @@ impl Target {
         dry_run: bool,
     ) -> Result<RemotePrune, OffsiteError> {
         let entries = self.list().await?;
+        // Only talos-dr's own copies take part: another tool's files are never deleted.
         let candidates: Vec<Candidate> = entries
             .iter()
+            .filter(|e| e.origin == Origin::TalosDr)
             .map(|e| Candidate {
                 name: e.name.clone(),
                 taken_at: e.taken_at,
@@ -583,6 +611,34 @@ impl Target {
             deleted,
             errors,
         })
+    }
+
+    /// Proves the target works for a backup without touching any snapshot: lists the prefix (the
+    /// bucket exists and the keys may read it), then writes and deletes a probe object (the keys
+    /// may write and delete, as upload and retention need). The probe's name starts with a dot,
+    /// so listing and retention never see it.
+    pub async fn probe(&self) -> Result<(), OffsiteError> {
+        let prefix = (!self.prefix.as_ref().is_empty()).then_some(&self.prefix);
+        self.store
+            .list_with_delimiter(prefix)
+            .await
+            .map_err(self.store_err(""))?;
+        let name = format!(
+            ".talos-dr-probe-{}-{}",
+            std::process::id(),
+            Timestamp::now().as_nanosecond()
+        );
+        self.store
+            .put(
+                &self.location(&name),
+                PutPayload::from_static(b"talos-dr write probe; safe to delete\n"),
+            )
+            .await
+            .map_err(self.store_err(&name))?;
+        self.store
+            .delete(&self.location(&name))
+            .await
+            .map_err(self.store_err(&name))
     }
 
     /// Deletes an object and its manifest (a missing manifest is fine).
@@ -910,6 +966,30 @@ fn read_credentials(path: &Path) -> Result<Credentials, OffsiteError> {
     }
 }
 
+/// The time in a talos-backup object's name (`<cluster>-<RFC3339>.snap`, layers removed), or
+/// `None` when the name is not one. The cluster name may itself contain dashes.
+pub fn parse_talos_backup_name(base: &str) -> Option<Timestamp> {
+    let stem = base.strip_suffix(".snap")?;
+    stem.match_indices('-')
+        .filter(|(i, _)| *i > 0)
+        .find_map(|(i, _)| stem[i + 1..].parse::<Timestamp>().ok())
+}
+
+/// `e` and every error below it, each only when it adds something to what is already said.
+pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !text.is_empty() && !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        next = cause.source();
+    }
+    msg
+}
+
 fn set_private(p: &Path) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))
@@ -1022,6 +1102,28 @@ mod tests {
         write("AWS_ACCESS_KEY_ID=SECRETVALUE\n");
         let e = read_credentials(&p).err().unwrap().to_string();
         assert!(!e.contains("SECRETVALUE"), "{e}");
+    }
+
+    #[test]
+    fn talos_backup_names_are_recognised() {
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
+        assert_eq!(
+            parse_talos_backup_name("prod-2026-11-30T02:00:00Z.snap"),
+            Some(t("2026-11-30T02:00:00Z"))
+        );
+        assert_eq!(
+            parse_talos_backup_name("my-lab-cluster-2026-11-30T03:04:05+01:00.snap"),
+            Some(t("2026-11-30T02:04:05Z"))
+        );
+        for n in [
+            "prod-2026-11-30T02:00:00Z.snapshot",
+            "prod.snap",
+            "-2026-11-30T02:00:00Z.snap",
+            "prod-yesterday.snap",
+            "etcd-20261130-020000.snapshot",
+        ] {
+            assert_eq!(parse_talos_backup_name(n), None, "{n}");
+        }
     }
 
     #[test]

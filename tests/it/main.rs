@@ -9,6 +9,7 @@ mod etcd_maker;
 mod kube;
 mod monitor;
 mod offsite;
+mod offsite_fixes;
 mod pack;
 mod proxmox_cli;
 mod pve;

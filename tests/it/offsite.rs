@@ -145,13 +145,13 @@ fn plant_remote(dir: &Path, name: &str, recipient: &str) {
 // ---------------------------------------------------------------------------------------------
 // A real S3-compatible server: moto, started per test on a free port.
 
-struct Moto {
-    child: Child,
-    port: u16,
+pub(crate) struct Moto {
+    pub(crate) child: Child,
+    pub(crate) port: u16,
 }
 
 impl Moto {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let port = free_port();
         let python = tool_python();
         let child = Command::new(&python)
@@ -185,7 +185,7 @@ impl Moto {
         moto
     }
 
-    fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
@@ -196,7 +196,7 @@ impl Moto {
     }
 
     /// Object keys under `prefix` (path-style ListObjectsV2, unsigned).
-    fn keys(&self, prefix: &str) -> Vec<String> {
+    pub(crate) fn keys(&self, prefix: &str) -> Vec<String> {
         let reply = http(
             self.port,
             "GET",
@@ -261,7 +261,7 @@ fn http(port: u16, method: &str, path: &str) -> String {
     reply
 }
 
-fn s3_cmd(env: &Env) -> assert_cmd::Command {
+pub(crate) fn s3_cmd(env: &Env) -> assert_cmd::Command {
     let mut c = env.cmd();
     c.env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
@@ -273,7 +273,7 @@ fn s3_cmd(env: &Env) -> assert_cmd::Command {
     c
 }
 
-fn s3_profile(env: &Env, endpoint: &str, recipient: &str, key: &Path) {
+pub(crate) fn s3_profile(env: &Env, endpoint: &str, recipient: &str, key: &Path) {
     append_profile(
         env,
         &format!(
