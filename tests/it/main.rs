@@ -15,6 +15,7 @@ mod proxmox_cli;
 mod pve;
 mod pve_sim;
 mod restore;
+mod retention_cli;
 mod sets;
 mod sim_disasters;
 mod sim_golden;
