@@ -641,6 +641,89 @@ impl Target {
             .map_err(self.store_err(&name))
     }
 
+    /// The manifest `<name>.json`, if there is one that parses.
+    pub async fn manifest(&self, name: &str) -> Result<Option<Manifest>, OffsiteError> {
+        self.read_manifest(name).await
+    }
+
+    /// Reads a copy in full without writing anything to disk: the object streams through a
+    /// bounded channel into a blocking thread that hashes it, decrypts it (with `identities`),
+    /// decompresses it and digests the plain snapshot. Memory stays bounded for any size.
+    /// Without an identity an encrypted copy is only hashed (`plain` is `None`). A network error
+    /// is a [`OffsiteError::Store`]; data that does not unpack is [`CopyRead::unpack_error`].
+    pub async fn read_copy(
+        &self,
+        name: &str,
+        identities: Option<Arc<Identities>>,
+    ) -> Result<CopyRead, OffsiteError> {
+        let url = self.url_of(name);
+        let got = self
+            .store
+            .get(&self.location(name))
+            .await
+            .map_err(self.store_err(name))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(8);
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut input = crate::check::HashingReader::new(ChannelReader {
+                rx,
+                cur: bytes::Bytes::new(),
+            });
+            let mut plain = crate::check::PlainDigest::default();
+            let unpacked = match pack::unpack(&mut input, &mut plain, identities.as_deref()) {
+                Ok((layers, _)) => Ok(Some((layers, plain))),
+                // No key here: the packed bytes are still hashed in full.
+                Err(pack::PackError::NoIdentity) => io::copy(&mut input, &mut io::sink())
+                    .map(|_| None)
+                    .map_err(pack::PackError::Io),
+                Err(e) => Err(e),
+            };
+            // Drain what is left so the packed hash covers the whole object.
+            let drained = io::copy(&mut input, &mut io::sink());
+            (unpacked, drained, input.finish())
+        });
+        let mut stream = got.into_stream();
+        let mut network: Option<object_store::Error> = None;
+        while let Some(chunk) = stream.next().await {
+            let item = match chunk {
+                Ok(b) => Ok(b),
+                Err(e) => {
+                    let msg = with_causes(&e);
+                    network = Some(e);
+                    Err(io::Error::other(msg))
+                }
+            };
+            let stop = item.is_err();
+            if tx.send(item).await.is_err() || stop {
+                break;
+            }
+        }
+        drop(tx);
+        let (unpacked, drained, (packed_size, packed_sha256)) =
+            reader.await.map_err(|e| OffsiteError::Check {
+                url: url.clone(),
+                message: format!("the reading thread failed: {e}"),
+            })?;
+        if let Some(e) = network {
+            return Err(self.store_err(name)(e));
+        }
+        drained.map_err(|source| OffsiteError::Io {
+            path: PathBuf::from(&url),
+            source,
+        })?;
+        let (layers, plain, unpack_error) = match unpacked {
+            Ok(Some((layers, plain))) => (layers, Some(plain.finish()), None),
+            Ok(None) => (vec![Layer::Age], None, None),
+            Err(e) => (Vec::new(), None, Some(e)),
+        };
+        Ok(CopyRead {
+            packed_size,
+            packed_sha256,
+            layers,
+            plain,
+            unpack_error,
+        })
+    }
+
     /// Deletes an object and its manifest (a missing manifest is fine).
     pub async fn delete(&self, name: &str) -> Result<(), OffsiteError> {
         self.store
@@ -739,6 +822,42 @@ impl Target {
         }
         tmp.persist(dst).map_err(|e| io_err(e.error))?;
         Ok(manifest)
+    }
+}
+
+/// What [`Target::read_copy`] found.
+#[derive(Debug)]
+pub struct CopyRead {
+    /// Bytes and sha256 of the object as stored.
+    pub packed_size: u64,
+    pub packed_sha256: String,
+    /// Layers removed, outermost first.
+    pub layers: Vec<Layer>,
+    /// The plain snapshot inside, when it could be unpacked.
+    pub plain: Option<crate::check::Digest>,
+    /// Why it could not be unpacked (damaged data, wrong key); the packed hash is still whole.
+    pub unpack_error: Option<pack::PackError>,
+}
+
+/// A blocking `Read` over chunks sent from the async side; bounded by the channel's capacity.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<io::Result<bytes::Bytes>>,
+    cur: bytes::Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.cur = b,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        self.cur = self.cur.slice(n..);
+        Ok(n)
     }
 }
 

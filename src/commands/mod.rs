@@ -1,5 +1,6 @@
 //! One file per subcommand; each is a thin adapter: arguments → library call → printer.
 
+mod check;
 mod completions;
 #[cfg(feature = "demo")]
 mod demo;
@@ -121,6 +122,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::List(args) if args.remote => remote::list(&ctx).await,
         Command::List(args) => list::run(&ctx, &args),
         Command::Prune(args) => prune::run(&ctx, &args),
+        Command::Check(args) => check::run(&ctx, &args).await,
         Command::Restore(args) => playbook_run::restore(&ctx, "restore", args).await,
         Command::Drill(args) => playbook_run::restore(&ctx, "drill", args).await,
         Command::Resume(args) => playbook_run::resume(&ctx, args).await,

@@ -1,6 +1,7 @@
 //! One integration-test binary (ripgrep/uv style): modules per area.
 
 mod backup;
+mod check_cli;
 mod cli_snapshots;
 mod common;
 mod demo;
