@@ -273,10 +273,7 @@ pub async fn run(
     if !opts.prune || copy_failed {
         return Ok(outcome);
     }
-    let policy = KeepPolicy {
-        retention_days: backup.retention_days,
-        keep_last: backup.keep_last,
-    };
+    let policy = KeepPolicy::from_backup(backup);
     let dir = profile.backup_dir();
     outcome.pruned = Some(
         prune::prune(&dir, policy, jiff::Timestamp::now(), false).map_err(|e| {

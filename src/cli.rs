@@ -98,6 +98,17 @@ pub enum Command {
     List(ListArgs),
     /// Delete snapshots past retention (the newest keep_last valid ones always stay)
     Prune(PruneArgs),
+    /// Re-verify what is stored: local snapshots, and with --remote the off-site copies
+    ///
+    /// Every local snapshot is read again and must match its sidecar (sha256, etcd status; a
+    /// packed one its stored sha256, and with an identity the plain snapshot's). With --remote,
+    /// every off-site copy must have a manifest that matches it; with --read-data it is also
+    /// downloaded streaming, decrypted and decompressed (nothing written to disk) and must match
+    /// the verified snapshot's sha256. --read-data=N% reads an N% sample instead, chosen by
+    /// --seed (random and printed when not given). Writes <config_dir>/check.json and, with
+    /// backup.metrics_file, talos_dr_check_* metrics. Exit 3 when anything is damaged (each
+    /// damaged copy is named with what to do), 1 when something could not be read.
+    Check(CheckArgs),
     /// Restore etcd from a snapshot on every control-plane node (playbook `restore`)
     ///
     /// Stages: preflight (snapshot verifies, every node answers — an unreachable one stops the
@@ -516,6 +527,29 @@ pub struct PruneArgs {
     pub dry_run: bool,
     #[command(flatten)]
     pub fleet: FleetArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Also check the [offsite] copies (against their manifests; with --read-data, downloaded)
+    #[arg(long)]
+    pub remote: bool,
+    /// Read the off-site copies' data too: all of it, or an N% sample (which also samples the
+    /// local snapshots)
+    #[arg(
+        long,
+        value_name = "N%",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "100%"
+    )]
+    pub read_data: Option<String>,
+    /// Seed that picks the --read-data=N% sample, to repeat a check (default: random, printed)
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// age identity file to decrypt packed copies (default: profile backup.identity_file)
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

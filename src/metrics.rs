@@ -121,22 +121,80 @@ pub fn parse_previous(text: &str) -> Previous {
     p
 }
 
-/// Writes the metrics file atomically (mode 0644: the collector runs as another user). The
-/// `status` families already in the file stay.
+/// Writes the metrics file atomically (mode 0644: the collector runs as another user). Other
+/// commands' metrics in the same file (`talos_dr_check_*`) are kept.
 pub fn write(path: &Path, m: &RunMetrics) -> std::io::Result<()> {
     let old = std::fs::read_to_string(path).unwrap_or_default();
     let prev = parse_previous(&old);
-    let mut text = render(m, prev);
-    text.push_str(&keep_families(&old, |name| !name.starts_with(PREFIX)));
-    replace(path, &text)
+    write_family(path, &old, PREFIX, &render(m, prev))
 }
 
-fn replace(path: &Path, text: &str) -> std::io::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    crate::fsutil::write_atomic(path, text.as_bytes(), 0o644)
+/// Replaces the lines of one metric family (names starting with `prefix`, with their HELP and
+/// TYPE lines) in the file's text `old` by `new`, and writes the result atomically, mode 0644.
+fn write_family(path: &Path, old: &str, prefix: &str, new: &str) -> std::io::Result<()> {
+    replace(path, &merge(old, prefix, new))
 }
+
+/// `old` without the lines of family `prefix`, then `new`. Pure, for tests.
+pub fn merge(old: &str, prefix: &str, new: &str) -> String {
+    let mut out = keep_families(old, |name| !name.starts_with(prefix));
+    out.push_str(new);
+    out
+}
+
+const CHECK_PREFIX: &str = "talos_dr_check_";
+
+/// What one `check` run found, for the textfile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckMetrics {
+    pub profile: String,
+    pub finished_at: Timestamp,
+    pub remote: bool,
+    pub checked: usize,
+    pub damaged: usize,
+    pub errors: usize,
+}
+
+pub fn render_check(m: &CheckMetrics) -> String {
+    let label = format!(
+        "{{profile=\"{}\",remote=\"{}\"}}",
+        escape_label(&m.profile),
+        m.remote
+    );
+    let mut out = String::new();
+    for (name, help, value) in [
+        (
+            "last_run_timestamp_seconds",
+            "Unix time the last talos-dr check finished.",
+            m.finished_at.as_millisecond() as f64 / 1000.0,
+        ),
+        (
+            "checked",
+            "Snapshots the last check looked at (local and off-site).",
+            m.checked as f64,
+        ),
+        (
+            "damaged",
+            "Snapshots the last check found damaged (0 = all good).",
+            m.damaged as f64,
+        ),
+        (
+            "errors",
+            "Copies the last check could not read (network, permissions).",
+            m.errors as f64,
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {CHECK_PREFIX}{name} {help}\n# TYPE {CHECK_PREFIX}{name} gauge\n{CHECK_PREFIX}{name}{label} {value}\n"
+        ));
+    }
+    out
+}
+
+/// Writes the `check` metrics into the metrics file, keeping the `snapshot` ones.
+pub fn write_check(path: &Path, m: &CheckMetrics) -> std::io::Result<()> {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    write_family(path, &old, CHECK_PREFIX, &render_check(m))
 
 /// The lines of `text` (HELP, TYPE and samples) whose metric name `keep` accepts, so `snapshot`
 /// and `status` can share one textfile, each replacing only its own families.
@@ -218,6 +276,13 @@ pub fn write_status(path: &Path, m: &StatusMetrics) -> std::io::Result<()> {
     let mut text = keep_families(&old, |name| !STATUS_FAMILIES.contains(&name));
     text.push_str(&render_status(m));
     replace(path, &text)
+}
+
+fn replace(path: &Path, text: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    crate::fsutil::write_atomic(path, text.as_bytes(), 0o644)
 }
 
 fn escape_label(s: &str) -> String {
@@ -345,6 +410,30 @@ mod tests {
             text.matches("# TYPE talos_dr_snapshot_count gauge").count(),
             1
         );
+    }
+
+    #[test]
+    fn check_and_snapshot_metrics_share_the_file() {
+        let snap = render(&run(0), Previous::default());
+        let check = render_check(&CheckMetrics {
+            profile: "lab".into(),
+            finished_at: "2026-11-30T04:00:00Z".parse().unwrap(),
+            remote: true,
+            checked: 5,
+            damaged: 1,
+            errors: 0,
+        });
+        let both = merge(&snap, CHECK_PREFIX, &check);
+        assert!(both.starts_with(&snap));
+        assert!(both.contains("talos_dr_check_damaged{profile=\"lab\",remote=\"true\"} 1\n"));
+        // A later snapshot run replaces its own lines and keeps the check's.
+        let again = merge(&both, PREFIX, &snap);
+        assert!(again.contains(&check), "{again}");
+        assert_eq!(again.matches("talos_dr_snapshot_count{").count(), 1);
+        // A later check replaces the check's lines only.
+        let twice = merge(&again, CHECK_PREFIX, &check);
+        assert_eq!(twice.matches("talos_dr_check_damaged{").count(), 1);
+        assert_eq!(twice.matches("talos_dr_snapshot_count{").count(), 1);
     }
 
     #[test]

@@ -55,7 +55,9 @@ pub enum OffsiteError {
     Config(String),
     #[error("{0}")]
     Url(#[from] SettingError),
-    #[error("{url}: {source}")]
+    /// The message carries the whole source chain: object_store's own top line ("HTTP error:
+    /// error sending request") hides the cause (connection refused, TLS, DNS) a user needs.
+    #[error("{url}: {}", with_causes(source))]
     Store {
         url: String,
         #[source]
@@ -109,6 +111,17 @@ pub struct Manifest {
     pub snapshot: Sidecar,
 }
 
+/// Who wrote a snapshot found at the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Origin {
+    /// `etcd-YYYYmmdd-HHMMSS.snapshot[.zst][.age]`, with a manifest when confirmed.
+    TalosDr,
+    /// siderolabs/talos-backup's `<cluster>-<RFC3339>.snap[.zst][.age]`: shown so a migrating
+    /// user finds them (and can restore them), never counted or deleted by retention.
+    TalosBackup,
+}
+
 /// One snapshot at the target.
 #[derive(Debug, Clone, Serialize)]
 pub struct RemoteEntry {
@@ -118,6 +131,7 @@ pub struct RemoteEntry {
     pub size: u64,
     pub layers: Vec<Layer>,
     pub manifest: Option<Manifest>,
+    pub origin: Origin,
 }
 
 impl RemoteEntry {
@@ -602,7 +616,10 @@ impl Target {
             .filter_map(|o| {
                 let name = o.location.filename()?.to_owned();
                 let (base, layers) = pack::split_name(&name);
-                let taken_at = store::parse_name(base)?;
+                let (taken_at, origin) = match store::parse_name(base) {
+                    Some(t) => (t, Origin::TalosDr),
+                    None => (parse_talos_backup_name(base)?, Origin::TalosBackup),
+                };
                 Some(RemoteEntry {
                     url: self.url_of(&name),
                     name,
@@ -610,18 +627,27 @@ impl Target {
                     size: o.size,
                     layers,
                     manifest: None,
+                    origin,
                 })
             })
             .collect();
         // Owned names: a future borrowing the entries is not `Send` in every caller's eyes
         // (the stages box their futures as `Send`).
-        let names: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
+        let names: Vec<String> = entries
+            .iter()
+            .filter(|e| e.origin == Origin::TalosDr)
+            .map(|e| e.name.clone())
+            .collect();
         let manifests: Vec<Option<Manifest>> = futures::stream::iter(names)
             .map(|name| async move { self.read_manifest(&name).await })
             .buffered(8)
             .try_collect()
             .await?;
-        for (e, m) in entries.iter_mut().zip(manifests) {
+        for (e, m) in entries
+            .iter_mut()
+            .filter(|e| e.origin == Origin::TalosDr)
+            .zip(manifests)
+        {
             e.manifest = m;
         }
         entries.sort_by(|a, b| b.taken_at.cmp(&a.taken_at).then(b.name.cmp(&a.name)));
@@ -636,8 +662,10 @@ impl Target {
         dry_run: bool,
     ) -> Result<RemotePrune, OffsiteError> {
         let entries = self.list().await?;
+        // Only talos-dr's own copies take part: another tool's files are never deleted.
         let candidates: Vec<Candidate> = entries
             .iter()
+            .filter(|e| e.origin == Origin::TalosDr)
             .map(|e| Candidate {
                 name: e.name.clone(),
                 taken_at: e.taken_at,
@@ -659,6 +687,117 @@ impl Target {
             decisions,
             deleted,
             errors,
+        })
+    }
+
+    /// Proves the target works for a backup without touching any snapshot: lists the prefix (the
+    /// bucket exists and the keys may read it), then writes and deletes a probe object (the keys
+    /// may write and delete, as upload and retention need). The probe's name starts with a dot,
+    /// so listing and retention never see it.
+    pub async fn probe(&self) -> Result<(), OffsiteError> {
+        let prefix = (!self.prefix.as_ref().is_empty()).then_some(&self.prefix);
+        self.store
+            .list_with_delimiter(prefix)
+            .await
+            .map_err(self.store_err(""))?;
+        let name = format!(
+            ".talos-dr-probe-{}-{}",
+            std::process::id(),
+            Timestamp::now().as_nanosecond()
+        );
+        self.store
+            .put(
+                &self.location(&name),
+                PutPayload::from_static(b"talos-dr write probe; safe to delete\n"),
+            )
+            .await
+            .map_err(self.store_err(&name))?;
+        self.store
+            .delete(&self.location(&name))
+            .await
+            .map_err(self.store_err(&name))
+    }
+
+    /// The manifest `<name>.json`, if there is one that parses.
+    pub async fn manifest(&self, name: &str) -> Result<Option<Manifest>, OffsiteError> {
+        self.read_manifest(name).await
+    }
+
+    /// Reads a copy in full without writing anything to disk: the object streams through a
+    /// bounded channel into a blocking thread that hashes it, decrypts it (with `identities`),
+    /// decompresses it and digests the plain snapshot. Memory stays bounded for any size.
+    /// Without an identity an encrypted copy is only hashed (`plain` is `None`). A network error
+    /// is a [`OffsiteError::Store`]; data that does not unpack is [`CopyRead::unpack_error`].
+    pub async fn read_copy(
+        &self,
+        name: &str,
+        identities: Option<Arc<Identities>>,
+    ) -> Result<CopyRead, OffsiteError> {
+        let url = self.url_of(name);
+        let got = self
+            .store
+            .get(&self.location(name))
+            .await
+            .map_err(self.store_err(name))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(8);
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut input = crate::check::HashingReader::new(ChannelReader {
+                rx,
+                cur: bytes::Bytes::new(),
+            });
+            let mut plain = crate::check::PlainDigest::default();
+            let unpacked = match pack::unpack(&mut input, &mut plain, identities.as_deref()) {
+                Ok((layers, _)) => Ok(Some((layers, plain))),
+                // No key here: the packed bytes are still hashed in full.
+                Err(pack::PackError::NoIdentity) => io::copy(&mut input, &mut io::sink())
+                    .map(|_| None)
+                    .map_err(pack::PackError::Io),
+                Err(e) => Err(e),
+            };
+            // Drain what is left so the packed hash covers the whole object.
+            let drained = io::copy(&mut input, &mut io::sink());
+            (unpacked, drained, input.finish())
+        });
+        let mut stream = got.into_stream();
+        let mut network: Option<object_store::Error> = None;
+        while let Some(chunk) = stream.next().await {
+            let item = match chunk {
+                Ok(b) => Ok(b),
+                Err(e) => {
+                    let msg = with_causes(&e);
+                    network = Some(e);
+                    Err(io::Error::other(msg))
+                }
+            };
+            let stop = item.is_err();
+            if tx.send(item).await.is_err() || stop {
+                break;
+            }
+        }
+        drop(tx);
+        let (unpacked, drained, (packed_size, packed_sha256)) =
+            reader.await.map_err(|e| OffsiteError::Check {
+                url: url.clone(),
+                message: format!("the reading thread failed: {e}"),
+            })?;
+        if let Some(e) = network {
+            return Err(self.store_err(name)(e));
+        }
+        drained.map_err(|source| OffsiteError::Io {
+            path: PathBuf::from(&url),
+            source,
+        })?;
+        let (layers, plain, unpack_error) = match unpacked {
+            Ok(Some((layers, plain))) => (layers, Some(plain.finish()), None),
+            Ok(None) => (vec![Layer::Age], None, None),
+            Err(e) => (Vec::new(), None, Some(e)),
+        };
+        Ok(CopyRead {
+            packed_size,
+            packed_sha256,
+            layers,
+            plain,
+            unpack_error,
         })
     }
 
@@ -760,6 +899,42 @@ impl Target {
         }
         tmp.persist(dst).map_err(|e| io_err(e.error))?;
         Ok(manifest)
+    }
+}
+
+/// What [`Target::read_copy`] found.
+#[derive(Debug)]
+pub struct CopyRead {
+    /// Bytes and sha256 of the object as stored.
+    pub packed_size: u64,
+    pub packed_sha256: String,
+    /// Layers removed, outermost first.
+    pub layers: Vec<Layer>,
+    /// The plain snapshot inside, when it could be unpacked.
+    pub plain: Option<crate::check::Digest>,
+    /// Why it could not be unpacked (damaged data, wrong key); the packed hash is still whole.
+    pub unpack_error: Option<pack::PackError>,
+}
+
+/// A blocking `Read` over chunks sent from the async side; bounded by the channel's capacity.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<io::Result<bytes::Bytes>>,
+    cur: bytes::Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.cur = b,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        self.cur = self.cur.slice(n..);
+        Ok(n)
     }
 }
 
@@ -987,6 +1162,30 @@ fn read_credentials(path: &Path) -> Result<Credentials, OffsiteError> {
     }
 }
 
+/// The time in a talos-backup object's name (`<cluster>-<RFC3339>.snap`, layers removed), or
+/// `None` when the name is not one. The cluster name may itself contain dashes.
+pub fn parse_talos_backup_name(base: &str) -> Option<Timestamp> {
+    let stem = base.strip_suffix(".snap")?;
+    stem.match_indices('-')
+        .filter(|(i, _)| *i > 0)
+        .find_map(|(i, _)| stem[i + 1..].parse::<Timestamp>().ok())
+}
+
+/// `e` and every error below it, each only when it adds something to what is already said.
+pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !text.is_empty() && !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        next = cause.source();
+    }
+    msg
+}
+
 fn set_private(p: &Path) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))
@@ -1099,6 +1298,28 @@ mod tests {
         write("AWS_ACCESS_KEY_ID=SECRETVALUE\n");
         let e = read_credentials(&p).err().unwrap().to_string();
         assert!(!e.contains("SECRETVALUE"), "{e}");
+    }
+
+    #[test]
+    fn talos_backup_names_are_recognised() {
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
+        assert_eq!(
+            parse_talos_backup_name("prod-2026-11-30T02:00:00Z.snap"),
+            Some(t("2026-11-30T02:00:00Z"))
+        );
+        assert_eq!(
+            parse_talos_backup_name("my-lab-cluster-2026-11-30T03:04:05+01:00.snap"),
+            Some(t("2026-11-30T02:04:05Z"))
+        );
+        for n in [
+            "prod-2026-11-30T02:00:00Z.snapshot",
+            "prod.snap",
+            "-2026-11-30T02:00:00Z.snap",
+            "prod-yesterday.snap",
+            "etcd-20261130-020000.snapshot",
+        ] {
+            assert_eq!(parse_talos_backup_name(n), None, "{n}");
+        }
     }
 
     #[test]

@@ -75,10 +75,26 @@ pub enum PackError {
     )]
     NoIdentity,
     #[error(
-        "none of the identities in {} can decrypt it: it was encrypted to other recipients",
-        path.display()
+        "none of the identities in {} ({}) can decrypt it: it was encrypted to other recipients",
+        path.display(),
+        describe_recipients(recipients)
     )]
-    WrongIdentity { path: PathBuf },
+    WrongIdentity {
+        path: PathBuf,
+        recipients: Vec<String>,
+    },
+    /// The age layer opened with the identity but does not authenticate: tampering, bit rot, or
+    /// a header rewritten for another key.
+    #[error(
+        "the age-encrypted data does not decrypt ({cause}): it is damaged, or it was encrypted to another key than the identity in {} ({})",
+        path.display(),
+        describe_recipients(recipients)
+    )]
+    Damaged {
+        path: PathBuf,
+        recipients: Vec<String>,
+        cause: String,
+    },
     #[error("it is ASCII-armored age; dearmor it first (`age -d` reads it directly)")]
     Armored,
     #[error("it is not a readable age file: {0}")]
@@ -180,10 +196,22 @@ pub fn sniff_file(path: &Path) -> io::Result<Option<Layer>> {
     Ok(sniff(&head[..n]))
 }
 
+/// `recipient age1…` / `recipients age1…, age1…`: which public keys an identity file answers
+/// to, so a user can compare them with `backup.recipients`.
+fn describe_recipients(r: &[String]) -> String {
+    match r {
+        [] => "no X25519 recipient".to_owned(),
+        [one] => format!("recipient {one}"),
+        many => format!("recipients {}", many.join(", ")),
+    }
+}
+
 /// The identities of one age identity file (never printed: they are secret keys).
 pub struct Identities {
     path: PathBuf,
     ids: Vec<Box<dyn age::Identity + Send + Sync>>,
+    /// The public keys of the X25519 identities (safe to print).
+    recipients: Vec<String>,
 }
 
 impl fmt::Debug for Identities {
@@ -219,14 +247,37 @@ impl Identities {
                     .into(),
             ));
         }
+        // The public halves, for messages; the secret lines are parsed again only for this.
+        let recipients = std::fs::read_to_string(path)
+            .map(|text| {
+                text.lines()
+                    .filter_map(|l| l.trim().parse::<age::x25519::Identity>().ok())
+                    .map(|id| id.to_public().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(Self {
             path: path.to_path_buf(),
             ids,
+            recipients,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The `age1…` recipients these identities decrypt.
+    pub fn recipients(&self) -> &[String] {
+        &self.recipients
+    }
+
+    fn damaged(&self, cause: String) -> PackError {
+        PackError::Damaged {
+            path: self.path.clone(),
+            recipients: self.recipients.clone(),
+            cause,
+        }
     }
 }
 
@@ -291,21 +342,67 @@ pub fn unpack<R: Read, W: Write>(
             .map_err(|e| match e {
                 age::DecryptError::NoMatchingKeys => PackError::WrongIdentity {
                     path: ids.path.clone(),
+                    recipients: ids.recipients.clone(),
                 },
+                // A header that parses but does not authenticate: changed after it was written.
+                age::DecryptError::InvalidMac | age::DecryptError::DecryptionFailed => {
+                    ids.damaged(e.to_string())
+                }
                 other => PackError::Age(other.to_string()),
             })?;
-        reader = Box::new(BufReader::with_capacity(BUF, plain));
+        reader = Box::new(BufReader::with_capacity(BUF, AgePayload { inner: plain }));
         layers.push(Layer::Age);
     }
-    let n = if reader.fill_buf()?.starts_with(ZSTD_MAGIC) {
-        layers.push(Layer::Zstd);
-        let mut z = zstd::Decoder::with_buffer(reader)?;
-        io::copy(&mut z, &mut out)?
-    } else {
-        io::copy(&mut reader, &mut out)?
-    };
-    out.flush()?;
-    Ok((layers, n))
+    let copied = (|| {
+        let n = if reader.fill_buf()?.starts_with(ZSTD_MAGIC) {
+            layers.push(Layer::Zstd);
+            let mut z = zstd::Decoder::with_buffer(reader)?;
+            io::copy(&mut z, &mut out)?
+        } else {
+            io::copy(&mut reader, &mut out)?
+        };
+        out.flush()?;
+        Ok(n)
+    })();
+    match copied {
+        Ok(n) => Ok((layers, n)),
+        Err(e) => Err(match (payload_failure(&e), identities) {
+            (Some(cause), Some(ids)) => ids.damaged(cause),
+            _ => PackError::Io(e),
+        }),
+    }
+}
+
+/// Marks errors of the age payload stream (a chunk whose tag does not verify) so that they can
+/// be told apart from errors of the zstd layer or the output after `io::copy`.
+struct AgePayload<R> {
+    inner: R,
+}
+
+#[derive(Debug)]
+struct PayloadError(io::Error);
+
+impl fmt::Display for PayloadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for PayloadError {}
+
+impl<R: Read> Read for AgePayload<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner
+            .read(buf)
+            .map_err(|e| io::Error::new(e.kind(), PayloadError(e)))
+    }
+}
+
+/// The age stream's own message when `e` came from the payload.
+fn payload_failure(e: &io::Error) -> Option<String> {
+    e.get_ref()
+        .and_then(|i| i.downcast_ref::<PayloadError>())
+        .map(|p| p.0.to_string())
 }
 
 /// Bytes of an object's start that hold the age header and the first 64 KiB chunk (a header
@@ -593,6 +690,47 @@ mod tests {
             !open_head(b"not a database at all, nope", None)
                 .unwrap()
                 .bolt
+        );
+    }
+
+    #[test]
+    fn a_damaged_payload_says_so_and_names_the_identity_recipient() {
+        let (id, r) = key();
+        let (_d, ids) = identities(&id);
+        assert_eq!(ids.recipients(), [r.to_string()]);
+        // Barely compressible, so the payload stays far longer than the header.
+        let data: Vec<u8> = (0..200_000u64)
+            .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8)
+            .collect();
+        for compress in [false, true] {
+            let p = Packing {
+                compress,
+                recipients: vec![r.clone()].into(),
+            };
+            let (_, mut packed) = pack(&data[..], Vec::new(), &p).unwrap();
+            // One flipped byte deep in the payload: the header still opens with the key.
+            let at = packed.len() - 100;
+            packed[at] ^= 0x01;
+            let e = unpack(&packed[..], Vec::new(), Some(&ids)).unwrap_err();
+            assert!(matches!(e, PackError::Damaged { .. }), "{e}");
+            let msg = e.to_string();
+            assert!(msg.contains("damaged"), "{msg}");
+            assert!(msg.contains("another key"), "{msg}");
+            assert!(msg.contains(&r.to_string()), "{msg}");
+            assert!(msg.contains("decryption error"), "{msg}");
+        }
+        // A wrong key names the recipient it has.
+        let (other, _) = key();
+        let (_d2, other_ids) = identities(&other);
+        let p = Packing {
+            compress: false,
+            recipients: vec![r.clone()].into(),
+        };
+        let (_, packed) = pack(&data[..], Vec::new(), &p).unwrap();
+        let e = unpack(&packed[..], Vec::new(), Some(&other_ids)).unwrap_err();
+        assert!(
+            e.to_string().contains(&other.to_public().to_string()),
+            "{e}"
         );
     }
 

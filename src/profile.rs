@@ -173,6 +173,18 @@ pub struct Backup {
     pub retention_days: u32,
     #[serde(default = "default_keep_last")]
     pub keep_last: u32,
+    /// Calendar retention (restic's rules, UTC): the newest valid snapshot of each of the newest
+    /// N hours / days / ISO weeks / months / years that have one; 0 turns a rule off.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub keep_hourly: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub keep_daily: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub keep_weekly: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub keep_monthly: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub keep_yearly: u32,
     /// zstd-compress stored copies (local when `encrypt` is set, and off-site): `.zst`.
     #[serde(default)]
     pub compress: bool,
@@ -227,6 +239,11 @@ impl Default for Backup {
             dir: default_backup_dir(),
             retention_days: default_retention_days(),
             keep_last: default_keep_last(),
+            keep_hourly: 0,
+            keep_daily: 0,
+            keep_weekly: 0,
+            keep_monthly: 0,
+            keep_yearly: 0,
             compress: false,
             encrypt: false,
             recipients: Recipients::default(),
@@ -293,6 +310,9 @@ fn default_retention_days() -> u32 {
 }
 fn default_keep_last() -> u32 {
     3
+}
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 fn default_offsite_retries() -> u32 {
     3
@@ -635,6 +655,11 @@ pub fn render(file: &ProfileFile) -> String {
         "keep_last = {}        # …but never the newest N valid ones\n",
         file.backup.keep_last
     ));
+    out.push_str(
+        "# keep_daily = 7                 # calendar retention (UTC): newest of each of 7 days,\n\
+         # keep_weekly = 4                #   4 ISO weeks, 6 months… (also keep_hourly, keep_yearly)\n\
+         # keep_monthly = 6\n",
+    );
     out.push_str(
         "# compress = true                # zstd (.zst) for stored and off-site copies\n\
          # recipients = [\"age1…\"]        # encrypt copies with age (`age-keygen -y KEYFILE`)\n\

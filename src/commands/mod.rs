@@ -1,5 +1,6 @@
 //! One file per subcommand; each is a thin adapter: arguments → library call → printer.
 
+mod check;
 mod completions;
 mod configs;
 #[cfg(feature = "demo")]
@@ -148,6 +149,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
             None => prune::run(&ctx, &args),
         },
         Command::Status(args) => status::run(&ctx, &args).await,
+        Command::Check(args) => check::run(&ctx, &args).await,
         Command::Restore(args) => playbook_run::restore(&ctx, "restore", args).await,
         Command::Drill(args) => playbook_run::restore(&ctx, "drill", args).await,
         Command::Resume(args) => playbook_run::resume(&ctx, args).await,

@@ -322,6 +322,16 @@ pub async fn check(ctx: &Ctx) -> anyhow::Result<Exit> {
             }
         ),
     );
+    // The same settings `snapshot`, `restore` and `verify` use, failing with the exit code they
+    // give: a broken setting is 2, a target that does not answer is 1 (the failed copy).
+    for c in offsite_checks(&p).await {
+        if let Some(code) = c.fail
+            && (code == Exit::Usage || exit == Exit::Success)
+        {
+            exit = code;
+        }
+        push(&c.name, c.fail.is_none(), false, c.detail);
+    }
     if let (Some(t), true) = (&talos, tc_ok) {
         for node in p.control_plane() {
             match t.server_version(&node.address).await {
@@ -466,6 +476,94 @@ pub async fn check(ctx: &Ctx) -> anyhow::Result<Exit> {
     ctx.printer
         .json(&json!({ "ok": exit == Exit::Success, "checks": checks }));
     Ok(exit)
+}
+
+struct SetupCheck {
+    name: String,
+    /// The exit code this problem gives; `None` when the check passed.
+    fail: Option<Exit>,
+    detail: String,
+}
+
+/// `[offsite]` (credentials, bucket, a write+delete probe) and the age keys.
+async fn offsite_checks(p: &prof::Profile) -> Vec<SetupCheck> {
+    let mut out = Vec::new();
+    let mut add = |name: &str, fail: Option<Exit>, detail: String| {
+        out.push(SetupCheck {
+            name: name.to_owned(),
+            fail,
+            detail,
+        })
+    };
+    if let Some(cfg) = &p.file.offsite {
+        match talos_dr::offsite::Target::from_profile(p) {
+            Err(e) => add("offsite", Some(Exit::Usage), format!("[offsite]: {e}")),
+            Ok(None) => {}
+            Ok(Some(t)) => {
+                if let Some(c) = p.offsite_credentials_file() {
+                    add(
+                        "offsite credentials",
+                        None,
+                        format!("{} is readable and private", c.display()),
+                    );
+                }
+                match t.probe().await {
+                    Ok(()) => add(
+                        "offsite",
+                        None,
+                        format!(
+                            "{} answers; a probe object was written and deleted",
+                            cfg.url
+                        ),
+                    ),
+                    Err(e) => add("offsite", Some(Exit::Failed), e.to_string()),
+                }
+            }
+        }
+    }
+    let recipients: Vec<String> = p
+        .file
+        .backup
+        .recipients
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    if !recipients.is_empty() {
+        add(
+            "age recipients",
+            None,
+            format!("{} valid recipient(s)", recipients.len()),
+        );
+    }
+    if let Some(path) = p.identity_file() {
+        match talos_dr::pack::Identities::load(&path) {
+            Err(e) => add("age identity", Some(Exit::Usage), e.to_string()),
+            Ok(ids)
+                if !recipients.is_empty()
+                    && !ids.recipients().iter().any(|r| recipients.contains(r)) =>
+            {
+                add(
+                    "age identity",
+                    Some(Exit::Usage),
+                    format!(
+                        "{} holds {}, which is not among backup.recipients: it could not decrypt the copies",
+                        path.display(),
+                        ids.recipients().join(", ")
+                    ),
+                )
+            }
+            Ok(ids) => add(
+                "age identity",
+                None,
+                format!(
+                    "{} opens copies for {}",
+                    path.display(),
+                    ids.recipients().join(", ")
+                ),
+            ),
+        }
+    }
+    out
 }
 
 /// `profile discover [--write]`: map every node to its Proxmox VM and say why.

@@ -11,11 +11,11 @@ use super::Ctx;
 
 pub fn run(ctx: &Ctx, args: &crate::cli::PruneArgs) -> anyhow::Result<Exit> {
     let profile = ctx.profile()?;
+    let backup = &profile.file.backup;
     let policy = KeepPolicy {
-        retention_days: args
-            .retention_days
-            .unwrap_or(profile.file.backup.retention_days),
-        keep_last: args.keep_last.unwrap_or(profile.file.backup.keep_last),
+        retention_days: args.retention_days.unwrap_or(backup.retention_days),
+        keep_last: args.keep_last.unwrap_or(backup.keep_last),
+        ..KeepPolicy::from_backup(backup)
     };
     // A dry run changes nothing, so it may run beside a snapshot in progress.
     let _lock = if args.dry_run {

@@ -1,7 +1,7 @@
 //! `list --remote`: the off-site copies at the profile's `[offsite]` target.
 
 use serde_json::json;
-use talos_dr::offsite::{RemoteEntry, Target};
+use talos_dr::offsite::{Origin, RemoteEntry, Target};
 use talos_dr::pack;
 use talos_dr::snapshot::retention::human_age;
 use talos_dr::{Exit, UserError};
@@ -40,6 +40,8 @@ fn to_json(e: &RemoteEntry) -> serde_json::Value {
         "size": e.size,
         "layers": e.layers,
         "confirmed": e.is_good(),
+        "origin": e.origin,
+        "made_by_talos_dr": e.origin == Origin::TalosDr,
         "sha256": m.map(|m| &m.sha256),
         "snapshot_sha256": m.map(|m| &m.snapshot.sha256),
         "revision": m.and_then(|m| m.snapshot.status.map(|s| s.revision)),
@@ -80,9 +82,22 @@ fn render(url: &str, entries: &[RemoteEntry]) -> String {
             },
             status.map_or("-".into(), |s| s.revision.to_string()),
             status.map_or("-".into(), |s| s.total_key.to_string()),
-            if e.is_good() { "yes" } else { "NO" }.into(),
+            match (e.origin, e.is_good()) {
+                // Another tool's copy: restorable, but never confirmed or pruned here.
+                (Origin::TalosBackup, _) => "not made by talos-dr",
+                (Origin::TalosDr, true) => "yes",
+                (Origin::TalosDr, false) => "NO",
+            }
+            .into(),
             e.url.clone(),
         ]);
     }
-    format!("{url}\n{}", talos_dr::table::render(&table))
+    let mut text = format!("{url}\n{}", talos_dr::table::render(&table));
+    if entries.iter().any(|e| e.origin == Origin::TalosBackup) {
+        text.push_str(
+            "copies \"not made by talos-dr\" (talos-backup's <cluster>-<time>.snap…) can be restored with \
+             `restore --snapshot URL`; retention never deletes them\n",
+        );
+    }
+    text
 }

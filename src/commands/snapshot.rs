@@ -123,13 +123,11 @@ fn render(done: &BackupOutcome, profile: &Profile) -> String {
         ));
     }
     if let Some(p) = &done.pruned {
-        let backup = &profile.file.backup;
         text.push_str(&format!(
-            "retention: {} deleted, {} kept (retention_days = {}, keep_last = {})\n",
+            "retention: {} deleted, {} kept ({})\n",
             p.deleted.len(),
             p.decisions.iter().filter(|d| d.keep).count(),
-            backup.retention_days,
-            backup.keep_last
+            talos_dr::snapshot::retention::KeepPolicy::from_backup(&profile.file.backup).describe()
         ));
         for d in &p.deleted {
             text.push_str(&format!("  deleted {}\n", d.display()));

@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
-use talos_dr::Exit;
 use talos_dr::pack::{self, Identities, Layer};
 use talos_dr::snapshot::verify::{self, Report, Trailer};
+use talos_dr::{Exit, UserError};
 
 use super::{Ctx, human_bytes};
 
@@ -18,17 +18,18 @@ pub fn run(ctx: &Ctx, args: &crate::cli::VerifyArgs) -> anyhow::Result<Exit> {
         .identity
         .clone()
         .or_else(|| ctx.profile().ok().and_then(|p| p.identity_file()));
-    let mut identities: Option<Result<Identities, String>> = None;
+    let mut identities: Option<Identities> = None;
     let mut results: Vec<(Report, Vec<Layer>)> = Vec::new();
     for path in &args.files {
         let packed = pack::sniff_file(path).ok().flatten().is_some();
         let result = if packed {
-            let ids = identity.as_deref().map(|p| {
-                identities
-                    .get_or_insert_with(|| Identities::load(p).map_err(|e| e.to_string()))
-                    .as_ref()
-            });
-            verify_packed(path, ids)
+            // An identity file that cannot be used is a configuration mistake (exit 2, as in
+            // `restore`), not a property of the snapshot; it is loaded once, when first needed.
+            if let (Some(p), None) = (identity.as_deref(), &identities) {
+                identities =
+                    Some(Identities::load(p).map_err(|e| UserError::usage(e.to_string()))?);
+            }
+            verify_packed(path, identities.as_ref())
         } else {
             (verify_plain(path), Vec::new())
         };
@@ -78,11 +79,7 @@ fn failed(path: &Path, problem: String) -> Report {
 
 /// Unpacks into a private temp directory, verifies the plain snapshot, and reports it under the
 /// packed file's path.
-fn verify_packed(path: &Path, ids: Option<Result<&Identities, &String>>) -> (Report, Vec<Layer>) {
-    let ids = match ids.transpose() {
-        Ok(ids) => ids,
-        Err(e) => return (failed(path, e.clone()), Vec::new()),
-    };
+fn verify_packed(path: &Path, ids: Option<&Identities>) -> (Report, Vec<Layer>) {
     let tmp = match tempfile::tempdir() {
         Ok(t) => t,
         Err(e) => {

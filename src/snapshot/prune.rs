@@ -64,7 +64,7 @@ pub fn prune(
         })
         .collect();
     // Nothing that fails verification is pruned in favour of: before anything is deleted, the
-    // snapshots that fill the keep_last floor are re-read, and any that no longer verify give up
+    // snapshots that fill the keep_last floor or a calendar rule are re-read, and any that no longer verify give up
     // their place (then the decision is made again).
     let mut rechecked = std::collections::HashSet::new();
     let decisions = loop {
@@ -74,7 +74,7 @@ pub fn prune(
         }
         let floor: Vec<String> = decisions
             .iter()
-            .filter(|d| d.keep && d.reasons.iter().any(|r| r.contains("keep_last")))
+            .filter(|d| d.keep && d.reasons.iter().any(|r| retention::is_counted_reason(r)))
             .map(|d| d.name.clone())
             .filter(|n| rechecked.insert(n.clone()))
             .collect();

@@ -1,6 +1,7 @@
 //! One integration-test binary (ripgrep/uv style): modules per area.
 
 mod backup;
+mod check_cli;
 mod cli_snapshots;
 mod common;
 mod demo;
@@ -10,12 +11,14 @@ mod fleet;
 mod kube;
 mod monitor;
 mod offsite;
+mod offsite_fixes;
 mod pack;
 mod proxmox_cli;
 mod pve;
 mod pve_sim;
 mod rebuild;
 mod restore;
+mod retention_cli;
 mod sets;
 mod sim_disasters;
 mod sim_golden;

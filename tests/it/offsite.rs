@@ -115,7 +115,7 @@ fn file_target_upload_list_retention_and_restore() {
 }
 
 /// Writes an encrypted copy of small.snapshot and its manifest straight into a file target.
-fn plant_remote(dir: &Path, name: &str, recipient: &str) {
+pub(crate) fn plant_remote(dir: &Path, name: &str, recipient: &str) {
     use talos_dr::snapshot::{store, verify};
     std::fs::create_dir_all(dir).unwrap();
     let p = talos_dr::pack::Packing {
@@ -147,7 +147,7 @@ fn plant_remote(dir: &Path, name: &str, recipient: &str) {
 
 pub(crate) struct Moto {
     pub(crate) child: Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Moto {
@@ -196,7 +196,7 @@ impl Moto {
     }
 
     /// Object keys under `prefix` (path-style ListObjectsV2, unsigned).
-    fn keys(&self, prefix: &str) -> Vec<String> {
+    pub(crate) fn keys(&self, prefix: &str) -> Vec<String> {
         let reply = http(
             self.port,
             "GET",
