@@ -195,6 +195,7 @@ pub fn render_check(m: &CheckMetrics) -> String {
 pub fn write_check(path: &Path, m: &CheckMetrics) -> std::io::Result<()> {
     let old = std::fs::read_to_string(path).unwrap_or_default();
     write_family(path, &old, CHECK_PREFIX, &render_check(m))
+}
 
 /// The lines of `text` (HELP, TYPE and samples) whose metric name `keep` accepts, so `snapshot`
 /// and `status` can share one textfile, each replacing only its own families.

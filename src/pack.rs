@@ -263,6 +263,21 @@ impl Identities {
         })
     }
 
+    /// What a failed decryption with these identities means, in the user's terms.
+    fn decrypt_error(&self, e: age::DecryptError) -> PackError {
+        match e {
+            age::DecryptError::NoMatchingKeys => PackError::WrongIdentity {
+                path: self.path.clone(),
+                recipients: self.recipients.clone(),
+            },
+            // A header that parses but does not authenticate: changed after it was written.
+            age::DecryptError::InvalidMac | age::DecryptError::DecryptionFailed => {
+                self.damaged(e.to_string())
+            }
+            other => PackError::Age(other.to_string()),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -339,17 +354,7 @@ pub fn unpack<R: Read, W: Write>(
             age::Decryptor::new_buffered(reader).map_err(|e| PackError::Age(e.to_string()))?;
         let plain = decryptor
             .decrypt(ids.ids.iter().map(|i| i.as_ref() as &dyn age::Identity))
-            .map_err(|e| match e {
-                age::DecryptError::NoMatchingKeys => PackError::WrongIdentity {
-                    path: ids.path.clone(),
-                    recipients: ids.recipients.clone(),
-                },
-                // A header that parses but does not authenticate: changed after it was written.
-                age::DecryptError::InvalidMac | age::DecryptError::DecryptionFailed => {
-                    ids.damaged(e.to_string())
-                }
-                other => PackError::Age(other.to_string()),
-            })?;
+            .map_err(|e| ids.decrypt_error(e))?;
         reader = Box::new(BufReader::with_capacity(BUF, AgePayload { inner: plain }));
         layers.push(Layer::Age);
     }
@@ -433,12 +438,7 @@ pub fn open_head(head: &[u8], identities: Option<&Identities>) -> Result<Head, P
         let decryptor = age::Decryptor::new(head).map_err(|e| PackError::Age(e.to_string()))?;
         let reader = decryptor
             .decrypt(ids.ids.iter().map(|i| i.as_ref() as &dyn age::Identity))
-            .map_err(|e| match e {
-                age::DecryptError::NoMatchingKeys => PackError::WrongIdentity {
-                    path: ids.path.clone(),
-                },
-                other => PackError::Age(other.to_string()),
-            })?;
+            .map_err(|e| ids.decrypt_error(e))?;
         // Only the first chunk: the bytes after it may be cut off mid-chunk.
         reader
             .take(CHUNK as u64)
