@@ -3,6 +3,9 @@
 mod completions;
 #[cfg(feature = "demo")]
 mod demo;
+mod diff;
+mod find;
+mod inspect;
 mod list;
 mod playbook_run;
 mod playbooks;
@@ -118,6 +121,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
     match cli.command {
         Command::Snapshot(args) => snapshot::run(&ctx, args).await,
         Command::Verify(args) => verify::run(&ctx, &args),
+        Command::Inspect(args) => inspect::run(&ctx, &args).await,
+        Command::Diff(args) => diff::run(&ctx, &args).await,
+        Command::Find(args) => find::run(&ctx, &args).await,
         Command::List(args) if args.remote => remote::list(&ctx).await,
         Command::List(args) => list::run(&ctx, &args),
         Command::Prune(args) => prune::run(&ctx, &args),

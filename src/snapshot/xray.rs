@@ -398,7 +398,11 @@ impl Filter {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Group {
     pub resource: String,
+    /// The namespace of a per-namespace row; `None` for cluster-scoped objects and for rows
+    /// that sum every namespace.
     pub namespace: Option<String>,
+    /// Objects without a namespace (nodes, namespaces, cluster roles, keys outside /registry).
+    pub cluster_scoped: bool,
     pub objects: u64,
     pub bytes: u64,
     /// Names of the objects (`--names`), sorted.
@@ -431,6 +435,8 @@ pub struct Summary {
     pub objects: u64,
     pub bytes: u64,
     pub namespaces: u64,
+    /// Rows are per resource and namespace (else per resource, all namespaces together).
+    pub per_namespace: bool,
     /// Rows of the table: per resource (and per namespace when asked).
     pub groups: Vec<Group>,
     pub largest: Vec<Large>,
@@ -456,6 +462,7 @@ pub fn summarize(c: &Contents, filter: &Filter, opts: SummaryOptions) -> Summary
     let mut classes: HashMap<u32, (u64, u64)> = HashMap::new();
     let mut largest: Vec<(u64, &Object)> = Vec::new();
     let (mut objects, mut bytes) = (0u64, 0u64);
+    let per_namespace = opts.by_namespace || filter.namespace.is_some();
     for o in &c.objects {
         let key = o.key_str();
         let p = parse_key(&key);
@@ -471,16 +478,18 @@ pub fn summarize(c: &Contents, filter: &Filter, opts: SummaryOptions) -> Summary
             namespaces.insert(p.name.to_owned());
         }
         let resource = resource_name(&p);
-        let ns = if opts.by_namespace || filter.namespace.is_some() {
+        let ns = if per_namespace {
             p.namespace.map(str::to_owned)
         } else {
             None
         };
+        let cluster_scoped = p.namespace.is_none();
         let g = groups
             .entry((resource.clone(), ns.clone()))
             .or_insert_with(|| Group {
                 resource,
                 namespace: ns,
+                cluster_scoped,
                 objects: 0,
                 bytes: 0,
                 names: opts.names.then(Vec::new),
@@ -524,6 +533,7 @@ pub fn summarize(c: &Contents, filter: &Filter, opts: SummaryOptions) -> Summary
         objects,
         bytes,
         namespaces: namespaces.len() as u64,
+        per_namespace,
         groups: groups.into_values().collect(),
         largest: largest
             .into_iter()
