@@ -15,7 +15,11 @@ pub async fn run(ctx: &Ctx, args: &DiffArgs) -> anyhow::Result<Exit> {
     let filter = args.filter.to_filter();
     let groups = xray::diff(&a.contents, &b.contents, &filter, args.names);
     let total = |f: fn(&DiffGroup) -> u64| groups.iter().map(f).sum::<u64>();
-    let (added, removed, changed) = (total(|g| g.added), total(|g| g.removed), total(|g| g.changed));
+    let (added, removed, changed) = (
+        total(|g| g.added),
+        total(|g| g.removed),
+        total(|g| g.changed),
+    );
 
     let mut out = format!(
         "A {} (revision {})\nB {} (revision {})\n{added} added, {removed} removed, {changed} changed\n",

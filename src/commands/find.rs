@@ -72,7 +72,12 @@ pub async fn run(ctx: &Ctx, args: &FindArgs) -> anyhow::Result<Exit> {
                     n.to_string(),
                     human_bytes(*b),
                 ],
-                Err(e) => vec![f.name.clone(), "-".into(), "-".into(), format!("unreadable: {e}")],
+                Err(e) => vec![
+                    f.name.clone(),
+                    "-".into(),
+                    "-".into(),
+                    format!("unreadable: {e}"),
+                ],
             });
         }
         out.push('\n');

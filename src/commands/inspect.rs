@@ -91,9 +91,7 @@ pub async fn open(ctx: &Ctx, arg: &str, identity: Option<&Path>) -> anyhow::Resu
                     ..
                 } => UserError::usage(format!("{arg} does not exist"))
                     .hint("list the off-site copies with `talos-dr list --remote`"),
-                OffsiteError::Check { .. } => {
-                    UserError::new(Exit::InvalidSnapshot, e.to_string())
-                }
+                OffsiteError::Check { .. } => UserError::new(Exit::InvalidSnapshot, e.to_string()),
                 other => UserError::failed(other.to_string()),
             })?;
         dir = Some(d);
@@ -262,11 +260,7 @@ fn render(o: &Opened, s: &Summary) -> String {
     if s.groups.iter().any(|g| g.names.is_some()) {
         for g in &s.groups {
             let Some(names) = &g.names else { continue };
-            out.push_str(&format!(
-                "\n{} in {}:\n",
-                g.resource,
-                ns_cell(g)
-            ));
+            out.push_str(&format!("\n{} in {}:\n", g.resource, ns_cell(g)));
             for n in names {
                 out.push_str(&format!("  {n}\n"));
             }

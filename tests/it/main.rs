@@ -19,3 +19,4 @@ mod sim_disasters;
 mod sim_golden;
 mod snapshot_cli;
 mod verify;
+mod xray;
