@@ -77,20 +77,10 @@ impl ValueClass {
                 key_name: String::from_utf8_lossy(key_name).into_owned(),
             };
         }
-        if value.trim_ascii_start().starts_with(b"{") {
-            #[derive(serde::Deserialize)]
-            struct TypeMeta {
-                #[serde(rename = "apiVersion", default)]
-                api_version: String,
-                #[serde(default)]
-                kind: String,
-            }
-            if let Ok(tm) = serde_json::from_slice::<TypeMeta>(value) {
-                return ValueClass::Json {
-                    api_version: tm.api_version,
-                    kind: tm.kind,
-                };
-            }
+        if value.trim_ascii_start().starts_with(b"{")
+            && let Some((api_version, kind)) = json_type_meta(value)
+        {
+            return ValueClass::Json { api_version, kind };
         }
         ValueClass::Other
     }
@@ -114,6 +104,47 @@ impl ValueClass {
             }
             ValueClass::Other => "other".to_owned(),
         }
+    }
+}
+
+/// `apiVersion` and `kind` of a JSON object, reading only as far as needed: the API server
+/// writes them first, so a large object is not parsed to its end. The visitor stops the map
+/// once both are found; serde_json then reports the unread rest as an error, which is ignored
+/// because the answer is already out. A value that is not JSON up to that point is `None`.
+fn json_type_meta(value: &[u8]) -> Option<(String, String)> {
+    use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
+    struct Find<'a>(&'a mut (Option<String>, Option<String>));
+    impl<'de> Visitor<'de> for Find<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                match k.as_ref() {
+                    "apiVersion" => self.0.0 = Some(map.next_value()?),
+                    "kind" => self.0.1 = Some(map.next_value()?),
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                if self.0.0.is_some() && self.0.1.is_some() {
+                    return Ok(());
+                }
+            }
+            self.0.0.get_or_insert_default();
+            self.0.1.get_or_insert_default();
+            Ok(())
+        }
+    }
+    let mut found = (None, None);
+    let mut de = serde_json::Deserializer::from_slice(value);
+    let complete = de.deserialize_map(Find(&mut found)).is_ok();
+    match found {
+        (Some(v), Some(k)) => Some((v, k)),
+        // A whole object without one of them: classified with what it has.
+        (v, k) if complete => Some((v.unwrap_or_default(), k.unwrap_or_default())),
+        _ => None,
     }
 }
 
@@ -763,6 +794,22 @@ mod tests {
         assert_eq!(ValueClass::of(b"k8s\0\xff\xff\xff"), ValueClass::Other);
         assert_eq!(ValueClass::of(b"10.96.0.0/12"), ValueClass::Other);
         assert_eq!(ValueClass::of(b"{not json"), ValueClass::Other);
+        // Reading stops once both are known: what follows is never parsed.
+        assert_eq!(
+            ValueClass::of(br#"{"kind":"Pod","apiVersion":"v1","spec":{"#),
+            ValueClass::Json {
+                api_version: "v1".into(),
+                kind: "Pod".into()
+            }
+        );
+        assert_eq!(ValueClass::of(br#"{"kind":"Pod","spec":{"#), ValueClass::Other);
+        assert_eq!(
+            ValueClass::of(br#"{"kind":"Pod","spec":{}}"#),
+            ValueClass::Json {
+                api_version: String::new(),
+                kind: "Pod".into()
+            }
+        );
     }
 
     fn fixture(name: &str) -> std::path::PathBuf {
