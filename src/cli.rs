@@ -476,6 +476,9 @@ pub struct ListArgs {
     /// List the off-site copies (profile [offsite]) instead of the local ones
     #[arg(long, conflicts_with = "verify")]
     pub remote: bool,
+    /// Add what each snapshot holds (objects, namespaces): from the sidecar, else read now
+    #[arg(long, conflicts_with = "remote")]
+    pub objects: bool,
 }
 
 #[derive(Debug, Args)]

@@ -68,6 +68,10 @@ pub struct Sidecar {
     /// then describe the plain snapshot inside, and this describes the file as stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packed: Option<Packed>,
+    /// What the snapshot holds (live objects, namespaces, value bytes), read in the verifying
+    /// pass by `snapshot`; sidecars written before it existed have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects: Option<super::xray::ObjectSummary>,
 }
 
 /// The stored form of a packed snapshot.
@@ -95,6 +99,7 @@ impl Sidecar {
             duration_ms: None,
             tool_version: env!("CARGO_PKG_VERSION").to_owned(),
             packed: None,
+            objects: None,
         }
     }
 

@@ -458,6 +458,29 @@ pub struct ClassCount {
     pub bytes: u64,
 }
 
+/// A snapshot's contents in three numbers, kept in the sidecar so `list --objects` needs no
+/// second pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ObjectSummary {
+    /// Live keys.
+    pub objects: u64,
+    /// Namespaces that hold objects or exist as Namespace objects.
+    pub namespaces: u64,
+    /// Bytes of the live values.
+    pub bytes: u64,
+}
+
+impl Contents {
+    pub fn totals(&self) -> ObjectSummary {
+        let s = summarize(self, &Filter::default(), SummaryOptions::default());
+        ObjectSummary {
+            objects: s.objects,
+            namespaces: s.namespaces,
+            bytes: s.bytes,
+        }
+    }
+}
+
 /// What `inspect` shows.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -802,7 +825,10 @@ mod tests {
                 kind: "Pod".into()
             }
         );
-        assert_eq!(ValueClass::of(br#"{"kind":"Pod","spec":{"#), ValueClass::Other);
+        assert_eq!(
+            ValueClass::of(br#"{"kind":"Pod","spec":{"#),
+            ValueClass::Other
+        );
         assert_eq!(
             ValueClass::of(br#"{"kind":"Pod","spec":{}}"#),
             ValueClass::Json {
