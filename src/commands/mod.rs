@@ -6,6 +6,9 @@ mod configs;
 #[cfg(feature = "demo")]
 mod demo;
 mod fleet;
+mod diff;
+mod find;
+mod inspect;
 mod list;
 mod playbook_run;
 mod playbooks;
@@ -133,6 +136,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
             None => snapshot::run(&ctx, args).await,
         },
         Command::Verify(args) => verify::run(&ctx, &args),
+        Command::Inspect(args) => inspect::run(&ctx, &args).await,
+        Command::Diff(args) => diff::run(&ctx, &args).await,
+        Command::Find(args) => find::run(&ctx, &args).await,
         Command::List(args) => match fleet::selection(&ctx, &args.fleet)? {
             Some(sel) => {
                 let jobs = args.fleet.jobs;

@@ -5,3 +5,4 @@ pub mod retention;
 pub mod store;
 pub mod take;
 pub mod verify;
+pub mod xray;

@@ -71,6 +71,10 @@ pub struct Sidecar {
     /// Each node's machine config at the time, by node address (files in `<backup dir>/configs`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub machine_configs: std::collections::BTreeMap<String, crate::machine_config::ConfigRef>,
+    /// What the snapshot holds (live objects, namespaces, value bytes), read in the verifying
+    /// pass by `snapshot`; sidecars written before it existed have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects: Option<super::xray::ObjectSummary>,
 }
 
 /// The stored form of a packed snapshot.
@@ -99,6 +103,7 @@ impl Sidecar {
             tool_version: env!("CARGO_PKG_VERSION").to_owned(),
             packed: None,
             machine_configs: Default::default(),
+            objects: None,
         }
     }
 

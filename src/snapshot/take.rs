@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 
 use super::store::{self, Sidecar};
-use super::verify::{self, Trailer};
+use super::verify::Trailer;
 use crate::error::UserError;
 use crate::profile::Profile;
 use crate::talos::Talosctl;
@@ -224,7 +224,8 @@ pub async fn take(
         .into());
     }
 
-    let report = verify::verify_file(&tmp)
+    // Verified and read in one pass, so the sidecar can say what the snapshot holds.
+    let (report, contents) = crate::snapshot::xray::read(&tmp)
         .map_err(|e| UserError::failed(format!("cannot read the new snapshot: {e}")))?;
     if report.size == 0 {
         return Err(UserError::failed(format!(
@@ -249,6 +250,7 @@ pub async fn take(
     sidecar.node = Some(node.clone());
     sidecar.talos_version = talos_version;
     sidecar.duration_ms = Some(ui::ms(started.elapsed()));
+    sidecar.objects = contents.map(|c| c.totals());
 
     set_mode(&tmp, 0o600)?;
     crate::fsutil::rename_durable(&tmp, &final_path).map_err(|e| {

@@ -96,11 +96,35 @@ const MAX_SPAN: u64 = 256 << 20;
 /// bbolt trees are a handful of levels deep; anything deeper is a loop or damage.
 const MAX_DEPTH: usize = 64;
 
+/// Sees the entries of etcd's root buckets while [`verify_file_with`] walks the file, so a
+/// reader of the contents (see `snapshot::xray`) shares the one pass instead of parsing bbolt
+/// again. Entries come in bucket order, then key order (bucket `key`: revision order). They are
+/// only trustworthy when the returned [`Report`] is valid.
+pub trait Visitor {
+    /// A plain (non-bucket) entry of root bucket `bucket`; nested buckets are not visited.
+    fn entry(&mut self, bucket: &[u8], key: &[u8], value: &[u8]);
+    /// Once after a complete walk: pages reached from the metas (the two meta pages included),
+    /// pages the database claims (`meta.pgid`), and the page size.
+    fn pages(&mut self, _used: u64, _total: u64, _page_size: u64) {}
+}
+
+/// A visitor that looks at nothing (plain verification).
+struct NoVisitor;
+
+impl Visitor for NoVisitor {
+    fn entry(&mut self, _: &[u8], _: &[u8], _: &[u8]) {}
+}
+
 /// Verifies one snapshot file in a single streaming pass with constant memory.
 ///
 /// I/O errors (file missing, unreadable) are returned as `Err`; damage is reported in the
 /// [`Report`].
 pub fn verify_file(path: &Path) -> io::Result<Report> {
+    verify_file_with(path, &mut NoVisitor)
+}
+
+/// [`verify_file`], showing every root-bucket entry to `visitor` on the way.
+pub fn verify_file_with(path: &Path, visitor: &mut dyn Visitor) -> io::Result<Report> {
     let hash_file = File::open(path)?;
     let walk_file = File::open(path)?;
     let size = hash_file.metadata()?.len();
@@ -113,7 +137,7 @@ pub fn verify_file(path: &Path) -> io::Result<Report> {
 
     let (digests, analysis) = std::thread::scope(|s| {
         let hasher = s.spawn(|| hash_stream(&hash_file, size, has_trailer.then_some(body_len)));
-        let analysis = analyze(&walk_file, size, body_len);
+        let analysis = analyze(&walk_file, size, body_len, visitor);
         let digests = hasher
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("sha256 thread failed")));
@@ -277,7 +301,12 @@ struct Analysis {
     foreign: bool,
 }
 
-fn analyze(file: &File, size: u64, body_len: u64) -> io::Result<Analysis> {
+fn analyze(
+    file: &File,
+    size: u64,
+    body_len: u64,
+    visitor: &mut dyn Visitor,
+) -> io::Result<Analysis> {
     let mut a = Analysis {
         problems: Problems::default(),
         notes: Vec::new(),
@@ -347,11 +376,17 @@ fn analyze(file: &File, size: u64, body_len: u64) -> io::Result<Analysis> {
         ));
         return Ok(a);
     }
-    let mut walker = Walker::new(file, ps, meta.pgid, body_len / ps);
+    let mut walker = Walker::new(file, ps, meta.pgid, body_len / ps, visitor);
     if meta.freelist != NO_FREELIST {
         walker.check_freelist(meta.freelist)?;
     }
     walker.walk(meta.root)?;
+    let used = 2 + walker
+        .visited
+        .iter()
+        .map(|w| u64::from(w.count_ones()))
+        .sum::<u64>();
+    walker.visitor.pages(used, meta.pgid, ps);
     structure_ok &= walker.problems.is_empty();
     if structure_ok && !(walker.saw_key && walker.saw_meta) {
         let missing = match (walker.saw_key, walker.saw_meta) {
@@ -590,8 +625,11 @@ struct Frame {
     prev: Option<(usize, usize)>,
 }
 
-struct Walker<'f> {
+struct Walker<'f, 'v> {
     file: &'f File,
+    visitor: &'v mut dyn Visitor,
+    /// Raw name of the root bucket being walked, for the visitor.
+    bucket: Vec<u8>,
     page_size: u64,
     /// `meta.pgid`: pages the database claims.
     pages: u64,
@@ -610,13 +648,21 @@ struct Walker<'f> {
     saw_meta: bool,
 }
 
-impl<'f> Walker<'f> {
-    fn new(file: &'f File, page_size: u64, pages: u64, file_pages: u64) -> Self {
+impl<'f, 'v> Walker<'f, 'v> {
+    fn new(
+        file: &'f File,
+        page_size: u64,
+        pages: u64,
+        file_pages: u64,
+        visitor: &'v mut dyn Visitor,
+    ) -> Self {
         // Pages past the end of the file are rejected before the bitset is consulted, so it
         // never needs more bits than the file has pages.
         let bits = pages.min(file_pages) as usize;
         Walker {
             file,
+            visitor,
+            bucket: Vec::new(),
             page_size,
             pages,
             file_pages,
@@ -963,6 +1009,8 @@ impl<'f> Walker<'f> {
             Role::Roots => {
                 let name = &self.bufs[level][koff..voff];
                 self.bucket_name = show_key(name);
+                self.bucket.clear();
+                self.bucket.extend_from_slice(name);
                 if !is_bucket {
                     self.problems.push(format!(
                         "page {}: root entry {} is a plain key, not a bucket (etcd cannot read \
@@ -983,7 +1031,9 @@ impl<'f> Walker<'f> {
                 self.crc = crc32c::crc32c_append(self.crc, key);
                 // A nested bucket's ForEach value is nil: only its name is hashed.
                 if !is_bucket {
-                    self.crc = crc32c::crc32c_append(self.crc, &buf[voff..voff + vlen]);
+                    let value = &buf[voff..voff + vlen];
+                    self.crc = crc32c::crc32c_append(self.crc, value);
+                    self.visitor.entry(&self.bucket, key, value);
                 }
                 self.total_key += 1;
                 if key_bucket {

@@ -232,6 +232,141 @@ fn etcd_version(etcd: &Path) -> Result<String> {
 }
 
 // ------------------------------------------------------------------------------------------
+// A live etcd for tests that write their own keys.
+
+/// A throwaway etcd that a test writes to key by key (through the JSON gateway), asks with the
+/// real `etcdctl`, and snapshots with `etcdctl snapshot save`. Stopped when dropped.
+pub struct LiveEtcd {
+    etcd: Etcd,
+    gw: Gateway,
+    etcdctl: PathBuf,
+    runtime: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+impl LiveEtcd {
+    pub fn start() -> Result<Self> {
+        let etcd_bin = tool("etcd", "etcd-server")?;
+        let etcdctl = tool("etcdctl", "etcd-client")?;
+        let dir = tempfile::Builder::new()
+            .prefix("talos-dr-etcd-")
+            .tempdir()
+            .context("cannot create a temporary directory for etcd")?;
+        let etcd = Etcd::start(&etcd_bin, dir.path(), &Recipe::default())?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start a tokio runtime")?;
+        let gw = Gateway::new(etcd.port)?;
+        Ok(Self {
+            etcd,
+            gw,
+            etcdctl,
+            runtime,
+            _dir: dir,
+        })
+    }
+
+    fn call(&self, path: &str, body: Value) -> Result<Value> {
+        self.runtime
+            .block_on(self.gw.call(path, body))
+            .map_err(|e| e.context(self.etcd.describe()))
+    }
+
+    pub fn put(&self, key: &str, value: &[u8], lease: Option<i64>) -> Result<()> {
+        let mut req = json!({ "key": b64(key.as_bytes()), "value": b64(value) });
+        if let Some(id) = lease {
+            req["lease"] = json!(id.to_string());
+        }
+        self.call("kv/put", req).map(drop)
+    }
+
+    pub fn delete(&self, key: &str) -> Result<()> {
+        self.call("kv/deleterange", json!({ "key": b64(key.as_bytes()) }))
+            .map(drop)
+    }
+
+    pub fn grant_lease(&self, ttl: i64) -> Result<i64> {
+        let r = self.call("lease/grant", json!({ "TTL": ttl }))?;
+        int(&r["ID"]).context("lease/grant returned no ID")
+    }
+
+    /// Compacts (physically) at the current revision and returns it.
+    pub fn compact(&self) -> Result<i64> {
+        let r = self.call("kv/range", json!({ "key": b64(b"\0"), "count_only": true }))?;
+        let rev = int(&r["header"]["revision"]).context("kv/range returned no revision")?;
+        self.call(
+            "kv/compaction",
+            json!({ "revision": rev.to_string(), "physical": true }),
+        )?;
+        Ok(rev)
+    }
+
+    /// Runs the real `etcdctl` against this etcd and returns its stdout.
+    pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(&self.etcdctl)
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints=127.0.0.1:{}", self.etcd.port))
+            .args(args)
+            .output()
+            .with_context(|| format!("cannot run {}", self.etcdctl.display()))?;
+        if !out.status.success() {
+            bail!(
+                "etcdctl {args:?} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// etcd's own count of live keys under PREFIX: the `count` of the range response of
+    /// `etcdctl get PREFIX --prefix --keys-only -w json` (3.5's `--count-only` prints the same
+    /// field; etcdctl 3.4 has no such flag).
+    pub fn count(&self, prefix: &str) -> Result<u64> {
+        let out = self.etcdctl(&["get", prefix, "--prefix", "--keys-only", "-w", "json"])?;
+        let v: Value = serde_json::from_str(&out).context("etcdctl printed no JSON")?;
+        Ok(v["count"].as_u64().unwrap_or(0))
+    }
+
+    /// Every live key under PREFIX with its mod revision (`etcdctl get --prefix -w json`).
+    pub fn mod_revisions(&self, prefix: &str) -> Result<std::collections::BTreeMap<String, i64>> {
+        let out = self.etcdctl(&["get", prefix, "--prefix", "--keys-only", "-w", "json"])?;
+        let v: Value = serde_json::from_str(&out).context("etcdctl printed no JSON")?;
+        let mut map = std::collections::BTreeMap::new();
+        for kv in v["kvs"].as_array().into_iter().flatten() {
+            let key = kv["key"].as_str().context("a key without bytes")?;
+            let key = String::from_utf8(unb64(key)?).context("a key that is not UTF-8")?;
+            map.insert(key, kv["mod_revision"].as_i64().unwrap_or(0));
+        }
+        Ok(map)
+    }
+
+    /// `etcdctl snapshot save OUT`.
+    pub fn save(&self, out: &Path) -> Result<()> {
+        let path = out.to_str().context("snapshot path is not UTF-8")?;
+        self.etcdctl(&["--command-timeout=120s", "snapshot", "save", path])
+            .map(drop)
+    }
+}
+
+fn unb64(s: &str) -> Result<Vec<u8>> {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in s.bytes().filter(|&c| c != b'=') {
+        let v = T.iter().position(|&t| t == c).context("not base64")? as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Ok(out)
+}
+
+// ------------------------------------------------------------------------------------------
 // The throwaway etcd.
 
 struct Etcd {

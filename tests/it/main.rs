@@ -26,3 +26,4 @@ mod sim_rebuild;
 mod snapshot_cli;
 mod status;
 mod verify;
+mod xray;

@@ -129,7 +129,7 @@ fn layout(db: &[u8]) -> Layout {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Damage {
+pub(crate) enum Damage {
     TruncateTo(usize),
     TruncateBy(usize),
     FlipValueBit,
@@ -147,7 +147,7 @@ enum Damage {
     RawDbFlipMeta0,
 }
 
-fn damage(kind: Damage) -> Vec<u8> {
+pub(crate) fn damage(kind: Damage) -> Vec<u8> {
     let (orig, _) = base();
     let mut d = orig.clone();
     let body = d.len() - 32;
