@@ -38,11 +38,16 @@ pub struct ConfigRef {
     pub hostname: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine_type: Option<String>,
-    /// When the node answered with this config.
+    /// When the node answered with this config (the epoch when a sidecar does not say).
+    #[serde(default = "unknown_time")]
     pub read_at: Timestamp,
     /// The node could not be read for this snapshot; this is the last config known for it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub carried: bool,
+}
+
+fn unknown_time() -> Timestamp {
+    Timestamp::UNIX_EPOCH
 }
 
 #[derive(Debug, Error)]

@@ -5,9 +5,9 @@ mod completions;
 mod configs;
 #[cfg(feature = "demo")]
 mod demo;
-mod fleet;
 mod diff;
 mod find;
+mod fleet;
 mod inspect;
 mod list;
 mod playbook_run;

@@ -29,7 +29,7 @@ impl Stage for RebuildVerify {
         "rebuild-verify"
     }
     fn title(&self) -> &'static str {
-        "verify: talosctl health, etcd members, the node Ready in Kubernetes"
+        "etcd members, the node Ready in Kubernetes, talosctl health"
     }
     fn describe(&self, plan: &Plan<'_>) -> Vec<String> {
         let cp = plan.profile.control_plane_addresses();

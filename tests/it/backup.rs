@@ -95,6 +95,11 @@ fn one_call_stores_packed_copies_off_site_prunes_and_returns_numbers() {
     // No plain copy is left behind, and the old snapshot is gone.
     let files = env.backup_files();
     assert_eq!(files, [name.clone(), format!("{name}.json")], "{files:?}");
+    // The machine configs went with it, encrypted like the snapshot.
+    assert_eq!(done.sidecar.machine_configs.len(), 5);
+    for r in done.sidecar.machine_configs.values() {
+        assert!(r.file.ends_with(".yaml.age"), "{}", r.file);
+    }
     let pruned = done.pruned.as_ref().unwrap();
     assert_eq!(pruned.deleted, old);
     assert!(pruned.errors.is_empty());

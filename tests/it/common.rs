@@ -157,7 +157,9 @@ impl Env {
     pub fn backup_files(&self) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.backups())
             .map(|r| {
+                // Files only: machine configs live in the `configs` subdirectory.
                 r.filter_map(Result::ok)
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
                     .map(|e| e.file_name().to_string_lossy().into_owned())
                     .collect()
             })

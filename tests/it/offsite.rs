@@ -338,9 +338,18 @@ fn s3_upload_list_retention_and_restore_round_trip() {
     let url = doc["offsite"]["url"].as_str().unwrap().to_owned();
     assert!(url.starts_with("s3://backups/talos/lab/etcd-"), "{url}");
     // keep_last = 1 and 7 days: the 2020 copy goes, the new one stays (with its manifest).
-    let keys = moto.keys("talos/lab/");
+    let all = moto.keys("talos/lab/");
+    let (configs, keys): (Vec<_>, Vec<_>) = all
+        .iter()
+        .partition(|k| k.starts_with("talos/lab/configs/"));
     assert_eq!(keys.len(), 2, "{keys:?}");
     assert!(keys.iter().all(|k| !k.contains("2020")), "{keys:?}");
+    // Every node's machine config went with it, encrypted (one object per content).
+    assert_eq!(configs.len(), 5, "{configs:?}");
+    assert!(
+        configs.iter().all(|k| k.ends_with(".yaml.age")),
+        "{configs:?}"
+    );
 
     // The object carries the plain snapshot's sha256 and size as metadata (x-amz-meta-*).
     let name = url.rsplit('/').next().unwrap();
