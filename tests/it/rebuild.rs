@@ -260,8 +260,7 @@ fn rebuild_from_backup_replaces_the_lost_vm_under_a_new_vmid() {
 
 #[test]
 fn rebuild_from_template_applies_the_saved_config_in_maintenance_mode() {
-    let env = rebuild_env();
-    // The profile records the lost VM's MAC (as `profile discover --write` does).
+    let env = template_env();
     let mac = env
         .cluster()
         .pve
@@ -271,19 +270,6 @@ fn rebuild_from_template_applies_the_saved_config_in_maintenance_mode() {
         .unwrap()
         .mac
         .clone();
-    let p = env.config_dir.join("profile.toml");
-    let text = std::fs::read_to_string(&p).unwrap();
-    let text = text.replacen(
-        "vm = { node = \"pve2\", vmid = 102 }\n",
-        &format!("vm = {{ node = \"pve2\", vmid = 102 }}\nmac = \"{mac}\"\n"),
-        1,
-    );
-    std::fs::write(
-        &p,
-        text.replace("[proxmox]\n", "[proxmox]\ntemplate = 9000\n"),
-    )
-    .unwrap();
-    env.edit_cluster(|c| c.lose_host("pve2"));
     rebuild(&env, &[LOST, "--from", "template"])
         .assert()
         .success();
