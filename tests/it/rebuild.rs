@@ -492,7 +492,12 @@ fn sigkill_after_the_clone_post_resumes_without_a_second_clone() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    env.edit_cluster(|c| c.pve.release_held(jiff::Timestamp::now().as_millisecond()));
+    // Under the simulator's lock: the PVE API may still be writing the state for a request
+    // of the killed process.
+    Cluster::update(&env.state, |c| {
+        c.pve.release_held(jiff::Timestamp::now().as_millisecond());
+    })
+    .unwrap();
     env.cmd().args(["--yes", "resume"]).assert().success();
     let c = env.cluster();
     assert_eq!(
