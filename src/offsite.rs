@@ -567,17 +567,6 @@ impl Target {
             .collect())
     }
 
-    /// Reads a small object under `dir/`.
-    pub async fn get_aux(&self, dir: &str, name: &str) -> Result<Vec<u8>, OffsiteError> {
-        let rel = format!("{dir}/{name}");
-        let r = self
-            .store
-            .get(&self.aux_location(dir, name))
-            .await
-            .map_err(self.store_err(&rel))?;
-        Ok(r.bytes().await.map_err(self.store_err(&rel))?.to_vec())
-    }
-
     pub async fn delete_aux(&self, dir: &str, name: &str) -> Result<(), OffsiteError> {
         let rel = format!("{dir}/{name}");
         self.store

@@ -106,7 +106,6 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     if ctx.inputs.rebuild.is_empty() {
         return Ok(StageOutcome::Skipped("no --rebuild node".into()));
     }
-    let profile = ctx.profile();
     let talos = ctx.talos().clone().direct();
     for node in &ctx.inputs.rebuild {
         let prior = ctx
@@ -136,7 +135,6 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
             created.new_vm.as_ref().map_or(0, |v| v.vmid)
         ));
     }
-    let _ = profile;
     StageOutcome::done(&ctx.own::<RebuildVmsOutputs>()?)
 }
 

@@ -307,6 +307,16 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// `rebuild-node` refuses with exit 4 and `needle` in its message, and changes nothing.
+fn assert_refused(env: &Env, needle: &str) {
+    let before = env.cluster();
+    rebuild(env, &[LOST])
+        .assert()
+        .code(4)
+        .stderr(predicate::str::contains(needle));
+    assert_untouched(env, &before);
+}
+
 /// What every refused preflight must leave untouched: no member removed, no VM created.
 fn assert_untouched(env: &Env, before: &Cluster) {
     let c = env.cluster();
@@ -357,12 +367,7 @@ fn a_config_from_another_cluster_is_refused() {
         }
         c.lose_host("pve2");
     });
-    let before = env.cluster();
-    rebuild(&env, &[LOST])
-        .assert()
-        .code(4)
-        .stderr(predicate::str::contains("does not fit this cluster"));
-    assert_untouched(&env, &before);
+    assert_refused(&env, "does not fit this cluster");
 }
 
 #[test]
@@ -372,23 +377,13 @@ fn no_backup_and_no_template_is_a_precondition() {
         c.pve.backups.clear();
         c.lose_host("pve2");
     });
-    let before = env.cluster();
-    rebuild(&env, &[LOST])
-        .assert()
-        .code(4)
-        .stderr(predicate::str::contains("no [proxmox] template"));
-    assert_untouched(&env, &before);
+    assert_refused(&env, "no [proxmox] template");
 }
 
 #[test]
 fn a_node_that_answers_is_not_rebuilt() {
     let env = rebuild_env();
-    let before = env.cluster();
-    rebuild(&env, &[LOST])
-        .assert()
-        .code(4)
-        .stderr(predicate::str::contains("answers"));
-    assert_untouched(&env, &before);
+    assert_refused(&env, "answers");
 }
 
 fn template_env() -> Env {
