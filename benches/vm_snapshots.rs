@@ -1,10 +1,13 @@
 //! Benchmark of the `vm-snapshots` stage: six VMs on three PVE nodes, every snapshot task taking
 //! 3 s on the simulated Proxmox VE (`talos_dr::sim::pve_api`, HTTPS with a pinned certificate),
-//! production poll timing (backon, 0.5 s × 1.5 up to 5 s, with jitter).
+//! production poll timing (`crate::poll`: 0.5 s × 2 up to 5 s, the six schedules shifted against
+//! each other, the first finished task timing the others).
 //!
-//! Target: with `max_parallel = 6` the phase takes at most 1.5 × 3 s + 2 s = 6.5 s and needs at
-//! most 8 task-status polls per task on average. The serial time (`max_parallel = 1`) is printed
-//! for comparison. Run with `cargo bench --bench vm_snapshots`.
+//! Target (issue 16): with `max_parallel = 6` the phase (wall time of the stage) takes at most
+//! 1.2 × 3 s = 3.6 s in the worst of 5 runs, with at most 5 task-status polls per task on
+//! average. Before issue 16 (backon, 0.5 s × 1.4, jitter): 4.29–5.90 s, 4.0–4.33 polls per task.
+//! The serial time (`max_parallel = 1`) is printed for comparison. Run with
+//! `cargo bench --bench vm_snapshots` (add `--profile dev` to skip the release build).
 
 #![allow(clippy::print_stdout)]
 
@@ -29,6 +32,10 @@ struct Figures {
     elapsed: Duration,
     polls_per_task: f64,
     peak: usize,
+    /// When the last task started, after the stage began (journal writes and POSTs).
+    last_start_ms: i64,
+    /// From the end of the last task to the end of the stage: what polling adds.
+    lag_ms: i64,
 }
 
 /// The simulator's state file: only its PVE section matters here. Six VMs on three PVE nodes,
@@ -110,8 +117,10 @@ async fn run_once(max_parallel: usize) -> Figures {
         playbook: &pb,
     };
     let t0 = Instant::now();
+    let t0_ms = jiff::Timestamp::now().as_millisecond();
     runner.execute(&journal).await.unwrap();
     let elapsed = t0.elapsed();
+    let end_ms = jiff::Timestamp::now().as_millisecond();
     sim.handle.abort();
     let polls = sim
         .requests()
@@ -122,10 +131,24 @@ async fn run_once(max_parallel: usize) -> Figures {
     assert!(pve.violations.is_empty(), "{:#?}", pve.violations);
     let tasks = pve.tasks.len();
     assert_eq!(tasks, 6, "one snapshot task per VM");
+    let last_start = pve
+        .tasks
+        .iter()
+        .map(|t| t.started_ms)
+        .max()
+        .unwrap_or(t0_ms);
+    let last_end = pve
+        .tasks
+        .iter()
+        .map(|t| t.started_ms + i64::try_from(t.duration_ms).unwrap_or(0))
+        .max()
+        .unwrap_or(t0_ms);
     Figures {
         elapsed,
         polls_per_task: polls as f64 / tasks as f64,
         peak: pve.peak_concurrent_tasks(),
+        last_start_ms: last_start - t0_ms,
+        lag_ms: end_ms - last_end,
     }
 }
 
@@ -155,31 +178,34 @@ fn seed_preflight(journal: &Journal, profile: &Profile) {
 #[tokio::main]
 async fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing useful: run anyway.
-    let bound = TASK.mul_f64(1.5) + Duration::from_secs(2);
+    let bound = TASK.mul_f64(1.2);
     println!("vm-snapshots: 6 VMs on 3 PVE nodes, simulated snapshot task = {TASK:?}");
     let mut worst = Duration::ZERO;
     let mut worst_polls: f64 = 0.0;
     for i in 1..=5 {
         let f = run_once(6).await;
         println!(
-            "  parallel (max_parallel = 6) run {i}: {:.2} s, {:.2} task-status polls per task, peak {} tasks at once",
+            "  parallel (max_parallel = 6) run {i}: {:.2} s, {:.2} task-status polls per task, peak {} tasks at once; last task started at +{} ms, stage ended {} ms after the last task",
             f.elapsed.as_secs_f64(),
             f.polls_per_task,
-            f.peak
+            f.peak,
+            f.last_start_ms,
+            f.lag_ms
         );
         worst = worst.max(f.elapsed);
         worst_polls = worst_polls.max(f.polls_per_task);
     }
     let s = run_once(1).await;
     println!(
-        "  serial (max_parallel = 1): {:.2} s, {:.2} task-status polls per task",
+        "  serial (max_parallel = 1): {:.2} s, {:.2} task-status polls per task; stage ended {} ms after the last task",
         s.elapsed.as_secs_f64(),
-        s.polls_per_task
+        s.polls_per_task,
+        s.lag_ms
     );
     let time_ok = worst <= bound;
-    let polls_ok = worst_polls <= 8.0;
+    let polls_ok = worst_polls <= 5.0;
     println!(
-        "parallel worst {:.2} s vs bound 1.5 x task + 2 s = {:.2} s: {}; worst polls per task {:.2} vs 8: {}; speed-up vs serial {:.1}x",
+        "parallel worst {:.2} s vs bound 1.2 x task = {:.2} s: {}; worst polls per task {:.2} vs 5: {}; speed-up vs serial {:.1}x",
         worst.as_secs_f64(),
         bound.as_secs_f64(),
         if time_ok { "OK" } else { "OVER" },

@@ -9,11 +9,11 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use backon::{ExponentialBuilder, Retryable};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::exec::{self, ExecError};
+use crate::poll::Poller;
 use crate::ui::{Event, Reporter, ms};
 
 /// The reporter key of [`Kubectl::wait_nodes_ready`]'s wait events.
@@ -283,13 +283,22 @@ impl Kubectl {
             });
             result
         };
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(250))
-            .with_max_delay(Duration::from_secs(5))
-            .with_jitter()
-            .without_max_times();
+        // Every 0.8 s while the nodes are due (Ready follows etcd and the kubelets within
+        // minutes), then backing off to 5 s (`crate::poll`).
+        let mut poller = Poller::new(timeout, Duration::from_secs(5));
+        let waiting = async {
+            loop {
+                if let Ok(nodes) = poll().await {
+                    return Ok::<_, ()>(nodes);
+                }
+                if !poller.wait().await {
+                    // The overall deadline below ends the wait.
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
         // The overall deadline bounds the loop; an in-flight kubectl is killed with it.
-        let outcome = tokio::time::timeout(timeout, poll.retry(backoff)).await;
+        let outcome = tokio::time::timeout(timeout, waiting).await;
         let elapsed = start.elapsed();
         match outcome {
             Ok(Ok(nodes)) => {

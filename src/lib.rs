@@ -23,6 +23,7 @@ pub mod machine_config;
 pub mod metrics;
 pub mod offsite;
 pub mod pack;
+pub mod poll;
 pub mod profile;
 pub mod pve;
 pub mod rebuild;

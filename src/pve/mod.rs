@@ -3,7 +3,7 @@
 //! Layout:
 //! - [`client`]: [`PveClient`] and its builder: auth header, TLS mode, retries for GETs, typed
 //!   endpoints and the snapshot/power writes (which return a [`Upid`]).
-//! - [`task`]: UPID parsing and [`PveClient::wait_for_task`] (backon polling, Reporter spinner).
+//! - [`task`]: UPID parsing and [`PveClient::wait_for_task`] (`crate::poll` schedule, Reporter spinner).
 //! - [`error`]: [`PveError`], one error type that names the VM / node / path it concerns.
 //! - [`tls`]: certificate pinning (sha256 fingerprint) and CA-file trust.
 //! - [`types`]: response shapes, deserialised leniently (PVE sends 0/1 for booleans, numbers as

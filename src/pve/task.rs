@@ -1,19 +1,19 @@
 //! Tasks: UPIDs and waiting for a task to finish.
 //!
 //! Every PVE write returns a UPID and does its work in a background task. We poll
-//! `/nodes/{node}/tasks/{upid}/status` (the node taken from the UPID) with an exponential,
-//! capped, jittered backoff from backon, so a task of a few seconds needs only a handful of
-//! polls. A fresh task may not be visible yet: a 400 "no such task" is retried for a short
-//! grace period. `OK` and `WARNINGS: n` are success; any other `exitstatus` is the error text.
+//! `/nodes/{node}/tasks/{upid}/status` (the node taken from the UPID) on a capped geometric
+//! schedule (`crate::poll`): spread across the tasks of a batch, and timed by the first of them
+//! to finish, so a task of a few seconds needs only a handful of polls and is seen soon after it
+//! ends. A fresh task may not be visible yet: a 400 "no such task" is retried for a short grace
+//! period. `OK` and `WARNINGS: n` are success; any other `exitstatus` is the error text.
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use backon::{ExponentialBuilder, Retryable};
 use serde::{Serialize, Serializer};
 
+use crate::poll::{Batch, Geometric, Member, task_next_poll};
 use crate::pve::client::PveClient;
 use crate::pve::error::{PveError, Target};
 use crate::pve::types::TaskStatus;
@@ -123,12 +123,13 @@ impl<'de> serde::Deserialize<'de> for Upid {
 /// How to poll a task.
 #[derive(Debug, Clone)]
 pub struct PollConfig {
-    /// First delay between polls.
+    /// First poll after this long (then ×`factor` each time).
     pub min_delay: Duration,
     /// Cap on the delay between polls.
     pub max_delay: Duration,
     pub factor: f32,
-    /// Add up to 100 % random extra delay (spreads parallel pollers).
+    /// A task waited for alone polls on a schedule shifted by a phase taken from its UPID, so
+    /// unrelated waits do not poll in step (tasks of a batch are spread by the batch).
     pub jitter: bool,
     /// Give up waiting after this long (the task itself is not cancelled).
     pub timeout: Duration,
@@ -141,11 +142,11 @@ pub struct PollConfig {
 impl Default for PollConfig {
     fn default() -> Self {
         Self {
-            min_delay: Duration::from_millis(500),
+            min_delay: Duration::from_millis(800),
             max_delay: Duration::from_secs(5),
-            // backon's jitter adds up to 100 %: with ×1.5 the poll that straddles the end of a
-            // 3 s snapshot task could come 3.4 s late; ×1.4 keeps a 3 s task under 5.8 s.
-            factor: 1.4,
+            // Each task polls rarely (3 times in its first 3 s); the six tasks of a batch,
+            // shifted by a sixth of a step each, together look every 8 % of the time waited.
+            factor: 1.6,
             jitter: true,
             timeout: Duration::from_secs(600),
             not_found_grace: Duration::from_secs(10),
@@ -180,14 +181,6 @@ pub struct TaskOutcome {
     pub elapsed_ms: u64,
     /// Status polls made (for diagnostics and tests).
     pub polls: u32,
-}
-
-/// Why a poll did not produce a final status.
-enum Poll {
-    Running(TaskStatus),
-    NotYetVisible(PveError),
-    Transient(PveError),
-    Fatal(PveError),
 }
 
 /// `OK` / `WARNINGS: n` → `Some(n)`, anything else → `None`.
@@ -227,15 +220,36 @@ impl PveClient {
         .await
     }
 
-    /// Waits until the task stops; `key` names the spinner (e.g. `"vm 101"`).
-    ///
-    /// Success is `OK` or `WARNINGS: n`; any other exit status becomes
-    /// [`PveError::TaskFailed`] with the tail of the task log.
+    /// Waits until the task stops; `key` names the spinner (e.g. `"vm 101"`). A task alone:
+    /// see [`PveClient::wait_for_task_in`].
     pub async fn wait_for_task(
         &self,
         upid: &Upid,
         key: &str,
         target: &Target,
+    ) -> Result<TaskOutcome, PveError> {
+        let batch = Batch::new(1);
+        let mut member = batch.join();
+        if self.poll_config().jitter {
+            member = member.with_phase(Batch::solo_phase(upid.as_str()));
+        }
+        self.wait_for_task_in(upid, key, target, &mut member).await
+    }
+
+    /// Waits until the task stops, as one of a [`Batch`] of similar tasks: polled on the
+    /// member's spread schedule until one task of the batch finished, then at the time that one
+    /// took (`crate::poll`).
+    ///
+    /// Success is `OK` or `WARNINGS: n`; any other exit status becomes
+    /// [`PveError::TaskFailed`] with the tail of the task log. A 400 "no such task" within
+    /// `not_found_grace` and up to `max_transient_errors` transient errors in a row are polled
+    /// again (after a growing pause); anything else ends the wait.
+    pub async fn wait_for_task_in(
+        &self,
+        upid: &Upid,
+        key: &str,
+        target: &Target,
+        member: &mut Member<'_>,
     ) -> Result<TaskOutcome, PveError> {
         let cfg = self.poll_config().clone();
         let reporter = self.reporter();
@@ -244,60 +258,82 @@ impl PveClient {
             key: key.to_owned(),
             message: format!("{key}: {} task started ({upid})", upid.task_type),
         });
-        let polls = AtomicU32::new(0);
-        let transient_in_row = AtomicU32::new(0);
-
-        let poll_once = || async {
-            polls.fetch_add(1, Ordering::Relaxed);
-            match self.task_status(upid, target).await {
-                Ok(s) if s.is_running() => {
-                    transient_in_row.store(0, Ordering::Relaxed);
-                    Err(Poll::Running(s))
+        let schedule = Geometric {
+            first: cfg.min_delay,
+            factor: f64::from(cfg.factor),
+            max: cfg.max_delay,
+        };
+        let mut polls = 0u32;
+        let waiting = async {
+            let mut errors_in_row = 0u32;
+            let mut last_poll: Option<Duration> = None;
+            // When the last poll began, and the least pause after it (after an error).
+            let (mut at, mut pause) = (Duration::ZERO, Duration::ZERO);
+            loop {
+                // The first poll too waits for its time: a task is never done at once.
+                loop {
+                    let now = started.elapsed();
+                    let next =
+                        task_next_poll(&schedule, member.phase, member.known(), now, last_poll)
+                            .max(at + pause);
+                    if next <= now {
+                        break;
+                    }
+                    // Wakes early when another task of the batch finishes: then asks again.
+                    member
+                        .sleep_until(tokio::time::Instant::from_std(started + next))
+                        .await;
+                    if started.elapsed() >= next {
+                        break;
+                    }
                 }
-                Ok(s) => Ok(s),
-                Err(e) if e.is_no_such_task() && started.elapsed() < cfg.not_found_grace => {
-                    Err(Poll::NotYetVisible(e))
-                }
-                Err(e)
-                    if e.is_transient()
-                        && transient_in_row.fetch_add(1, Ordering::Relaxed)
-                            < cfg.max_transient_errors =>
-                {
-                    Err(Poll::Transient(e))
-                }
-                Err(e) => Err(Poll::Fatal(e)),
+                at = started.elapsed();
+                polls += 1;
+                last_poll = Some(at);
+                pause = match self.task_status(upid, target).await {
+                    Ok(s) if !s.is_running() => {
+                        // Only a task that did its work times the others (a refusal is quick).
+                        if s.exitstatus.as_deref().and_then(success_warnings).is_some() {
+                            member.finished(at);
+                        }
+                        return Ok(s);
+                    }
+                    Ok(s) => {
+                        errors_in_row = 0;
+                        member.running(at);
+                        reporter.report(Event::WaitProgress {
+                            key: key.to_owned(),
+                            message: format!("{key}: {} task {}", s.task_type, s.status),
+                            elapsed_ms: ms(started.elapsed()),
+                        });
+                        Duration::ZERO
+                    }
+                    Err(e) if e.is_no_such_task() && started.elapsed() < cfg.not_found_grace => {
+                        reporter.report(Event::WaitProgress {
+                            key: key.to_owned(),
+                            message: format!("{key}: {} task not visible yet", upid.task_type),
+                            elapsed_ms: ms(started.elapsed()),
+                        });
+                        cfg.min_delay
+                    }
+                    Err(e) if e.is_transient() && errors_in_row < cfg.max_transient_errors => {
+                        errors_in_row += 1;
+                        // As before: a growing pause between retries of a failing status call.
+                        let pause = cfg
+                            .min_delay
+                            .mul_f64(f64::from(cfg.factor).powi(errors_in_row as i32 - 1))
+                            .min(cfg.max_delay);
+                        reporter.report(Event::Retry {
+                            what: format!("status of task {}", upid.task_type),
+                            error: e.to_string(),
+                            delay_ms: ms(pause),
+                        });
+                        pause
+                    }
+                    Err(e) => return Err(e),
+                };
             }
         };
-        let mut backoff = ExponentialBuilder::default()
-            .with_min_delay(cfg.min_delay)
-            .with_max_delay(cfg.max_delay)
-            .with_factor(cfg.factor)
-            .without_max_times();
-        if cfg.jitter {
-            backoff = backoff.with_jitter();
-        }
-        let waiting = poll_once
-            .retry(backoff)
-            .sleep(tokio::time::sleep)
-            .when(|p| !matches!(p, Poll::Fatal(_)))
-            .notify(|p, delay| match p {
-                Poll::Running(s) => reporter.report(Event::WaitProgress {
-                    key: key.to_owned(),
-                    message: format!("{key}: {} task {}", s.task_type, s.status),
-                    elapsed_ms: ms(started.elapsed()),
-                }),
-                Poll::NotYetVisible(_) => reporter.report(Event::WaitProgress {
-                    key: key.to_owned(),
-                    message: format!("{key}: {} task not visible yet", upid.task_type),
-                    elapsed_ms: ms(started.elapsed()),
-                }),
-                Poll::Transient(e) => reporter.report(Event::Retry {
-                    what: format!("status of task {}", upid.task_type),
-                    error: e.to_string(),
-                    delay_ms: ms(delay),
-                }),
-                Poll::Fatal(_) => {}
-            });
 
         let finish = |ok: bool, message: String| {
             reporter.report(Event::WaitFinished {
@@ -318,11 +354,10 @@ impl PveClient {
                 finish(false, err.to_string());
                 return Err(err);
             }
-            Ok(Err(Poll::Fatal(e) | Poll::Transient(e) | Poll::NotYetVisible(e))) => {
+            Ok(Err(e)) => {
                 finish(false, e.to_string());
                 return Err(e);
             }
-            Ok(Err(Poll::Running(_))) => unreachable!("backoff without max times never gives up"),
             Ok(Ok(s)) => s,
         };
 
@@ -330,7 +365,6 @@ impl PveClient {
             .exitstatus
             .clone()
             .unwrap_or_else(|| "unexpected status".to_owned());
-        let polls = polls.load(Ordering::Relaxed);
         if let Some(warnings) = success_warnings(&exitstatus) {
             finish(true, format!("{key}: {} task {exitstatus}", upid.task_type));
             return Ok(TaskOutcome {

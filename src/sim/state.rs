@@ -78,6 +78,22 @@ pub struct Cluster {
     /// restarts forever (`the member has been permanently removed`) until the node is reset.
     #[serde(default)]
     pub etcd_restart_loops: Vec<String>,
+    /// Every scheduled etcd state change as it happened (the newest [`ETCD_LOG_MAX`]): what a
+    /// benchmark compares the tool's calls with (`benches/restore_lag.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub etcd_log: Vec<EtcdChange>,
+}
+
+/// How many [`Cluster::etcd_log`] entries are kept.
+pub const ETCD_LOG_MAX: usize = 500;
+
+/// One etcd state change of a node, at the time it was due (Unix ms).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EtcdChange {
+    pub at_ms: i64,
+    pub node: String,
+    pub state: String,
+    pub health: String,
 }
 
 fn default_role() -> String {
@@ -570,6 +586,7 @@ impl Cluster {
             member_ids: std::collections::BTreeMap::new(),
             member_names: std::collections::BTreeMap::new(),
             etcd_restart_loops: Vec::new(),
+            etcd_log: Vec::new(),
         }
     }
 

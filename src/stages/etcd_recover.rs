@@ -29,6 +29,11 @@ const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// "Not ready yet" refusals are retried for this long, this far apart.
 const NOT_YET_BUDGET: Duration = Duration::from_secs(60);
 const NOT_YET_DELAY: Duration = Duration::from_secs(5);
+/// How long after a reset (or the last change seen) its node may take to show `Preparing`: a VM
+/// reboot. Within it, every node is looked at every 0.8 s (`crate::poll`).
+const RESET_DUE: Duration = Duration::from_secs(5 * 60);
+/// The same for etcd starting after a bootstrap or a join.
+const START_DUE: Duration = Duration::from_secs(3 * 60);
 /// Extra reset rounds for nodes whose etcd data survived a reset.
 const STALE_ROUNDS: u32 = 2;
 
@@ -419,6 +424,15 @@ fn save_resets(ctx: &StageCtx<'_>, resets: &BTreeMap<String, ResetRecord>) -> an
     ctx.update(|r: &mut EtcdRecoverRecord| r.resets = resets.clone())
 }
 
+/// How long a change is due after the wait for `what` begins (or after the last change seen):
+/// a reset reboots the node; a restore, or a join, starts etcd.
+fn due_within(what: &str) -> Duration {
+    match what {
+        "Preparing" => RESET_DUE,
+        _ => START_DUE,
+    }
+}
+
 /// Waits until every node in `nodes` satisfies `ok`; the error names the nodes that did not.
 async fn wait_all(
     ctx: &StageCtx<'_>,
@@ -437,15 +451,22 @@ async fn wait_all(
     }
     let mut last: BTreeMap<String, String> = BTreeMap::new();
     let mut done: Vec<String> = Vec::new();
-    let mut poller = Poller::new(budget, ctx.inputs.poll_max());
+    let mut poller = Poller::new(budget, ctx.inputs.poll_max()).due_within(due_within(what));
     loop {
-        for n in nodes
+        // Every node at once, so each is looked at when the round starts.
+        let pending: Vec<String> = nodes
             .iter()
             .filter(|n| !done.contains(n))
             .cloned()
-            .collect::<Vec<_>>()
-        {
-            let text = match talos.service_etcd(&n).await {
+            .collect();
+        let looks = futures::future::join_all(
+            pending
+                .iter()
+                .map(|n| async move { (n.clone(), talos.service_etcd(n).await) }),
+        )
+        .await;
+        for (n, result) in looks {
+            let text = match result {
                 Ok(s) if ok(&s) => {
                     ctx.reporter.report(Event::WaitFinished {
                         key: format!("etcd {n}"),
@@ -453,6 +474,8 @@ async fn wait_all(
                         message: format!("etcd on {n} is {what}"),
                         elapsed_ms: ui::ms(started.elapsed()),
                     });
+                    // The others started at the same time: they are due now too.
+                    poller.saw_change();
                     done.push(n);
                     continue;
                 }
@@ -465,6 +488,7 @@ async fn wait_all(
                     message: format!("etcd on {n}: {text}"),
                     elapsed_ms: ui::ms(started.elapsed()),
                 });
+                poller.saw_change();
             }
             last.insert(n, text);
         }
@@ -646,7 +670,7 @@ async fn wait_bootstrap_node(
     });
     let started = Instant::now();
     let mut last = String::new();
-    let mut poller = Poller::new(budget, ctx.inputs.poll_max());
+    let mut poller = Poller::new(budget, ctx.inputs.poll_max()).due_within(START_DUE);
     let outcome: Option<Result<(), String>> = loop {
         match talos.service_etcd(node).await {
             Ok(s) if s.is_running_ok() => break Some(Ok(())),
@@ -666,6 +690,7 @@ async fn wait_bootstrap_node(
                         message: format!("etcd on {node}: {text}"),
                         elapsed_ms: ui::ms(started.elapsed()),
                     });
+                    poller.saw_change();
                     last = text;
                 }
             }
@@ -724,13 +749,18 @@ async fn wait_members(
 ) -> anyhow::Result<Vec<EtcdMember>> {
     let talos = ctx.talos();
     let mut seen = 0;
-    let mut poller = Poller::new(budget, ctx.inputs.poll_max());
+    let mut poller = Poller::new(budget, ctx.inputs.poll_max()).due_within(START_DUE);
     let found = loop {
         if let Ok(m) = talos.etcd_members(node).await {
-            seen = m.iter().filter(|x| !x.learner).count();
-            if seen >= expected {
+            let voting = m.iter().filter(|x| !x.learner).count();
+            if voting >= expected {
                 break Some(m);
             }
+            if voting != seen {
+                // A learner was promoted: the others are due too.
+                poller.saw_change();
+            }
+            seen = voting;
         }
         if !poller.wait().await {
             break None;

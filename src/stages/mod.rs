@@ -27,7 +27,6 @@ pub mod vm_snapshots;
 pub mod wait_healthy;
 
 use std::path::Path;
-use std::time::Duration;
 
 use crate::engine::playbook::{self, Playbook, PlaybookError};
 pub use crate::engine::stage::{
@@ -68,41 +67,8 @@ pub fn parse_playbook(text: &str) -> Result<Playbook, playbook::ParseError> {
     playbook::parse(text, &REGISTRY)
 }
 
-/// Paces a wait loop: exponential delays with jitter (backon's schedule), capped at `max_delay`,
-/// until a deadline.
-pub struct Poller {
-    delays: backon::ExponentialBackoff,
-    deadline: tokio::time::Instant,
-    max_delay: Duration,
-}
-
-impl Poller {
-    pub fn new(budget: Duration, max_delay: Duration) -> Self {
-        use backon::BackoffBuilder;
-        let delays = backon::ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100).min(max_delay))
-            .with_max_delay(max_delay)
-            .with_jitter()
-            .without_max_times()
-            .build();
-        Self {
-            delays,
-            deadline: tokio::time::Instant::now() + budget,
-            max_delay,
-        }
-    }
-
-    /// Sleeps until the next check; `false` once the deadline has passed.
-    pub async fn wait(&mut self) -> bool {
-        let now = tokio::time::Instant::now();
-        if now >= self.deadline {
-            return false;
-        }
-        let d = self.delays.next().unwrap_or(self.max_delay);
-        tokio::time::sleep(d.min(self.deadline - now)).await;
-        true
-    }
-}
+/// Paces a wait loop (`crate::poll`): every 0.8 s while a change is due, then backing off.
+pub use crate::poll::Poller;
 
 /// `talosctl` calls on every control-plane node, rendered for a plan.
 fn on_each_cp(plan: &Plan<'_>, rest: &[&str]) -> Vec<String> {

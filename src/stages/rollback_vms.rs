@@ -18,6 +18,7 @@ use super::vm_snapshots::{VmEntry, VmJournal, VmState, journal, pve_message};
 use super::{Inputs, Plan, Stage, StageCtx, StageData, StageOutcome};
 use crate::engine::playbook::Confirm;
 use crate::error::UserError;
+use crate::poll::Batch;
 use crate::profile::Profile;
 use crate::pve::client::spinner_key;
 use crate::pve::{PveClient, PveError, SnapshotName, Target, Upid};
@@ -96,12 +97,14 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     let start = !ctx.inputs.no_start;
     let prior = ctx.own::<RollbackVmsRecord>()?.vms;
     let sem = Semaphore::new(max_parallel);
+    // One batch: the first rollback to finish times the polls of the others.
+    let batch = Batch::new(max_parallel.min(m.vms.len()));
     let results: Vec<VmEntry> = futures::future::join_all(m.vms.iter().map(|v| {
         let prior = prior.get(&v.vmid.to_string()).cloned();
-        let (sem, client, label) = (&sem, &client, m.label.as_str());
+        let (sem, client, label, batch) = (&sem, &client, m.label.as_str(), &batch);
         async move {
             let _permit = sem.acquire().await.ok();
-            rollback_one(ctx, client, v, label, prior, start).await
+            rollback_one(ctx, client, v, label, prior, start, batch).await
         }
     }))
     .await;
@@ -158,8 +161,10 @@ async fn rollback_one(
     label: &str,
     prior: Option<VmEntry>,
     start: bool,
+    batch: &Batch,
 ) -> VmEntry {
     let vm = v.vm_ref();
+    let mut member = batch.join();
     let mut e = VmEntry {
         address: v.address.clone(),
         role: v.role.clone(),
@@ -206,7 +211,7 @@ async fn rollback_one(
             (VmState::Started, Some(Ok(upid))) => {
                 e.upid = Some(upid.to_string());
                 let r = client
-                    .wait_for_task(&upid, &spinner_key(&vm), &Target::vm(&vm))
+                    .wait_for_task_in(&upid, &spinner_key(&vm), &Target::vm(&vm), &mut member)
                     .await
                     .map(|o| (o.exitstatus, o.polls));
                 return finish(e, r);
@@ -236,7 +241,7 @@ async fn rollback_one(
     e.upid = Some(upid.to_string());
     journal::<RollbackVmsRecord>(ctx, &e);
     let r = client
-        .wait_for_task(&upid, &spinner_key(&vm), &Target::vm(&vm))
+        .wait_for_task_in(&upid, &spinner_key(&vm), &Target::vm(&vm), &mut member)
         .await
         .map(|o| (o.exitstatus, o.polls));
     finish(e, r)

@@ -23,6 +23,7 @@ use super::upgrade_preflight::{
 };
 use super::{Plan, Stage, StageCtx, StageData, StageOutcome};
 use crate::error::UserError;
+use crate::poll::Batch;
 use crate::pve::client::spinner_key;
 use crate::pve::{PveClient, PveError, SnapshotName, SnapshotRequest, Target, Upid};
 use crate::sets::{self, SetFailure, SetVm};
@@ -209,14 +210,16 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     };
     let prior = ctx.own::<VmSnapshotsRecord>()?.vms;
 
-    // Concurrent futures on this task (not spawned), so each can journal through `ctx`.
+    // Concurrent futures on this task (not spawned), so each can journal through `ctx`. One
+    // batch: the first snapshot to finish times the polls of the others.
     let sem = Semaphore::new(max_parallel);
+    let batch = Batch::new(max_parallel.min(targets.len()));
     let results: Vec<VmEntry> = futures::future::join_all(targets.iter().map(|t| {
         let prior = prior.get(&t.vm.vmid.to_string()).cloned();
-        let (sem, client, req) = (&sem, &client, &req);
+        let (sem, client, req, batch) = (&sem, &client, &req, &batch);
         async move {
             let _permit = sem.acquire().await.ok();
-            snapshot_one(ctx, client, t, prior, req).await
+            snapshot_one(ctx, client, t, prior, req, batch).await
         }
     }))
     .await;
@@ -302,8 +305,10 @@ async fn snapshot_one(
     t: &SetTarget,
     prior: Option<VmEntry>,
     req: &SnapshotRequest,
+    batch: &Batch,
 ) -> VmEntry {
     let vm = &t.vm;
+    let mut member = batch.join();
     let mut e = VmEntry {
         address: t.address.clone(),
         role: t.role.clone(),
@@ -343,7 +348,7 @@ async fn snapshot_one(
                 ));
                 e.upid = Some(upid.to_string());
                 let r = match client
-                    .wait_for_task(&upid, &spinner_key(vm), &Target::vm(vm))
+                    .wait_for_task_in(&upid, &spinner_key(vm), &Target::vm(vm), &mut member)
                     .await
                 {
                     Ok(o) => Ok((o.exitstatus, Some(o.polls))),
@@ -398,7 +403,7 @@ async fn snapshot_one(
     e.upid = Some(upid.to_string());
     journal::<VmSnapshotsRecord>(ctx, &e);
     match client
-        .wait_for_task(&upid, &spinner_key(vm), &Target::vm(vm))
+        .wait_for_task_in(&upid, &spinner_key(vm), &Target::vm(vm), &mut member)
         .await
     {
         Ok(o) => finish(e, Ok((o.exitstatus, Some(o.polls)))),

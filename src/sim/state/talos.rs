@@ -173,10 +173,13 @@ impl Cluster {
     pub(super) fn arrive(&mut self, i: usize, t: Transition, at_ms: i64) {
         if t.old_data {
             self.start_on_old_data(i, at_ms);
+            self.log_etcd(i, at_ms);
             return;
         }
         let node = &mut self.nodes[i];
         node.etcd.set(&t.state, &t.health, &t.event);
+        self.log_etcd(i, at_ms);
+        let node = &mut self.nodes[i];
         if let Some(e) = t.data_empty {
             node.etcd.data_empty = e;
         }
@@ -192,6 +195,18 @@ impl Cluster {
                 members.push(address);
             }
         }
+    }
+
+    fn log_etcd(&mut self, i: usize, at_ms: i64) {
+        let n = &self.nodes[i];
+        self.etcd_log.push(super::EtcdChange {
+            at_ms,
+            node: n.address.clone(),
+            state: n.etcd.state.clone(),
+            health: n.etcd.health.clone(),
+        });
+        let over = self.etcd_log.len().saturating_sub(super::ETCD_LOG_MAX);
+        self.etcd_log.drain(..over);
     }
 
     /// etcd's pre-stage found data in `/var/lib/etcd`: it skips the join loop and starts etcd on
