@@ -207,7 +207,10 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
         ));
     } else {
         reset_all(ctx, &cp, prior.resets).await?;
-        wait_all(ctx, &cp, wait_budget, "Preparing", |s| s.is_preparing()).await?;
+        wait_all(ctx, &cp, (wait_budget, RESET_DUE), "Preparing", |s| {
+            s.is_preparing()
+        })
+        .await?;
         ensure_wiped(ctx, &cp, wait_budget).await?;
         bootstrap_once(ctx, &cp[0], &file, skip_hash).await?;
     }
@@ -221,7 +224,7 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     wait_all(
         ctx,
         &others,
-        wait_budget,
+        (wait_budget, START_DUE),
         "Running",
         ServiceStatus::is_running_ok,
     )
@@ -415,7 +418,10 @@ async fn ensure_wiped(ctx: &StageCtx<'_>, cp: &[String], budget: Duration) -> an
         }
         save_resets(ctx, &resets)?;
         send_resets(ctx, &mut resets, &stale).await?;
-        wait_all(ctx, &stale, budget, "Preparing", |s| s.is_preparing()).await?;
+        wait_all(ctx, &stale, (budget, RESET_DUE), "Preparing", |s| {
+            s.is_preparing()
+        })
+        .await?;
     }
     Ok(())
 }
@@ -424,20 +430,12 @@ fn save_resets(ctx: &StageCtx<'_>, resets: &BTreeMap<String, ResetRecord>) -> an
     ctx.update(|r: &mut EtcdRecoverRecord| r.resets = resets.clone())
 }
 
-/// How long a change is due after the wait for `what` begins (or after the last change seen):
-/// a reset reboots the node; a restore, or a join, starts etcd.
-fn due_within(what: &str) -> Duration {
-    match what {
-        "Preparing" => RESET_DUE,
-        _ => START_DUE,
-    }
-}
-
-/// Waits until every node in `nodes` satisfies `ok`; the error names the nodes that did not.
+/// Waits until every node in `nodes` satisfies `ok`, looking every 0.8 s for `due` after the
+/// start or the last change of state seen; the error names the nodes that did not.
 async fn wait_all(
     ctx: &StageCtx<'_>,
     nodes: &[String],
-    budget: Duration,
+    (budget, due): (Duration, Duration),
     what: &str,
     ok: fn(&ServiceStatus) -> bool,
 ) -> anyhow::Result<()> {
@@ -450,8 +448,10 @@ async fn wait_all(
         });
     }
     let mut last: BTreeMap<String, String> = BTreeMap::new();
+    // State and health per node: a change there (not in the events' "12s ago") reopens the window.
+    let mut states: BTreeMap<String, String> = BTreeMap::new();
     let mut done: Vec<String> = Vec::new();
-    let mut poller = Poller::new(budget, ctx.inputs.poll_max()).due_within(due_within(what));
+    let mut poller = Poller::new(budget, ctx.inputs.poll_max()).due_within(due);
     loop {
         // Every node at once, so each is looked at when the round starts.
         let pending: Vec<String> = nodes
@@ -466,6 +466,16 @@ async fn wait_all(
         )
         .await;
         for (n, result) in looks {
+            let state = match &result {
+                Ok(s) => format!("{} {}", s.state, s.health),
+                Err(_) => "not answering".to_owned(),
+            };
+            if states
+                .insert(n.clone(), state.clone())
+                .is_some_and(|was| was != state)
+            {
+                poller.saw_change();
+            }
             let text = match result {
                 Ok(s) if ok(&s) => {
                     ctx.reporter.report(Event::WaitFinished {
@@ -488,7 +498,6 @@ async fn wait_all(
                     message: format!("etcd on {n}: {text}"),
                     elapsed_ms: ui::ms(started.elapsed()),
                 });
-                poller.saw_change();
             }
             last.insert(n, text);
         }
@@ -670,9 +679,19 @@ async fn wait_bootstrap_node(
     });
     let started = Instant::now();
     let mut last = String::new();
+    let mut state = String::new();
     let mut poller = Poller::new(budget, ctx.inputs.poll_max()).due_within(START_DUE);
     let outcome: Option<Result<(), String>> = loop {
-        match talos.service_etcd(node).await {
+        let look = talos.service_etcd(node).await;
+        if let Ok(s) = &look {
+            // `Running ?` after `Preparing`: `Running OK` is due (not the events' "12s ago").
+            let now = format!("{} {}", s.state, s.health);
+            if !state.is_empty() && state != now {
+                poller.saw_change();
+            }
+            state = now;
+        }
+        match look {
             Ok(s) if s.is_running_ok() => break Some(Ok(())),
             Ok(s) if s.state == "Failed" => {
                 break Some(Err(s.last_event().unwrap_or("no event").to_owned()));
@@ -690,7 +709,6 @@ async fn wait_bootstrap_node(
                         message: format!("etcd on {node}: {text}"),
                         elapsed_ms: ui::ms(started.elapsed()),
                     });
-                    poller.saw_change();
                     last = text;
                 }
             }
