@@ -9,7 +9,9 @@
 //! `Running`/`OK`) is the start of the first later call that names that node.
 //!
 //! Target (issue 16): every such change acted on within 1 s. Prints the lag per change, the
-//! worst, and the restore's wall time for each of `ROUNDS` runs.
+//! worst, and the restore's wall time for each of `ROUNDS` runs. Before issue 16 (backon, 0.1 s
+//! doubling up to 5 s): worst 2.7 s, median restore 10.9 s; after: worst 0.72 s, 8.7 s (debug
+//! build).
 //! Run with `cargo bench --bench restore_lag` (add `--profile dev` to skip the release build).
 
 #![allow(clippy::print_stdout)]
