@@ -1,6 +1,6 @@
 //! Benchmark of the `vm-snapshots` stage: six VMs on three PVE nodes, every snapshot task taking
 //! 3 s on the simulated Proxmox VE (`talos_dr::sim::pve_api`, HTTPS with a pinned certificate),
-//! production poll timing (`crate::poll`: 0.5 s × 2 up to 5 s, the six schedules shifted against
+//! production poll timing (`crate::poll`: 0.8 s × 1.6 up to 5 s, the six schedules shifted against
 //! each other, the first finished task timing the others).
 //!
 //! Target (issue 16): with `max_parallel = 6` the phase (wall time of the stage) takes at most

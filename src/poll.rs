@@ -312,17 +312,18 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// What PVE task waits use.
     fn production() -> Geometric {
-        Geometric {
-            first: ms(500),
-            factor: 2.0,
-            max: Duration::from_secs(5),
-        }
+        crate::pve::PollConfig::default().schedule()
     }
 
     #[test]
     fn geometric_schedule_grows_then_caps() {
-        let s = production();
+        let s = Geometric {
+            first: ms(500),
+            factor: 2.0,
+            max: Duration::from_secs(5),
+        };
         assert_eq!(
             s.times(0.0, Duration::from_secs(20)),
             [500, 1000, 2000, 4000, 8000, 13000, 18000].map(ms)
@@ -336,7 +337,7 @@ mod tests {
     }
 
     /// Six tasks of 3 s started together: together they look often enough to see the first end
-    /// within 0.2 × 3 s, while each polls at most 3 times before it.
+    /// within 0.05 × 3 s, while each polls at most 3 times before it (PVE task waits' schedule).
     #[test]
     fn a_batch_of_six_spreads_its_polls() {
         let s = production();

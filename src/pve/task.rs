@@ -156,6 +156,15 @@ impl Default for PollConfig {
 }
 
 impl PollConfig {
+    /// The polls of a task's wait before anything is known about its duration.
+    pub fn schedule(&self) -> Geometric {
+        Geometric {
+            first: self.min_delay,
+            factor: f64::from(self.factor),
+            max: self.max_delay,
+        }
+    }
+
     /// Millisecond delays for tests.
     pub fn fast() -> Self {
         Self {
@@ -258,11 +267,7 @@ impl PveClient {
             key: key.to_owned(),
             message: format!("{key}: {} task started ({upid})", upid.task_type),
         });
-        let schedule = Geometric {
-            first: cfg.min_delay,
-            factor: f64::from(cfg.factor),
-            max: cfg.max_delay,
-        };
+        let schedule = cfg.schedule();
         let mut polls = 0u32;
         let waiting = async {
             let mut errors_in_row = 0u32;
