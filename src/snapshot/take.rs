@@ -5,10 +5,12 @@
 //! verified, and only then renamed into place.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
+use super::follow::{StreamEnd, part_path};
 use super::store::{self, Sidecar};
 use super::verify::Trailer;
 use crate::error::UserError;
@@ -198,9 +200,18 @@ pub async fn take(
         message: format!("streaming etcd snapshot from {node}"),
     });
     let t = Instant::now();
+    // Verified while talosctl streams it, so only the tail is left when talosctl exits.
+    let end = Arc::new(StreamEnd::default());
+    let _end_on_drop = FinishOnDrop(end.clone());
+    let follower = {
+        let (tmp, end) = (tmp.clone(), end.clone());
+        tokio::task::spawn_blocking(move || crate::snapshot::xray::follow(&tmp, &end))
+    };
     let streamed = talos
         .etcd_snapshot(&node, &tmp, opts.snapshot_timeout)
         .await;
+    end.finish();
+    let followed = follower.await;
     reporter.report(Event::WaitFinished {
         key: node.clone(),
         ok: streamed.is_ok(),
@@ -224,9 +235,14 @@ pub async fn take(
         .into());
     }
 
-    // Verified and read in one pass, so the sidecar can say what the snapshot holds.
-    let (report, contents) = crate::snapshot::xray::read(&tmp)
-        .map_err(|e| UserError::failed(format!("cannot read the new snapshot: {e}")))?;
+    // Verified and read in one pass, so the sidecar can say what the snapshot holds. When the
+    // stream did not end as its meta pages said (or following it failed), the finished file is
+    // read as a whole: the verdict and its words are then exactly those of `verify`.
+    let (report, contents) = match followed {
+        Ok(Ok(Some(done))) => done,
+        _ => crate::snapshot::xray::read(&tmp)
+            .map_err(|e| UserError::failed(format!("cannot read the new snapshot: {e}")))?,
+    };
     if report.size == 0 {
         return Err(UserError::failed(format!(
             "talosctl produced an empty file from node {node}; it was removed and nothing was stored"
@@ -271,12 +287,6 @@ pub async fn take(
     })
 }
 
-fn part_path(p: &Path) -> PathBuf {
-    let mut s = p.as_os_str().to_owned();
-    s.push(".part");
-    PathBuf::from(s)
-}
-
 fn set_mode(p: &Path, mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
@@ -288,6 +298,15 @@ pub(crate) fn indent(text: &str, prefix: &str) -> String {
         .map(|l| format!("{prefix}{l}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Tells the follower the stream is over however `take` exits, so its thread ends too.
+struct FinishOnDrop(Arc<StreamEnd>);
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
 }
 
 /// Removes leftover temp files however the function exits (error, panic or cancellation).
