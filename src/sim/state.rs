@@ -114,8 +114,8 @@ pub struct Timing {
     /// joined (0: at once, LEARNER never shows `true`).
     #[serde(default)]
     pub promote_ms: u64,
-    /// `etcd snapshot` writes its file in 1 MiB chunks at this many bytes per second, like a
-    /// network stream (0: all at once).
+    /// `etcd snapshot` writes its file in chunks at this many bytes per second, like a network
+    /// stream (0: all at once).
     #[serde(default)]
     pub snapshot_bytes_per_s: u64,
 }

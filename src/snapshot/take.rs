@@ -211,7 +211,14 @@ pub async fn take(
         .etcd_snapshot(&node, &tmp, opts.snapshot_timeout)
         .await;
     end.finish();
+    let exited = Instant::now();
     let followed = follower.await;
+    tracing::debug!(
+        node = %node,
+        verified_while_streaming = matches!(followed, Ok(Ok(Some(_)))),
+        tail_ms = exited.elapsed().as_millis() as u64,
+        "snapshot stream followed"
+    );
     reporter.report(Event::WaitFinished {
         key: node.clone(),
         ok: streamed.is_ok(),
