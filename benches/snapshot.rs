@@ -5,10 +5,10 @@
 //!
 //! Interleaved per round, in one run:
 //!
-//! * raw       `talosctl -n NODE etcd snapshot PATH` (the simulator's talosctl directly: stream
-//!             into `PATH.part`, rename, then its own `snapshot info` pass, like the real one);
-//! * talos-dr  `talos-dr snapshot` on the simulated cluster (health gate, stream, verify,
-//!             sidecar, machine configs), release build.
+//! * raw: `talosctl -n NODE etcd snapshot PATH` (the simulator's talosctl directly: stream into
+//!   `PATH.part`, rename, then its own `snapshot info` pass, like the real one);
+//! * talos-dr: `talos-dr snapshot` on the simulated cluster (health gate, stream, verify,
+//!   sidecar, machine configs), release build.
 //!
 //! Prints the median of each, the ratio and the overhead in ms, against the issue-16 target
 //! (≤ 10 % + 100 ms; goal ≤ 5 % + 50 ms). `cargo bench --bench snapshot`; environment:
