@@ -115,6 +115,101 @@ pub async fn pick_node_or_direct(
     }
 }
 
+/// Picks the node (see [`pick_node_or_direct`]) and runs the health gate from it. The health
+/// check from the node most likely picked (`--node`, or the first control-plane node) runs at
+/// the same time as the version probe that picks it, so the common case waits for the slower
+/// of the two calls instead of both; when another node (or direct mode) is picked, that result
+/// is dropped and the check runs again from the picked node, as it always did.
+async fn healthy_node(
+    profile: &Profile,
+    talos: &Talosctl,
+    opts: &TakeOptions,
+    reporter: &dyn Reporter,
+) -> anyhow::Result<(String, Option<String>, Talosctl)> {
+    let likely = match opts.node.as_deref() {
+        Some(n) => Some(n.to_owned()),
+        None => profile.control_plane().next().map(|n| n.address.clone()),
+    };
+    let early = async {
+        match &likely {
+            Some(node) => {
+                let t = Instant::now();
+                Some((health(profile, talos, node, opts).await, t.elapsed()))
+            }
+            None => None,
+        }
+    };
+    let (picked, early) = tokio::join!(
+        pick_node_or_direct(profile, talos, opts.node.as_deref(), reporter),
+        early
+    );
+    let (node, version, picked_talos) = picked?;
+    let result = match early {
+        Some((result, elapsed))
+            if likely.as_deref() == Some(node.as_str()) && picked_talos.direct == talos.direct =>
+        {
+            report_health(&node, &result, elapsed, reporter);
+            result
+        }
+        _ => {
+            let t = Instant::now();
+            let result = health(profile, &picked_talos, &node, opts).await;
+            report_health(&node, &result, t.elapsed(), reporter);
+            result
+        }
+    };
+    result.map_err(|e| unhealthy(&e))?;
+    Ok((node, version, picked_talos))
+}
+
+async fn health(
+    profile: &Profile,
+    talos: &Talosctl,
+    node: &str,
+    opts: &TakeOptions,
+) -> Result<(), crate::talos::TalosError> {
+    talos
+        .health(
+            node,
+            &profile.control_plane_addresses(),
+            &profile.worker_addresses(),
+            opts.health_timeout,
+        )
+        .await
+}
+
+/// The health check's events, sent once the check is known to count.
+fn report_health(
+    node: &str,
+    result: &Result<(), crate::talos::TalosError>,
+    elapsed: Duration,
+    reporter: &dyn Reporter,
+) {
+    reporter.report(Event::WaitStarted {
+        key: "health".into(),
+        message: format!("checking cluster health from {node}"),
+    });
+    reporter.report(Event::WaitFinished {
+        key: "health".into(),
+        ok: result.is_ok(),
+        message: if result.is_ok() {
+            "cluster is healthy".into()
+        } else {
+            "cluster is not healthy".into()
+        },
+        elapsed_ms: ui::ms(elapsed),
+    });
+}
+
+fn unhealthy(e: &crate::talos::TalosError) -> anyhow::Error {
+    UserError::precondition(format!(
+        "the cluster is not healthy, so no snapshot was taken:\n{}",
+        indent(e.stderr().trim(), "  ")
+    ))
+    .hint("fix the cluster first, or pass --skip-health to take a snapshot anyway")
+    .into()
+}
+
 /// The whole job: health gate, stream, verify, store. Errors carry the exit code.
 pub async fn take(
     profile: &Profile,
@@ -123,43 +218,12 @@ pub async fn take(
     reporter: &dyn Reporter,
 ) -> anyhow::Result<Taken> {
     let started = Instant::now();
-    let (node, talos_version, talos) =
-        pick_node_or_direct(profile, talos, opts.node.as_deref(), reporter).await?;
+    let (node, talos_version, talos) = if opts.skip_health {
+        pick_node_or_direct(profile, talos, opts.node.as_deref(), reporter).await?
+    } else {
+        healthy_node(profile, talos, opts, reporter).await?
+    };
     let talos = &talos;
-
-    if !opts.skip_health {
-        reporter.report(Event::WaitStarted {
-            key: "health".into(),
-            message: format!("checking cluster health from {node}"),
-        });
-        let t = Instant::now();
-        let result = talos
-            .health(
-                &node,
-                &profile.control_plane_addresses(),
-                &profile.worker_addresses(),
-                opts.health_timeout,
-            )
-            .await;
-        reporter.report(Event::WaitFinished {
-            key: "health".into(),
-            ok: result.is_ok(),
-            message: if result.is_ok() {
-                "cluster is healthy".into()
-            } else {
-                "cluster is not healthy".into()
-            },
-            elapsed_ms: ui::ms(t.elapsed()),
-        });
-        if let Err(e) = result {
-            return Err(UserError::precondition(format!(
-                "the cluster is not healthy, so no snapshot was taken:\n{}",
-                indent(e.stderr().trim(), "  ")
-            ))
-            .hint("fix the cluster first, or pass --skip-health to take a snapshot anyway")
-            .into());
-        }
-    }
 
     let taken_at = Timestamp::now();
     let (final_path, dir) = match &opts.output {

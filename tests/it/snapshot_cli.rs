@@ -608,3 +608,27 @@ fn paced_stream_cut_short_stores_nothing() {
         .stderr(predicate::str::contains("nothing was stored"));
     assert!(env.backup_files().is_empty(), "{:?}", env.backup_files());
 }
+
+#[test]
+fn health_runs_once_from_the_picked_node_alongside_the_version_probe() {
+    let env = Env::new();
+    env.cmd().arg("snapshot").assert().code(0);
+    let health = env.calls_of(&["health"]);
+    assert_eq!(health.len(), 1, "{health:?}");
+    assert_eq!(node_args(&health[0]), vec!["10.5.0.11"]);
+    assert_eq!(node_args(&env.calls_of(&["version"])[0]), vec!["10.5.0.11"]);
+
+    // The first node does not answer: the early check from it does not count; the gate runs
+    // from the node that was picked (and fails, since the cluster misses a member).
+    env.edit_cluster(|c| c.nodes[0].reachable = false);
+    env.cmd()
+        .arg("snapshot")
+        .assert()
+        .code(4)
+        .stderr(predicate::str::contains(
+            "checking cluster health from 10.5.0.12",
+        ))
+        .stderr(predicate::str::contains("from 10.5.0.11").not());
+    let health = env.calls_of(&["health"]);
+    assert_eq!(node_args(health.last().unwrap()), vec!["10.5.0.12"]);
+}
