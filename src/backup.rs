@@ -198,9 +198,14 @@ pub async fn run(
             (path.clone(), sidecar)
         }
         Destination::Scheduled | Destination::File(_) => {
-            let (plain, mut sidecar) =
-                take_plain(profile, talos, opts, &local_packing, reporter).await?;
-            let configs = machine_config::collect(profile, talos).await;
+            // The machine configs are read while the snapshot streams, and stored only once
+            // it is good.
+            let (taken, reads) = tokio::join!(
+                take_plain(profile, talos, opts, &local_packing, reporter),
+                machine_config::read_all(profile, talos)
+            );
+            let (plain, mut sidecar) = taken?;
+            let configs = machine_config::store_all(profile, reads);
             for w in &configs.warnings {
                 reporter.warn(w);
             }

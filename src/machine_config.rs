@@ -286,14 +286,31 @@ pub struct Collected {
 /// Reads every node's machine config (directly from each node, in parallel) and stores it. A
 /// node that does not answer keeps the newest config an earlier snapshot recorded for it.
 pub async fn collect(profile: &Profile, talos: &Talosctl) -> Collected {
+    let reads = read_all(profile, talos).await;
+    store_all(profile, reads)
+}
+
+/// Every node's machine config as it answered, read side by side; nothing is stored.
+pub async fn read_all(profile: &Profile, talos: &Talosctl) -> Reads {
     let talos = talos.clone().direct();
-    let dir = dir(profile);
-    let recipients = &profile.file.backup.recipients;
     let reads = futures::future::join_all(profile.file.nodes.iter().map(|n| {
         let talos = &talos;
         async move { (n.address.clone(), talos.machine_config(&n.address).await) }
     }))
     .await;
+    Reads(reads)
+}
+
+/// What [`read_all`] got from each node, in profile order.
+#[derive(Debug)]
+pub struct Reads(Vec<(String, Result<String, talos::TalosError>)>);
+
+/// Stores what [`read_all`] got (a node that failed keeps its last known config) and says
+/// what each sidecar is to refer to.
+pub fn store_all(profile: &Profile, reads: Reads) -> Collected {
+    let dir = dir(profile);
+    let recipients = &profile.file.backup.recipients;
+    let Reads(reads) = reads;
     let mut out = Collected::default();
     let mut previous: Option<BTreeMap<String, ConfigRef>> = None;
     for (node, result) in reads {

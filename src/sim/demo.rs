@@ -83,6 +83,7 @@ pub fn setup(dir: &Path, exe: &Path, real_kubectl: bool, faults: &[Fault]) -> io
         install_ms: 3000,
         reboot_ms: 2000,
         promote_ms: 0,
+        snapshot_bytes_per_s: 0,
     };
     for f in faults {
         f.apply(&mut cluster);

@@ -130,6 +130,10 @@ pub struct Timing {
     /// joined (0: at once, LEARNER never shows `true`).
     #[serde(default)]
     pub promote_ms: u64,
+    /// `etcd snapshot` writes its file in chunks at this many bytes per second, like a network
+    /// stream (0: all at once).
+    #[serde(default)]
+    pub snapshot_bytes_per_s: u64,
 }
 
 fn default_install_ms() -> u64 {
@@ -160,6 +164,7 @@ impl Default for Timing {
             install_ms: default_install_ms(),
             reboot_ms: default_install_ms(),
             promote_ms: 0,
+            snapshot_bytes_per_s: 0,
         }
     }
 }

@@ -1027,10 +1027,33 @@ fn write_part(ctx: &Ctx, node: &Node, part: &Path) -> Result<u64, String> {
                 .into(),
         );
     }
-    f.write_all(&data)
+    write_paced(&mut f, &data, ctx.cluster.timing.snapshot_bytes_per_s)
         .and_then(|()| f.sync_all())
         .map_err(|e| format!("failed to fsync: {e}"))?;
     Ok(data.len() as u64)
+}
+
+/// Writes `data` at `bytes_per_s` (0: at once) in chunks of a 20th of a second (4 KiB to
+/// 1 MiB), each when the rate allows it, so a reader sees the file grow the way a network
+/// stream fills it.
+fn write_paced(f: &mut std::fs::File, data: &[u8], bytes_per_s: u64) -> std::io::Result<()> {
+    if bytes_per_s == 0 {
+        return f.write_all(data);
+    }
+    let chunk = usize::try_from(bytes_per_s / 20)
+        .unwrap_or(usize::MAX)
+        .clamp(4 << 10, 1 << 20);
+    let start = std::time::Instant::now();
+    let mut written = 0u64;
+    for chunk in data.chunks(chunk) {
+        f.write_all(chunk)?;
+        written += chunk.len() as u64;
+        let due = std::time::Duration::from_secs_f64(written as f64 / bytes_per_s as f64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    Ok(())
 }
 
 fn service_etcd(ctx: &Ctx, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), String> {

@@ -5,10 +5,12 @@
 //! verified, and only then renamed into place.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
+use super::follow::{StreamEnd, part_path};
 use super::store::{self, Sidecar};
 use super::verify::Trailer;
 use crate::error::UserError;
@@ -113,6 +115,101 @@ pub async fn pick_node_or_direct(
     }
 }
 
+/// Picks the node (see [`pick_node_or_direct`]) and runs the health gate from it. The health
+/// check from the node most likely picked (`--node`, or the first control-plane node) runs at
+/// the same time as the version probe that picks it, so the common case waits for the slower
+/// of the two calls instead of both; when another node (or direct mode) is picked, that result
+/// is dropped and the check runs again from the picked node, as it always did.
+async fn healthy_node(
+    profile: &Profile,
+    talos: &Talosctl,
+    opts: &TakeOptions,
+    reporter: &dyn Reporter,
+) -> anyhow::Result<(String, Option<String>, Talosctl)> {
+    let likely = match opts.node.as_deref() {
+        Some(n) => Some(n.to_owned()),
+        None => profile.control_plane().next().map(|n| n.address.clone()),
+    };
+    let early = async {
+        match &likely {
+            Some(node) => {
+                let t = Instant::now();
+                Some((health(profile, talos, node, opts).await, t.elapsed()))
+            }
+            None => None,
+        }
+    };
+    let (picked, early) = tokio::join!(
+        pick_node_or_direct(profile, talos, opts.node.as_deref(), reporter),
+        early
+    );
+    let (node, version, picked_talos) = picked?;
+    let result = match early {
+        Some((result, elapsed))
+            if likely.as_deref() == Some(node.as_str()) && picked_talos.direct == talos.direct =>
+        {
+            report_health(&node, &result, elapsed, reporter);
+            result
+        }
+        _ => {
+            let t = Instant::now();
+            let result = health(profile, &picked_talos, &node, opts).await;
+            report_health(&node, &result, t.elapsed(), reporter);
+            result
+        }
+    };
+    result.map_err(|e| unhealthy(&e))?;
+    Ok((node, version, picked_talos))
+}
+
+async fn health(
+    profile: &Profile,
+    talos: &Talosctl,
+    node: &str,
+    opts: &TakeOptions,
+) -> Result<(), crate::talos::TalosError> {
+    talos
+        .health(
+            node,
+            &profile.control_plane_addresses(),
+            &profile.worker_addresses(),
+            opts.health_timeout,
+        )
+        .await
+}
+
+/// The health check's events, sent once the check is known to count.
+fn report_health(
+    node: &str,
+    result: &Result<(), crate::talos::TalosError>,
+    elapsed: Duration,
+    reporter: &dyn Reporter,
+) {
+    reporter.report(Event::WaitStarted {
+        key: "health".into(),
+        message: format!("checking cluster health from {node}"),
+    });
+    reporter.report(Event::WaitFinished {
+        key: "health".into(),
+        ok: result.is_ok(),
+        message: if result.is_ok() {
+            "cluster is healthy".into()
+        } else {
+            "cluster is not healthy".into()
+        },
+        elapsed_ms: ui::ms(elapsed),
+    });
+}
+
+fn unhealthy(e: &crate::talos::TalosError) -> anyhow::Error {
+    UserError::precondition(format!(
+        "the cluster is not healthy, so no snapshot was taken:\n{}",
+        indent(e.stderr().trim(), "  ")
+    ))
+    .hint("fix the cluster first, or pass --skip-health to take a snapshot anyway")
+    .into()
+}
+
 /// The whole job: health gate, stream, verify, store. Errors carry the exit code.
 pub async fn take(
     profile: &Profile,
@@ -121,43 +218,12 @@ pub async fn take(
     reporter: &dyn Reporter,
 ) -> anyhow::Result<Taken> {
     let started = Instant::now();
-    let (node, talos_version, talos) =
-        pick_node_or_direct(profile, talos, opts.node.as_deref(), reporter).await?;
+    let (node, talos_version, talos) = if opts.skip_health {
+        pick_node_or_direct(profile, talos, opts.node.as_deref(), reporter).await?
+    } else {
+        healthy_node(profile, talos, opts, reporter).await?
+    };
     let talos = &talos;
-
-    if !opts.skip_health {
-        reporter.report(Event::WaitStarted {
-            key: "health".into(),
-            message: format!("checking cluster health from {node}"),
-        });
-        let t = Instant::now();
-        let result = talos
-            .health(
-                &node,
-                &profile.control_plane_addresses(),
-                &profile.worker_addresses(),
-                opts.health_timeout,
-            )
-            .await;
-        reporter.report(Event::WaitFinished {
-            key: "health".into(),
-            ok: result.is_ok(),
-            message: if result.is_ok() {
-                "cluster is healthy".into()
-            } else {
-                "cluster is not healthy".into()
-            },
-            elapsed_ms: ui::ms(t.elapsed()),
-        });
-        if let Err(e) = result {
-            return Err(UserError::precondition(format!(
-                "the cluster is not healthy, so no snapshot was taken:\n{}",
-                indent(e.stderr().trim(), "  ")
-            ))
-            .hint("fix the cluster first, or pass --skip-health to take a snapshot anyway")
-            .into());
-        }
-    }
 
     let taken_at = Timestamp::now();
     let (final_path, dir) = match &opts.output {
@@ -198,9 +264,25 @@ pub async fn take(
         message: format!("streaming etcd snapshot from {node}"),
     });
     let t = Instant::now();
+    // Verified while talosctl streams it, so only the tail is left when talosctl exits.
+    let end = Arc::new(StreamEnd::default());
+    let _end_on_drop = FinishOnDrop(end.clone());
+    let follower = {
+        let (tmp, end) = (tmp.clone(), end.clone());
+        tokio::task::spawn_blocking(move || crate::snapshot::xray::follow(&tmp, &end))
+    };
     let streamed = talos
         .etcd_snapshot(&node, &tmp, opts.snapshot_timeout)
         .await;
+    end.finish();
+    let exited = Instant::now();
+    let followed = follower.await;
+    tracing::debug!(
+        node = %node,
+        verified_while_streaming = matches!(followed, Ok(Ok(Some(_)))),
+        tail_ms = exited.elapsed().as_millis() as u64,
+        "snapshot stream followed"
+    );
     reporter.report(Event::WaitFinished {
         key: node.clone(),
         ok: streamed.is_ok(),
@@ -224,9 +306,14 @@ pub async fn take(
         .into());
     }
 
-    // Verified and read in one pass, so the sidecar can say what the snapshot holds.
-    let (report, contents) = crate::snapshot::xray::read(&tmp)
-        .map_err(|e| UserError::failed(format!("cannot read the new snapshot: {e}")))?;
+    // Verified and read in one pass, so the sidecar can say what the snapshot holds. When the
+    // stream did not end as its meta pages said (or following it failed), the finished file is
+    // read as a whole: the verdict and its words are then exactly those of `verify`.
+    let (report, contents) = match followed {
+        Ok(Ok(Some(done))) => done,
+        _ => crate::snapshot::xray::read(&tmp)
+            .map_err(|e| UserError::failed(format!("cannot read the new snapshot: {e}")))?,
+    };
     if report.size == 0 {
         return Err(UserError::failed(format!(
             "talosctl produced an empty file from node {node}; it was removed and nothing was stored"
@@ -271,12 +358,6 @@ pub async fn take(
     })
 }
 
-fn part_path(p: &Path) -> PathBuf {
-    let mut s = p.as_os_str().to_owned();
-    s.push(".part");
-    PathBuf::from(s)
-}
-
 fn set_mode(p: &Path, mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
@@ -288,6 +369,15 @@ pub(crate) fn indent(text: &str, prefix: &str) -> String {
         .map(|l| format!("{prefix}{l}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Tells the follower the stream is over however `take` exits, so its thread ends too.
+struct FinishOnDrop(Arc<StreamEnd>);
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
 }
 
 /// Removes leftover temp files however the function exits (error, panic or cancellation).

@@ -144,19 +144,43 @@ pub fn verify_file_with(path: &Path, visitor: &mut dyn Visitor) -> io::Result<Re
         (digests, analysis)
     });
     let digests = digests?;
-    let mut a = analysis?;
-
-    let trailer = match digests.body {
-        None => Trailer::Missing,
-        Some(body) => {
+    let analysis = analysis?;
+    let stored = match digests.body {
+        Some(_) => {
             let mut stored = [0u8; 32];
-            walk_file.read_exact_at(&mut stored, body_len)?;
-            if stored == body {
-                Trailer::Ok
-            } else {
-                Trailer::Mismatch
-            }
+            FileExt::read_exact_at(&walk_file, &mut stored, body_len)?;
+            Some(stored)
         }
+        None => None,
+    };
+    Ok(report(path, size, &digests, stored, analysis))
+}
+
+/// Positioned reads of whole ranges: a file, or a file that is still being written (see
+/// `snapshot::follow`), where a read waits for its bytes to arrive.
+pub(crate) trait ReadAt: Sync {
+    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> io::Result<()>;
+}
+
+impl ReadAt for File {
+    fn read_exact_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, off)
+    }
+}
+
+/// The verdict on a file of `size` bytes from its digests, its stored trailer (`Some` when the
+/// size says there is one) and the structure [`analyze`] found.
+pub(crate) fn report(
+    path: &Path,
+    size: u64,
+    digests: &Digests,
+    stored: Option<[u8; 32]>,
+    mut a: Analysis,
+) -> Report {
+    let trailer = match (digests.body, stored) {
+        (Some(body), Some(stored)) if stored == body => Trailer::Ok,
+        (Some(_), _) => Trailer::Mismatch,
+        (None, _) => Trailer::Missing,
     };
     match trailer {
         Trailer::Mismatch if !a.foreign => a.problems.push(
@@ -173,7 +197,7 @@ pub fn verify_file_with(path: &Path, visitor: &mut dyn Visitor) -> io::Result<Re
     }
 
     let problems = a.problems.into_vec();
-    Ok(Report {
+    Report {
         path: path.to_path_buf(),
         valid: problems.is_empty(),
         size,
@@ -182,13 +206,13 @@ pub fn verify_file_with(path: &Path, visitor: &mut dyn Visitor) -> io::Result<Re
         problems,
         notes: a.notes,
         sha256: hex::encode(digests.whole),
-    })
+    }
 }
 
-struct Digests {
-    whole: [u8; 32],
+pub(crate) struct Digests {
+    pub(crate) whole: [u8; 32],
     /// sha256 of the bytes before the trailer, when the size says there is one.
-    body: Option<[u8; 32]>,
+    pub(crate) body: Option<[u8; 32]>,
 }
 
 /// Streams `len` bytes of `file` through sha256 in constant memory.
@@ -253,7 +277,7 @@ fn hash_stream(file: &File, len: u64, body_len: Option<u64>) -> io::Result<Diges
 }
 
 fn read_fully(file: &File, buf: &mut [u8], off: u64) -> io::Result<()> {
-    file.read_exact_at(buf, off).map_err(|e| {
+    FileExt::read_exact_at(file, buf, off).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
             io::Error::new(e.kind(), "the file got shorter while it was being verified")
         } else {
@@ -291,7 +315,7 @@ impl Problems {
 }
 
 /// Everything except the sha256: size, container sniffing, meta pages and the tree walk.
-struct Analysis {
+pub(crate) struct Analysis {
     problems: Problems,
     notes: Vec<String>,
     status: Option<Status>,
@@ -301,19 +325,38 @@ struct Analysis {
     foreign: bool,
 }
 
-fn analyze(
-    file: &File,
+impl Analysis {
+    fn new() -> Self {
+        Analysis {
+            problems: Problems::default(),
+            notes: Vec::new(),
+            status: None,
+            page_size: None,
+            foreign: false,
+        }
+    }
+}
+
+/// The size a streamed snapshot has when its meta pages are both intact: `meta.pgid` pages
+/// and the trailer. `None` for anything less clear-cut (a follower then verifies the finished
+/// file as a whole instead of guessing).
+pub(crate) fn expected_size(file: &dyn ReadAt) -> io::Result<Option<u64>> {
+    let mut a = Analysis::new();
+    let meta = choose_meta(file, u64::MAX / 2, &mut a)?;
+    Ok(meta
+        .filter(|_| a.notes.is_empty() && a.problems.is_empty())
+        .and_then(|m| m.pgid.checked_mul(u64::from(m.page_size)))
+        .and_then(|n| n.checked_add(TRAILER_LEN)))
+}
+
+/// Everything but the sha256 of a file of `size` bytes whose first `body_len` are the database.
+pub(crate) fn analyze(
+    file: &dyn ReadAt,
     size: u64,
     body_len: u64,
     visitor: &mut dyn Visitor,
 ) -> io::Result<Analysis> {
-    let mut a = Analysis {
-        problems: Problems::default(),
-        notes: Vec::new(),
-        status: None,
-        page_size: None,
-        foreign: false,
-    };
+    let mut a = Analysis::new();
     if size == 0 {
         a.problems.push("the file is empty (0 bytes)".to_string());
         return Ok(a);
@@ -496,7 +539,11 @@ fn fnv1a64(data: &[u8]) -> u64 {
     })
 }
 
-fn read_meta(file: &File, body_len: u64, page_off: u64) -> io::Result<Option<[u8; META_LEN]>> {
+fn read_meta(
+    file: &dyn ReadAt,
+    body_len: u64,
+    page_off: u64,
+) -> io::Result<Option<[u8; META_LEN]>> {
     let off = page_off + PAGE_HEADER as u64;
     if off + META_LEN as u64 > body_len {
         return Ok(None);
@@ -507,7 +554,7 @@ fn read_meta(file: &File, body_len: u64, page_off: u64) -> io::Result<Option<[u8
 }
 
 /// Picks the meta page bbolt would use, recording notes and problems about damaged ones.
-fn choose_meta(file: &File, body_len: u64, a: &mut Analysis) -> io::Result<Option<Meta>> {
+fn choose_meta(file: &dyn ReadAt, body_len: u64, a: &mut Analysis) -> io::Result<Option<Meta>> {
     let raw0 = read_meta(file, body_len, 0)?;
     let m0 = raw0.as_ref().map_or(Err(MetaError::Magic), parse_meta);
     // Meta 1 sits one page further; when meta 0 cannot tell the page size, probe like bbolt.
@@ -626,7 +673,7 @@ struct Frame {
 }
 
 struct Walker<'f, 'v> {
-    file: &'f File,
+    file: &'f dyn ReadAt,
     visitor: &'v mut dyn Visitor,
     /// Raw name of the root bucket being walked, for the visitor.
     bucket: Vec<u8>,
@@ -650,7 +697,7 @@ struct Walker<'f, 'v> {
 
 impl<'f, 'v> Walker<'f, 'v> {
     fn new(
-        file: &'f File,
+        file: &'f dyn ReadAt,
         page_size: u64,
         pages: u64,
         file_pages: u64,

@@ -392,6 +392,25 @@ pub fn read(path: &Path) -> io::Result<(Report, Option<Contents>)> {
     Ok((report, contents))
 }
 
+/// [`read`] of the snapshot talosctl is still streaming to `path` (see
+/// [`follow`](super::follow)): `None` when the finished file has to be read with [`read`]
+/// after all.
+pub fn follow(
+    path: &Path,
+    end: &super::follow::StreamEnd,
+) -> io::Result<Option<(Report, Option<Contents>)>> {
+    use super::follow::Followed;
+    Ok(
+        match super::follow::follow(path, end, Collector::default())? {
+            Followed::Verified { report, visitor } => {
+                let contents = report.valid.then(|| visitor.finish());
+                Some((report, contents))
+            }
+            Followed::Unsure => None,
+        },
+    )
+}
+
 /// Which objects a command looks at.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {

@@ -519,3 +519,118 @@ fn bit_rot_that_keeps_the_size_never_pushes_out_good_snapshots() {
     );
     assert!(rotten.iter().all(|p| !p.exists()));
 }
+
+/// The simulated talosctl streams like a network (a few chunks over about a third of a
+/// second), so `snapshot` verifies the file while it grows.
+fn paced(env: &Env) {
+    env.edit_cluster(|c| c.timing.snapshot_bytes_per_s = 400_000);
+}
+
+#[test]
+fn paced_stream_is_verified_while_it_arrives_and_stored_as_verify_sees_it() {
+    let env = Env::new();
+    paced(&env);
+    let out = env
+        .cmd()
+        .args(["-o", "json", "snapshot"])
+        .env("RUST_LOG", "talos_dr=debug")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("verified_while_streaming=true"),
+        "the follower did not verify the stream: {stderr}"
+    );
+    let files = snapshot_files(&env);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let stored = env.backups().join(&files[0]);
+    let sidecar: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(env.backups().join(format!("{}.json", files[0]))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(sidecar["sha256"], sha256_hex(&stored));
+    assert_eq!(sidecar["valid"], true);
+    assert_eq!(sidecar["trailer"], "ok");
+    // What the sidecar says the snapshot holds is what reading the stored file finds.
+    let report = talos_dr::snapshot::verify::verify_file(&stored).unwrap();
+    assert_eq!(
+        sidecar["status"],
+        serde_json::to_value(report.status).unwrap()
+    );
+    assert_eq!(sidecar["size"], report.size);
+    let (_, contents) = talos_dr::snapshot::xray::read(&stored).unwrap();
+    let totals = serde_json::to_value(contents.unwrap().totals()).unwrap();
+    assert_eq!(sidecar["objects"], totals);
+}
+
+#[test]
+fn corrupted_paced_stream_never_reaches_the_backup_dir_or_the_offsite_target() {
+    let env = Env::new();
+    let target = env.tmp.path().join("offsite");
+    let profile = env.config_dir.join("profile.toml");
+    let mut text = std::fs::read_to_string(&profile).unwrap();
+    text.push_str(&format!(
+        "\n[offsite]\nurl = \"file://{}\"\n",
+        target.display()
+    ));
+    std::fs::write(&profile, text).unwrap();
+    plant_days_ago(&env, &[10, 11, 12]);
+    paced(&env);
+    env.edit_cluster(|c| c.faults.snapshot_bitflip = true);
+    env.cmd()
+        .arg("snapshot")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("failed verification"))
+        .stderr(predicate::str::contains(
+            "sha256 trailer does not match the content",
+        ))
+        .stderr(predicate::str::contains("nothing was stored"));
+    assert_eq!(snapshot_files(&env).len(), 3, "the good ones stay");
+    assert!(!env.backup_files().iter().any(|f| f.starts_with('.')));
+    let remote: Vec<_> = std::fs::read_dir(&target)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(remote.is_empty(), "off-site got {remote:?}");
+}
+
+#[test]
+fn paced_stream_cut_short_stores_nothing() {
+    let env = Env::new();
+    paced(&env);
+    env.edit_cluster(|c| c.faults.snapshot_cut_after = Some(60_000));
+    env.cmd()
+        .arg("snapshot")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("error reading"))
+        .stderr(predicate::str::contains("nothing was stored"));
+    assert!(env.backup_files().is_empty(), "{:?}", env.backup_files());
+    // The machine configs are read while the stream runs, but kept only with a good snapshot.
+    assert!(!env.backups().join("configs").exists());
+}
+
+#[test]
+fn health_runs_once_from_the_picked_node_alongside_the_version_probe() {
+    let env = Env::new();
+    env.cmd().arg("snapshot").assert().code(0);
+    let health = env.calls_of(&["health"]);
+    assert_eq!(health.len(), 1, "{health:?}");
+    assert_eq!(node_args(&health[0]), vec!["10.5.0.11"]);
+    assert_eq!(node_args(&env.calls_of(&["version"])[0]), vec!["10.5.0.11"]);
+
+    // The first node does not answer: the early check from it does not count; the gate runs
+    // from the node that was picked (and fails, since the cluster misses a member).
+    env.edit_cluster(|c| c.nodes[0].reachable = false);
+    env.cmd()
+        .arg("snapshot")
+        .assert()
+        .code(4)
+        .stderr(predicate::str::contains(
+            "checking cluster health from 10.5.0.12",
+        ))
+        .stderr(predicate::str::contains("from 10.5.0.11").not());
+    let health = env.calls_of(&["health"]);
+    assert_eq!(node_args(health.last().unwrap()), vec!["10.5.0.12"]);
+}
