@@ -104,6 +104,11 @@ fn each_fault_fails_the_right_step_with_the_right_code() {
         ("etcd-fails", 1, "failed after bootstrap"),
         ("never-prepares", 1, "10.5.0.12"),
         ("vm-locked", 4, "locked (backup)"),
+        (
+            "objects-lost",
+            1,
+            "deployments in monitoring: 1 (deployment-00000003)",
+        ),
     ];
     for (fault, code, message) in cases {
         let tmp = tempfile::tempdir().unwrap();
