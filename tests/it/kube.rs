@@ -391,8 +391,17 @@ async fn unknown_paths_and_other_methods_get_status_bodies() {
     let sim = Sim::start().await;
     let http = reqwest::Client::new();
     let base = format!("http://{}", sim.addr);
+    // Secrets are served (from etcd's data, for the post-restore comparison); widgets are not.
     let r = http
         .get(format!("{base}/api/v1/secrets"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["kind"], "SecretList");
+    let r = http
+        .get(format!("{base}/api/v1/widgets"))
         .send()
         .await
         .unwrap();
@@ -404,7 +413,7 @@ async fn unknown_paths_and_other_methods_get_status_bodies() {
     );
     assert_eq!(
         body["message"],
-        "the server could not find the requested resource (/api/v1/secrets)"
+        "the server could not find the requested resource (/api/v1/widgets)"
     );
     for (method, path) in [("POST", "/api/v1/nodes"), ("DELETE", "/nowhere")] {
         let r = http
