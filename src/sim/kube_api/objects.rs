@@ -409,6 +409,22 @@ mod tests {
     }
 
     #[test]
+    fn the_simulated_kubectl_lists_every_compared_kind() {
+        let c = small();
+        let kinds = crate::snapshot::compare::kubectl_resources();
+        let list = kubectl_list(&c, &kinds).unwrap();
+        assert_eq!(list["kind"], "List");
+        let items = list["items"].as_array().unwrap();
+        let count = |k: &str| items.iter().filter(|i| i["kind"] == k).count();
+        assert_eq!(
+            (count("Deployment"), count("Secret"), count("Lease")),
+            (3, 10, 2)
+        );
+        assert!(count("Pod") > 0, "pods come from the simulated kubelets");
+        assert!(kubectl_list(&c, "deployments.apps,widgets").is_none());
+    }
+
+    #[test]
     fn discovery_names_every_group() {
         let groups = api_groups();
         assert_eq!(groups["groups"].as_array().unwrap().len(), GROUPS.len());
