@@ -98,6 +98,15 @@ pub struct NodeInfo {
     pub reason: Option<String>,
 }
 
+/// One object of any kind from `kubectl get … -o json`: what it is and where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ObjectRef {
+    pub kind: String,
+    /// `None` for cluster-scoped objects.
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
 /// One pod from `kubectl get pods -A -o json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PodInfo {
@@ -210,6 +219,17 @@ impl Kubectl {
         let stdout = self.get_json(&["get", "pods", "-A"]).await?;
         parse_pods(&stdout).map_err(|e| KubeError::Parse {
             command: command_text(&["get", "pods", "-A"]),
+            reason: e.to_string(),
+        })
+    }
+
+    /// `kubectl get <resources> -A -o json` (`resources` comma-separated): each item's kind,
+    /// namespace and name, for the post-restore comparison.
+    pub async fn objects(&self, resources: &str) -> Result<Vec<ObjectRef>, KubeError> {
+        let rest = ["get", resources, "-A"];
+        let stdout = self.get_json(&rest).await?;
+        parse_objects(&stdout).map_err(|e| KubeError::Parse {
+            command: command_text(&rest),
             reason: e.to_string(),
         })
     }
@@ -522,6 +542,28 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct AnyObject {
+    kind: String,
+    metadata: Meta,
+}
+
+/// Parses `kubectl get <kinds> -o json` (a `List`; kubectl sets every item's `kind`). Only kind,
+/// namespace and name are kept: a secret's data is skipped unread.
+pub fn parse_objects(stdout: &str) -> Result<Vec<ObjectRef>, serde_json::Error> {
+    let list: List<AnyObject> = serde_json::from_str(stdout)?;
+    Ok(list
+        .items
+        .into_iter()
+        .map(|o| ObjectRef {
+            kind: o.kind,
+            namespace: Some(o.metadata.namespace).filter(|ns| !ns.is_empty()),
+            name: o.metadata.name,
+        })
+        .collect())
+}
+
 /// Parses `kubectl get nodes -o json` (a `List` or `NodeList`).
 pub fn parse_nodes(stdout: &str) -> Result<Vec<NodeInfo>, serde_json::Error> {
     let list: List<Node> = serde_json::from_str(stdout)?;
@@ -687,6 +729,31 @@ pub fn summarize_nodes(nodes: &[NodeInfo]) -> NodeSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn objects_of_many_kinds_keep_kind_namespace_and_name() {
+        let body = r#"{"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""},
+          "items": [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "labels": null}},
+            {"apiVersion": "apps/v1", "kind": "Deployment",
+             "metadata": {"name": "web", "namespace": "shop"}, "spec": {"replicas": 2}},
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tls", "namespace": "shop"},
+             "data": {"tls.key": "c2VjcmV0"}, "type": "kubernetes.io/tls"}
+          ]}"#;
+        let objects = parse_objects(body).unwrap();
+        assert_eq!(objects.len(), 3);
+        assert_eq!(objects[0].namespace, None);
+        assert_eq!(
+            objects[1],
+            ObjectRef {
+                kind: "Deployment".into(),
+                namespace: Some("shop".into()),
+                name: "web".into()
+            }
+        );
+        assert_eq!(objects[2].kind, "Secret");
+        assert!(parse_objects(r#"{"items": null}"#).unwrap().is_empty());
+    }
 
     /// A trimmed real `kubectl get nodes -o json` body: one Ready control plane, one worker
     /// whose kubelet stopped reporting.

@@ -248,6 +248,9 @@ pub async fn run(ctx: &Ctx, args: DemoArgs) -> anyhow::Result<Exit> {
                 .as_u64()
                 .map_or("-".into(), talos_dr::stages::report::secs)
         ));
+        if let Some(c) = r.get("comparison").filter(|c| c.is_object()) {
+            text.push_str(&format!("  {}\n", comparison_line(c)));
+        }
     }
     text.push_str(&format!(
         "  result: {}\n  files: {}\n\ntry next (the simulator needs its state file):\n  export TALOS_DR_SIM_STATE={} TALOS_DR_TALOSCTL={}\n  talos-dr --config-dir {cd} list\n  talos-dr --config-dir {cd} runs\n  talos-dr --config-dir {cd} runs show {}\n  talos-dr --config-dir {cd} playbooks show restore\n",
@@ -284,6 +287,30 @@ pub async fn run(ctx: &Ctx, args: DemoArgs) -> anyhow::Result<Exit> {
         "exit": exit.code(),
     }));
     Ok(exit)
+}
+
+/// `post-restore comparison: passed (27 objects of the checked kinds, 0 missing, 0 extra)`.
+fn comparison_line(c: &Value) -> String {
+    let sum = |field: &str| -> u64 {
+        c["kinds"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|k| k["churn"] != true)
+            .filter_map(|k| k[field].as_u64())
+            .sum()
+    };
+    format!(
+        "post-restore comparison: {} ({} objects of the checked kinds in the snapshot, {} missing, {} extra)",
+        if c["passed"] == true {
+            "passed"
+        } else {
+            "FAILED"
+        },
+        sum("snapshot"),
+        sum("missing"),
+        sum("extra")
+    )
 }
 
 fn disaster_text(d: demo::Disaster) -> &'static str {

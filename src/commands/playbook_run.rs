@@ -313,6 +313,9 @@ fn summary(st: &RunState, report: Option<&RunReport>, profile: &Profile) -> Stri
         for u in &report.undo {
             out.push_str(&format!("undo: {u}\n"));
         }
+        if let Some(c) = &report.comparison {
+            out.push_str(&c.render_text());
+        }
     }
     if st.status == RunStatus::Succeeded
         && let Ok(Some(set)) = st.data::<RecordSetOutputs>()

@@ -30,6 +30,9 @@ pub enum Fault {
     NeverPrepares,
     /// VM 101 is locked by a running backup: Proxmox checks refuse to go on (exit 4).
     VmLocked,
+    /// The Kubernetes API does not list namespace monitoring's deployments after the restore:
+    /// post-verify's comparison with the snapshot fails (exit 1).
+    ObjectsLost,
 }
 
 impl Fault {
@@ -48,6 +51,7 @@ impl Fault {
             Fault::VmLocked => {
                 c.pve.locked.insert(101, "backup".into());
             }
+            Fault::ObjectsLost => c.faults.objects_vanish = vec!["deployments/monitoring".into()],
         }
     }
 }

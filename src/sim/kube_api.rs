@@ -14,6 +14,10 @@
 //! Like a real API server whose etcd is gone, resource requests get `503 ServiceUnavailable`
 //! while no control-plane node has etcd Running; discovery keeps answering.
 //!
+//! The workload and configuration kinds the post-restore comparison lists (namespaces,
+//! deployments, secrets, CRDs, …) are served from etcd's data ([`objects`]), under `/api/v1` and
+//! `/apis/GROUP/v1`, with their discovery documents.
+//!
 //! One write: `DELETE /api/v1/nodes/NAME` (`kubectl delete node NAME`), recorded in the state's
 //! `kube.deleted_nodes`; the list honours `fieldSelector=metadata.name=NAME`, which kubectl's
 //! wait for the deletion uses.
@@ -34,7 +38,10 @@ use tokio::task::JoinHandle;
 
 use super::state::{self, Cluster, Kube, Node, Pod};
 
+mod objects;
 mod table;
+
+pub use objects::kubectl_list;
 
 /// When every object pretends to have been created (fixed, so bodies are reproducible).
 const CREATED: &str = "2025-01-06T09:00:00Z";
@@ -55,12 +62,34 @@ fn router(state_path: PathBuf) -> Router {
         .route("/api", get(|| async { answer(200, api_versions()) }))
         .route(
             "/apis",
-            get(|| async {
-                answer(
-                    200,
-                    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}),
-                )
+            get(|| async { answer(200, objects::api_groups()) }),
+        )
+        .route(
+            "/apis/{group}/{version}",
+            get(|UrlPath((g, v)): UrlPath<(String, String)>| async move {
+                match objects::group_resources(&g, &v) {
+                    Some(body) => answer(200, body),
+                    None => {
+                        let (status, body) = not_found(&format!("/apis/{g}/{v}"));
+                        answer(status, body)
+                    }
+                }
             }),
+        )
+        .route(
+            "/apis/{group}/{version}/{*rest}",
+            get(
+                |st: StatePath,
+                 q: RawQuery,
+                 h: HeaderMap,
+                 UrlPath((g, v, rest)): UrlPath<(String, String, String)>| async move {
+                    if v != "v1" {
+                        let (status, body) = not_found(&format!("/apis/{g}/{v}/{rest}"));
+                        return answer(status, body);
+                    }
+                    serve_resources(st, &g, &rest, q, h)
+                },
+            ),
         )
         .route("/api/v1", get(|| async { answer(200, api_resources()) }))
         .route(
@@ -84,8 +113,19 @@ fn router(state_path: PathBuf) -> Router {
 
 /// `GET /api/v1/…`: nodes and pods, as JSON or as the Table plain `kubectl get` asks for.
 async fn resources(
-    State(path): StatePath,
+    st: StatePath,
     UrlPath(rest): UrlPath<String>,
+    query: RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    serve_resources(st, "", &rest, query, headers)
+}
+
+/// A resource request of the core group (`""`) or of `GROUP` (at `v1`).
+fn serve_resources(
+    State(path): StatePath,
+    group: &str,
+    rest: &str,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
@@ -100,7 +140,11 @@ async fn resources(
         ),
         Ok(cluster) => {
             let segments: Vec<&str> = rest.trim_matches('/').split('/').collect();
-            resource(&segments, query.as_deref().unwrap_or_default(), &cluster)
+            if group.is_empty() {
+                resource(&segments, query.as_deref().unwrap_or_default(), &cluster)
+            } else {
+                objects::request_or_404(group, &segments, &cluster)
+            }
         }
     };
     let wants_table = headers
@@ -239,7 +283,7 @@ fn resource(rest: &[&str], query: &str, cluster: &Cluster) -> (u16, Value) {
         },
         ["pods"] => (200, pod_list(cluster, None)),
         ["namespaces", ns, "pods"] => (200, pod_list(cluster, Some(ns))),
-        _ => not_found(&format!("/api/v1/{}", rest.join("/"))),
+        _ => objects::request_or_404("", rest, cluster),
     }
 }
 
@@ -277,7 +321,7 @@ fn api_versions() -> Value {
 
 fn api_resources() -> Value {
     let verbs = json!(["get", "list", "watch"]);
-    json!({
+    let mut list = json!({
         "kind": "APIResourceList",
         "groupVersion": "v1",
         "resources": [
@@ -286,7 +330,11 @@ fn api_resources() -> Value {
             {"name": "pods", "singularName": "pod", "namespaced": true, "kind": "Pod",
              "verbs": verbs, "shortNames": ["po"], "categories": ["all"]},
         ],
-    })
+    });
+    if let Some(r) = list["resources"].as_array_mut() {
+        r.extend(objects::core_resources());
+    }
+    list
 }
 
 fn version_info(state_path: &Path) -> Value {

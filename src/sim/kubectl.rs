@@ -1,5 +1,6 @@
 //! A stand-in `kubectl` for `talos-dr demo` on machines without kubectl. It answers only what
-//! talos-dr asks (`version --client -o json`, `get nodes|pods -o json`, `delete node NAME`) from
+//! talos-dr asks (`version --client -o json`, `get nodes|pods -o json`, `get KIND,KIND,… -A -o json`,
+//! `delete node NAME`) from
 //! the simulated cluster's state; the tests always use the real kubectl against
 //! [`super::kube_api`].
 
@@ -33,6 +34,16 @@ pub fn main(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         }),
         (["get", "nodes", ..], Some(Ok(c))) if etcd_up(&c) => kube_api::node_list(&c),
         (["get", "pods", ..], Some(Ok(c))) if etcd_up(&c) => kube_api::pod_list(&c, None),
+        // The post-restore comparison: `get namespaces,deployments.apps,… -A -o json`.
+        (["get", kinds, ..], Some(Ok(c))) if etcd_up(&c) && kinds.contains(',') => {
+            match kube_api::kubectl_list(&c, kinds) {
+                Some(list) => list,
+                None => {
+                    let _ = writeln!(err, "simulated kubectl: unsupported resource in {kinds}");
+                    return 1;
+                }
+            }
+        }
         (["get", ..], Some(Ok(_))) => {
             let _ = writeln!(
                 err,

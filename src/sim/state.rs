@@ -349,6 +349,11 @@ pub struct Faults {
     /// hangs (`get machinestatus --insecure` keeps saying `installing`).
     #[serde(default)]
     pub install_hangs: Vec<String>,
+    /// The Kubernetes API does not list these objects of etcd's data, as if they were lost
+    /// after the restore: `RESOURCE`, `RESOURCE/NAMESPACE` or `RESOURCE/NAMESPACE/NAME`
+    /// (cluster-scoped: `RESOURCE//NAME`), e.g. `deployments/team-03`.
+    #[serde(default)]
+    pub objects_vanish: Vec<String>,
 }
 
 /// The Kubernetes side of the simulated cluster ([`crate::sim::kube_api`]).

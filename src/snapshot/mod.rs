@@ -1,5 +1,6 @@
 //! etcd snapshot files: verification, storage layout, retention, and taking a new one.
 
+pub mod compare;
 pub mod follow;
 pub mod prune;
 pub mod retention;

@@ -6,6 +6,7 @@
 
 pub mod etcd_recover;
 pub mod post_verify;
+pub mod post_verify_compare;
 pub mod post_verify_kube;
 pub mod pre_restore_snapshot;
 pub mod preflight;

@@ -1,5 +1,7 @@
 //! `post-verify`: `talosctl health` with the expected nodes pinned, then Kubernetes itself:
-//! every node Ready (real kubectl) and a summary of pods that are not running.
+//! every node Ready (real kubectl), a summary of pods that are not running, and the live objects
+//! compared with the restored snapshot (`post_verify_compare`): an object of a checked kind that
+//! the snapshot holds and the cluster does not list fails the stage.
 
 use std::time::Instant;
 
@@ -9,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::post_verify_kube::KubeCheck;
 use super::{Plan, Stage, StageCtx, StageData, StageOutcome};
 use crate::error::UserError;
+use crate::snapshot::compare::Comparison;
 use crate::ui::{self, Event};
 
 pub struct PostVerify;
@@ -44,6 +47,10 @@ impl Stage for PostVerify {
                 "kubectl --kubeconfig {} get pods -A -o json   (summary)",
                 profile.kubeconfig().display()
             ),
+            format!(
+                "kubectl --kubeconfig {} get namespaces,deployments.apps,… -A -o json   (compared with the restored snapshot)",
+                profile.kubeconfig().display()
+            ),
         ]
     }
     fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> BoxFuture<'a, anyhow::Result<StageOutcome>> {
@@ -56,6 +63,10 @@ impl Stage for PostVerify {
 pub struct PostVerifyOutputs {
     pub health: HealthPassed,
     pub kubernetes: KubeCheck,
+    /// The live objects against the restored snapshot; `None` without a kubeconfig or when the
+    /// file could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<Comparison>,
     /// `--exclude`d control-plane nodes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub excluded: Vec<String>,
@@ -124,14 +135,17 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
             .into());
         }
     }
-    let kube = match &ctx.services.kubectl {
-        Some(k) => super::post_verify_kube::check(ctx, k).await?,
+    let (kube, comparison) = match &ctx.services.kubectl {
+        Some(k) => (
+            super::post_verify_kube::check(ctx, k).await?,
+            super::post_verify_compare::run(ctx, k).await?,
+        ),
         None => {
             ctx.reporter.warn(&format!(
-                "no kubeconfig at {}: Kubernetes nodes and pods were not checked",
+                "no kubeconfig at {}: Kubernetes nodes, pods and objects were not checked",
                 p.kubeconfig().display()
             ));
-            KubeCheck::default()
+            (KubeCheck::default(), None)
         }
     };
     let bring_back: Vec<String> = ctx
@@ -143,12 +157,13 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
     for b in &bring_back {
         ctx.reporter.info(b);
     }
-    StageOutcome::done(&PostVerifyOutputs {
+    let outputs = PostVerifyOutputs {
         health: HealthPassed {
             ok: health_skipped.is_none(),
             elapsed_ms: ui::ms(started.elapsed()),
         },
         kubernetes: kube,
+        comparison,
         excluded: ctx.inputs.exclude.clone(),
         deleted_node_objects: stale
             .iter()
@@ -157,7 +172,19 @@ async fn run(ctx: &StageCtx<'_>) -> anyhow::Result<StageOutcome> {
             .collect(),
         health_skipped,
         bring_back,
-    })
+    };
+    if let Some(c) = &outputs.comparison {
+        if !c.passed {
+            // Kept in the failed stage's record, for `runs show` and the report.
+            ctx.update(|o: &mut PostVerifyOutputs| *o = outputs.clone())?;
+            return Err(UserError::failed(c.failure())
+                .hint("etcd is restored, but the API server does not list these objects: check that kube-apiserver restarted after the restore (an old one serves its cache) and what deleted them; `talos-dr resume` compares again")
+                .into());
+        }
+        ctx.reporter
+            .info(&format!("compared with the snapshot: {}", c.one_line()));
+    }
+    StageOutcome::done(&outputs)
 }
 
 /// Kubernetes Node objects of `--exclude`d nodes (by hostname or address).

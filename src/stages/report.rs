@@ -7,10 +7,12 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use super::etcd_recover::EtcdRecoverRecord;
+use super::post_verify::PostVerifyOutputs;
 use super::pre_restore_snapshot::PreRestoreOutputs;
 use super::proxmox_check::{ProxmoxCheckRecord, VmSnapshotDone};
 use super::{Plan, Stage, StageCtx, StageData, StageOutcome};
 use crate::engine::checkpoint::{RunState, RunStatus, StageStatus};
+use crate::snapshot::compare::Comparison;
 use crate::talos::EtcdMember;
 
 pub struct Report;
@@ -82,6 +84,9 @@ pub struct RunReport {
     pub vm_snapshots: Vec<VmSnapshotDone>,
     /// One `qm rollback` line per VM snapshot taken before the restore.
     pub undo: Vec<String>,
+    /// The live cluster against the restored snapshot (`post-verify`), also when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<Comparison>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -144,7 +149,23 @@ pub fn build(state: &RunState, profile: &str) -> anyhow::Result<RunReport> {
         pre_restore_snapshot: pre.path,
         vm_snapshots,
         undo,
+        comparison: comparison(state),
     })
+}
+
+/// The comparison of the last `post-verify` stage that made one, whatever its status (a failed
+/// comparison fails the stage, and is what the user most needs to see).
+fn comparison(state: &RunState) -> Option<Comparison> {
+    state
+        .stages
+        .iter()
+        .rev()
+        .filter(|s| s.kind.as_str() == PostVerifyOutputs::KIND)
+        .find_map(|s| {
+            serde_json::from_value::<PostVerifyOutputs>(s.outputs.clone())
+                .ok()?
+                .comparison
+        })
 }
 
 pub fn render_markdown(r: &RunReport) -> String {
@@ -182,6 +203,9 @@ pub fn render_markdown(r: &RunReport) -> String {
     }
     for u in &r.undo {
         s.push_str(&format!("- To roll a VM back: {u}\n"));
+    }
+    if let Some(c) = &r.comparison {
+        s.push_str(&c.render_markdown());
     }
     s
 }

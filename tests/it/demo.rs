@@ -35,6 +35,10 @@ fn demo_runs_everything_and_reports_every_stage() {
         assert!(stdout.contains(stage), "summary lacks {stage}:\n{stdout}");
     }
     assert!(stdout.contains("recovery time:"));
+    assert!(
+        stdout.contains("post-restore comparison: passed (27 objects of the checked kinds"),
+        "{stdout}"
+    );
     assert!(stdout.contains("wrote 5 VM mappings"), "{stdout}");
     assert!(stdout.contains("certificate pinned"));
     assert!(stdout.contains("SIMULATED"));
@@ -72,6 +76,10 @@ fn demo_json_is_one_document_with_every_step() {
     assert!(vms.iter().all(|v| v["exitstatus"] == "OK"));
     assert_eq!(doc["pve_violations"], 0);
     assert_eq!(doc["report"]["undo"].as_array().unwrap().len(), 3);
+    // The restore compared the live cluster with the snapshot it restored.
+    let cmp = &doc["report"]["comparison"];
+    assert_eq!(cmp["passed"], true, "{cmp}");
+    assert!(cmp["kinds"].as_array().unwrap().len() >= 9, "{cmp}");
     // Then status: the fresh snapshot is green; no timer and no drill are red, and the demo
     // still succeeds.
     let status = &doc["status"]["profiles"][0];
@@ -96,6 +104,11 @@ fn each_fault_fails_the_right_step_with_the_right_code() {
         ("etcd-fails", 1, "failed after bootstrap"),
         ("never-prepares", 1, "10.5.0.12"),
         ("vm-locked", 4, "locked (backup)"),
+        (
+            "objects-lost",
+            1,
+            "deployments in monitoring: 1 (deployment-00000003)",
+        ),
     ];
     for (fault, code, message) in cases {
         let tmp = tempfile::tempdir().unwrap();

@@ -4,6 +4,7 @@ mod backup;
 mod check_cli;
 mod cli_snapshots;
 mod common;
+mod compare;
 mod demo;
 mod disasters;
 mod etcd_maker;
