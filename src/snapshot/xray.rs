@@ -10,6 +10,7 @@
 //! Keys are grouped the way the Kubernetes API server lays them out ([`parse_key`]) and values
 //! are classified, never printed ([`ValueClass`]).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io;
 use std::path::Path;
@@ -36,6 +37,55 @@ pub struct KeyValue {
     pub lease: i64,
 }
 
+/// The fields of an `mvccpb.KeyValue` that [`read`] keeps, borrowed from the page: decoding
+/// every revision into a [`KeyValue`] would copy each value (two allocations a revision, the
+/// largest single cost of `inspect`). Read with prost's wire-format primitives; the unit tests
+/// hold it to [`KeyValue`]'s derived decoder.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct KeyValueRef<'a> {
+    key: &'a [u8],
+    create_revision: i64,
+    mod_revision: i64,
+    value: &'a [u8],
+}
+
+impl<'a> KeyValueRef<'a> {
+    /// `None` where [`KeyValue::decode`] fails (truncated, wrong wire type for a known field).
+    fn decode(mut buf: &'a [u8]) -> Option<Self> {
+        use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
+        let mut kv = KeyValueRef::default();
+        while !buf.is_empty() {
+            let (tag, wire_type) = decode_key(&mut buf).ok()?;
+            match (tag, wire_type) {
+                (1 | 5, WireType::LengthDelimited) => {
+                    let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
+                    let (field, rest) = buf.split_at_checked(len)?;
+                    buf = rest;
+                    if tag == 1 {
+                        kv.key = field;
+                    } else {
+                        kv.value = field;
+                    }
+                }
+                (2 | 3, WireType::Varint) => {
+                    // int64: two's complement in a 64-bit varint, as prost reads it.
+                    let v = decode_varint(&mut buf).ok()? as i64;
+                    if tag == 2 {
+                        kv.create_revision = v;
+                    } else {
+                        kv.mod_revision = v;
+                    }
+                }
+                (1..=6, _) if !matches!((tag, wire_type), (4 | 6, WireType::Varint)) => {
+                    return None;
+                }
+                _ => skip_field(wire_type, tag, &mut buf, DecodeContext::default()).ok()?,
+            }
+        }
+        Some(kv)
+    }
+}
+
 /// What a value is, as far as can be told without decoding the object itself.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(tag = "encoding", rename_all = "snake_case")]
@@ -50,20 +100,46 @@ pub enum ValueClass {
     Other,
 }
 
-impl ValueClass {
-    /// Classifies one value.
-    pub fn of(value: &[u8]) -> Self {
+/// `runtime.Unknown` up to its TypeMeta (field 1): prost skips `raw` (field 2, the object
+/// itself) instead of copying it, as decoding the whole envelope would.
+#[derive(Clone, PartialEq, prost::Message)]
+struct UnknownTypeMeta {
+    #[prost(message, optional, tag = "1")]
+    type_meta: Option<k8s_pb::apimachinery::pkg::runtime::TypeMeta>,
+}
+
+/// A [`ValueClass`] borrowing from the value where it can, so that [`read`] finds the class of
+/// each of thousands of values without allocating.
+#[derive(Debug, PartialEq, Eq, Hash)]
+enum ClassRef<'a> {
+    Protobuf {
+        api_version: Cow<'a, str>,
+        kind: Cow<'a, str>,
+    },
+    Json {
+        api_version: Cow<'a, str>,
+        kind: Cow<'a, str>,
+    },
+    Encrypted {
+        provider: Cow<'a, str>,
+        key_name: Cow<'a, str>,
+    },
+    Other,
+}
+
+impl<'a> ClassRef<'a> {
+    fn of(value: &'a [u8]) -> Self {
         if let Some(rest) = value.strip_prefix(b"k8s\0") {
             use prost::Message as _;
-            return match k8s_pb::apimachinery::pkg::runtime::Unknown::decode(rest) {
+            return match UnknownTypeMeta::decode(rest) {
                 Ok(u) => {
                     let tm = u.type_meta.unwrap_or_default();
-                    ValueClass::Protobuf {
-                        api_version: tm.api_version.unwrap_or_default(),
-                        kind: tm.kind.unwrap_or_default(),
+                    ClassRef::Protobuf {
+                        api_version: tm.api_version.unwrap_or_default().into(),
+                        kind: tm.kind.unwrap_or_default().into(),
                     }
                 }
-                Err(_) => ValueClass::Other,
+                Err(_) => ClassRef::Other,
             };
         }
         if let Some(rest) = value.strip_prefix(b"k8s:enc:") {
@@ -72,17 +148,63 @@ impl ValueClass {
             let provider = parts.next().unwrap_or_default();
             let _version = parts.next();
             let key_name = parts.next().unwrap_or_default();
-            return ValueClass::Encrypted {
-                provider: String::from_utf8_lossy(provider).into_owned(),
-                key_name: String::from_utf8_lossy(key_name).into_owned(),
+            return ClassRef::Encrypted {
+                provider: String::from_utf8_lossy(provider),
+                key_name: String::from_utf8_lossy(key_name),
             };
         }
         if value.trim_ascii_start().starts_with(b"{")
             && let Some((api_version, kind)) = json_type_meta(value)
         {
-            return ValueClass::Json { api_version, kind };
+            return ClassRef::Json { api_version, kind };
         }
-        ValueClass::Other
+        ClassRef::Other
+    }
+
+    fn into_owned(self) -> ValueClass {
+        match self {
+            ClassRef::Protobuf { api_version, kind } => ValueClass::Protobuf {
+                api_version: api_version.into_owned(),
+                kind: kind.into_owned(),
+            },
+            ClassRef::Json { api_version, kind } => ValueClass::Json {
+                api_version: api_version.into_owned(),
+                kind: kind.into_owned(),
+            },
+            ClassRef::Encrypted { provider, key_name } => ValueClass::Encrypted {
+                provider: provider.into_owned(),
+                key_name: key_name.into_owned(),
+            },
+            ClassRef::Other => ValueClass::Other,
+        }
+    }
+}
+
+impl ValueClass {
+    /// Classifies one value.
+    pub fn of(value: &[u8]) -> Self {
+        ClassRef::of(value).into_owned()
+    }
+
+    fn as_ref(&self) -> ClassRef<'_> {
+        fn b(s: &str) -> Cow<'_, str> {
+            Cow::Borrowed(s)
+        }
+        match self {
+            ValueClass::Protobuf { api_version, kind } => ClassRef::Protobuf {
+                api_version: b(api_version),
+                kind: b(kind),
+            },
+            ValueClass::Json { api_version, kind } => ClassRef::Json {
+                api_version: b(api_version),
+                kind: b(kind),
+            },
+            ValueClass::Encrypted { provider, key_name } => ClassRef::Encrypted {
+                provider: b(provider),
+                key_name: b(key_name),
+            },
+            ValueClass::Other => ClassRef::Other,
+        }
     }
 
     /// `apps/v1 Deployment (protobuf)`, `aescbc key1 (encrypted)`, `other`.
@@ -111,19 +233,20 @@ impl ValueClass {
 /// writes them first, so a large object is not parsed to its end. The visitor stops the map
 /// once both are found; serde_json then reports the unread rest as an error, which is ignored
 /// because the answer is already out. A value that is not JSON up to that point is `None`.
-fn json_type_meta(value: &[u8]) -> Option<(String, String)> {
+fn json_type_meta(value: &[u8]) -> Option<(Cow<'_, str>, Cow<'_, str>)> {
     use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
-    struct Find<'a>(&'a mut (Option<String>, Option<String>));
-    impl<'de> Visitor<'de> for Find<'_> {
+    type Found<'de> = (Option<Cow<'de, str>>, Option<Cow<'de, str>>);
+    struct Find<'a, 'de>(&'a mut Found<'de>);
+    impl<'de> Visitor<'de> for Find<'_, 'de> {
         type Value = ();
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a JSON object")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                match k.as_ref() {
-                    "apiVersion" => self.0.0 = Some(map.next_value()?),
-                    "kind" => self.0.1 = Some(map.next_value()?),
+            while let Some(k) = map.next_key::<Str<'de>>()? {
+                match k.0.as_ref() {
+                    "apiVersion" => self.0.0 = Some(map.next_value::<Str<'de>>()?.0),
+                    "kind" => self.0.1 = Some(map.next_value::<Str<'de>>()?.0),
                     _ => {
                         map.next_value::<IgnoredAny>()?;
                     }
@@ -145,6 +268,32 @@ fn json_type_meta(value: &[u8]) -> Option<(String, String)> {
         // A whole object without one of them: classified with what it has.
         (v, k) if complete => Some((v.unwrap_or_default(), k.unwrap_or_default())),
         _ => None,
+    }
+}
+
+/// A JSON string borrowed from the input unless it has escapes (serde's own `Cow<str>` always
+/// copies).
+struct Str<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Str<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Str<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
@@ -229,7 +378,12 @@ pub struct Object {
 
 impl Object {
     pub fn key_str(&self) -> std::borrow::Cow<'_, str> {
-        String::from_utf8_lossy(&self.key)
+        // `from_utf8` first: its fast path is several times quicker than the lossy chunking,
+        // and every key of a real snapshot is UTF-8.
+        match std::str::from_utf8(&self.key) {
+            Ok(s) => std::borrow::Cow::Borrowed(s),
+            Err(_) => String::from_utf8_lossy(&self.key),
+        }
     }
 }
 
@@ -269,20 +423,25 @@ impl Contents {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Live {
-    mod_revision: i64,
-    create_revision: i64,
-    size: u32,
-    hash: u64,
-    class: u32,
-}
+/// [`Object::class`] of a slot whose key was deleted (on [`Collector::free`]).
+const DEAD: u32 = u32::MAX;
 
+/// Builds the live state from bucket `key`, one revision at a time.
+///
+/// The objects live in one vector, found through a table of 4-byte indices: a map from key to
+/// object moved 48-byte slots on every resize and touched fresh pages all over, which made
+/// `inspect` half again as slow as `verify` and twice its memory. A deleted key's slot is
+/// reused by the next new key, so memory follows the live keys, not the history.
 #[derive(Default)]
 struct Collector {
-    live: HashMap<Box<[u8]>, Live>,
+    objects: Vec<Object>,
+    index: hashbrown::HashTable<u32>,
+    /// foldhash: SipHash's DoS resistance buys nothing for keys read from a local file.
+    hasher: foldhash::fast::RandomState,
+    free: Vec<u32>,
     classes: Vec<ValueClass>,
-    class_ids: HashMap<ValueClass, u32>,
+    /// Index into `classes`, looked up with a borrowed [`ClassRef`].
+    class_ids: hashbrown::HashTable<u32>,
     last_revision: i64,
     compact_revision: Option<i64>,
     revisions: u64,
@@ -291,29 +450,79 @@ struct Collector {
 }
 
 impl Collector {
-    fn class_id(&mut self, c: ValueClass) -> u32 {
-        if let Some(&id) = self.class_ids.get(&c) {
+    fn class_id(&mut self, c: ClassRef<'_>) -> u32 {
+        use std::hash::BuildHasher as _;
+        let Collector {
+            classes,
+            class_ids,
+            hasher,
+            ..
+        } = self;
+        let h = hasher.hash_one(&c);
+        if let Some(&id) = class_ids.find(h, |&i| classes[i as usize].as_ref() == c) {
             return id;
         }
-        let id = self.classes.len() as u32;
-        self.classes.push(c.clone());
-        self.class_ids.insert(c, id);
+        let id = classes.len() as u32;
+        classes.push(c.into_owned());
+        class_ids.insert_unique(h, id, |&i| hasher.hash_one(classes[i as usize].as_ref()));
         id
     }
 
+    /// A put of `key`: replaces the key's object, or adds it. `object.key` is left empty by
+    /// the caller, so an update allocates nothing.
+    fn put(&mut self, key: &[u8], mut object: Object) {
+        use std::hash::BuildHasher as _;
+        let Collector {
+            objects,
+            index,
+            hasher,
+            free,
+            ..
+        } = self;
+        let h = hasher.hash_one(key);
+        if let Some(&i) = index.find(h, |&i| &*objects[i as usize].key == key) {
+            let slot = &mut objects[i as usize];
+            object.key = std::mem::take(&mut slot.key);
+            *slot = object;
+            return;
+        }
+        object.key = key.into();
+        let i = match free.pop() {
+            Some(i) => {
+                objects[i as usize] = object;
+                i
+            }
+            None => {
+                objects.push(object);
+                (objects.len() - 1) as u32
+            }
+        };
+        index.insert_unique(h, i, |&i| hasher.hash_one(&*objects[i as usize].key));
+    }
+
+    /// A tombstone: the key is no longer live.
+    fn delete(&mut self, key: &[u8]) {
+        use std::hash::BuildHasher as _;
+        let h = self.hasher.hash_one(key);
+        let objects = &mut self.objects;
+        if let Ok(entry) = self
+            .index
+            .find_entry(h, |&i| &*objects[i as usize].key == key)
+        {
+            let (i, _) = entry.remove();
+            let o = &mut objects[i as usize];
+            o.key = Box::default();
+            o.class = DEAD;
+            self.free.push(i);
+        }
+    }
+
     fn finish(self) -> Contents {
-        let mut objects: Vec<Object> = self
-            .live
-            .into_iter()
-            .map(|(key, l)| Object {
-                key,
-                mod_revision: l.mod_revision,
-                create_revision: l.create_revision,
-                size: l.size,
-                hash: l.hash,
-                class: l.class,
-            })
-            .collect();
+        drop(self.index);
+        let mut objects = self.objects;
+        if !self.free.is_empty() {
+            objects.retain(|o| o.class != DEAD);
+        }
         objects.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         let (used, total, page_size) = self.pages;
         Contents {
@@ -341,35 +550,32 @@ fn revision_main(b: &[u8]) -> Option<i64> {
 
 impl Visitor for Collector {
     fn entry(&mut self, bucket: &[u8], key: &[u8], value: &[u8]) {
-        use prost::Message as _;
         match bucket {
             b"key" => {
                 self.revisions += 1;
                 if let Some(r) = revision_main(key) {
                     self.last_revision = r;
                 }
-                let Ok(kv) = KeyValue::decode(value) else {
+                let Some(kv) = KeyValueRef::decode(value) else {
                     self.undecodable += 1;
                     return;
                 };
                 if key.len() == 18 && key[17] == b't' {
-                    self.live.remove(kv.key.as_slice());
+                    self.delete(kv.key);
                     return;
                 }
-                let class = ValueClass::of(&kv.value);
-                let live = Live {
-                    mod_revision: kv.mod_revision,
-                    create_revision: kv.create_revision,
-                    size: u32::try_from(kv.value.len()).unwrap_or(u32::MAX),
-                    hash: xxhash_rust::xxh3::xxh3_64(&kv.value),
-                    class: self.class_id(class),
-                };
-                match self.live.get_mut(kv.key.as_slice()) {
-                    Some(l) => *l = live,
-                    None => {
-                        self.live.insert(kv.key.into_boxed_slice(), live);
-                    }
-                }
+                let class = self.class_id(ClassRef::of(kv.value));
+                self.put(
+                    kv.key,
+                    Object {
+                        key: Box::default(),
+                        mod_revision: kv.mod_revision,
+                        create_revision: kv.create_revision,
+                        size: u32::try_from(kv.value.len()).unwrap_or(u32::MAX),
+                        hash: xxhash_rust::xxh3::xxh3_64(kv.value),
+                        class,
+                    },
+                );
             }
             b"meta" if key == b"finishedCompactRev" => {
                 self.compact_revision = revision_main(value);
@@ -529,8 +735,12 @@ pub struct SummaryOptions {
 }
 
 pub fn summarize(c: &Contents, filter: &Filter, opts: SummaryOptions) -> Summary {
-    let mut groups: std::collections::BTreeMap<(String, Option<String>), Group> =
-        Default::default();
+    // Rows in first-seen order, found by (resource, namespace). Objects come sorted by key, so
+    // a row's objects are mostly consecutive: the last row is checked first, without building
+    // its name, which keeps the per-object cost to parsing the key.
+    let mut groups: Vec<Group> = Vec::new();
+    let mut row_of: HashMap<(String, Option<String>), usize> = HashMap::new();
+    let mut last_row: Option<usize> = None;
     let mut namespaces = std::collections::BTreeSet::new();
     let mut classes: HashMap<u32, (u64, u64)> = HashMap::new();
     let mut largest: Vec<(u64, &Object)> = Vec::new();
@@ -544,29 +754,37 @@ pub fn summarize(c: &Contents, filter: &Filter, opts: SummaryOptions) -> Summary
         }
         objects += 1;
         bytes += u64::from(o.size);
-        if let Some(ns) = p.namespace {
-            namespaces.insert(ns.to_owned());
+        for ns in [
+            p.namespace,
+            (p.resource == "namespaces" && p.namespace.is_none()).then_some(p.name),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if !namespaces.contains(ns) {
+                namespaces.insert(ns.to_owned());
+            }
         }
-        if p.resource == "namespaces" && p.namespace.is_none() {
-            namespaces.insert(p.name.to_owned());
-        }
-        let resource = resource_name(&p);
-        let ns = if per_namespace {
-            p.namespace.map(str::to_owned)
-        } else {
-            None
+        let ns = if per_namespace { p.namespace } else { None };
+        let row = match last_row {
+            Some(i) if is_row(&groups[i], &p, ns) => i,
+            _ => {
+                let id = (resource_name(&p), ns.map(str::to_owned));
+                *row_of.entry(id).or_insert_with_key(|(resource, ns)| {
+                    groups.push(Group {
+                        resource: resource.clone(),
+                        namespace: ns.clone(),
+                        cluster_scoped: p.namespace.is_none(),
+                        objects: 0,
+                        bytes: 0,
+                        names: opts.names.then(Vec::new),
+                    });
+                    groups.len() - 1
+                })
+            }
         };
-        let cluster_scoped = p.namespace.is_none();
-        let g = groups
-            .entry((resource.clone(), ns.clone()))
-            .or_insert_with(|| Group {
-                resource,
-                namespace: ns,
-                cluster_scoped,
-                objects: 0,
-                bytes: 0,
-                names: opts.names.then(Vec::new),
-            });
+        last_row = Some(row);
+        let g = &mut groups[row];
         g.objects += 1;
         g.bytes += u64::from(o.size);
         if let Some(names) = &mut g.names {
@@ -584,13 +802,20 @@ pub fn summarize(c: &Contents, filter: &Filter, opts: SummaryOptions) -> Summary
             largest.push((u64::from(o.size), o));
         }
     }
-    for g in groups.values_mut() {
+    groups.sort_unstable_by(|a, b| (&a.resource, &a.namespace).cmp(&(&b.resource, &b.namespace)));
+    for g in &mut groups {
         if let Some(n) = &mut g.names {
-            n.sort();
+            n.sort_unstable();
         }
     }
-    largest.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.key.cmp(&b.1.key)));
-    largest.truncate(opts.largest);
+    // The top N only: selecting them is linear, sorting every object was not.
+    let by_size =
+        |a: &(u64, &Object), b: &(u64, &Object)| b.0.cmp(&a.0).then(a.1.key.cmp(&b.1.key));
+    if largest.len() > opts.largest && opts.largest > 0 {
+        largest.select_nth_unstable_by(opts.largest - 1, by_size);
+        largest.truncate(opts.largest);
+    }
+    largest.sort_unstable_by(by_size);
     let mut values: Vec<ClassCount> = classes
         .into_iter()
         .map(|(id, (n, b))| ClassCount {
@@ -607,7 +832,7 @@ pub fn summarize(c: &Contents, filter: &Filter, opts: SummaryOptions) -> Summary
         bytes,
         namespaces: namespaces.len() as u64,
         per_namespace,
-        groups: groups.into_values().collect(),
+        groups,
         largest: largest
             .into_iter()
             .map(|(size, o)| Large {
@@ -621,6 +846,20 @@ pub fn summarize(c: &Contents, filter: &Filter, opts: SummaryOptions) -> Summary
         db_used: c.used_bytes(),
         db_free: c.free_bytes(),
     }
+}
+
+/// Whether `g` is the row of `p` (namespace `ns`), without building the row's name.
+fn is_row(g: &Group, p: &KeyPath<'_>, ns: Option<&str>) -> bool {
+    let resource_matches = match p.group {
+        None => g.resource == p.resource,
+        Some(group) => {
+            g.resource
+                .strip_prefix(p.resource)
+                .and_then(|r| r.strip_prefix('.'))
+                == Some(group)
+        }
+    };
+    resource_matches && g.namespace.as_deref() == ns
 }
 
 /// What changed for one resource in one namespace between two snapshots.
@@ -855,6 +1094,137 @@ mod tests {
                 kind: "Pod".into()
             }
         );
+    }
+
+    #[test]
+    fn key_value_view_agrees_with_the_derived_decoder() {
+        use prost::Message as _;
+        let kvs = [
+            KeyValue {
+                key: b"/registry/pods/default/web-1".to_vec(),
+                create_revision: 7,
+                mod_revision: 1 << 40,
+                version: 3,
+                value: vec![0xab; 3000],
+                lease: 0x1234,
+            },
+            KeyValue {
+                key: b"k".to_vec(),
+                create_revision: -1,
+                mod_revision: i64::MIN,
+                ..Default::default()
+            },
+            KeyValue::default(),
+        ];
+        for kv in &kvs {
+            let bytes = kv.encode_to_vec();
+            let view = KeyValueRef::decode(&bytes).unwrap();
+            assert_eq!(
+                (view.key, view.create_revision, view.mod_revision, view.value),
+                (
+                    &kv.key[..],
+                    kv.create_revision,
+                    kv.mod_revision,
+                    &kv.value[..]
+                )
+            );
+            // Every cut of the encoding: the view fails exactly where prost fails.
+            for cut in 0..bytes.len() {
+                let ours = KeyValueRef::decode(&bytes[..cut]);
+                let theirs = KeyValue::decode(&bytes[..cut]);
+                assert_eq!(ours.is_some(), theirs.is_ok(), "cut at {cut} of {bytes:?}");
+                if let (Some(v), Ok(t)) = (ours, theirs) {
+                    assert_eq!((v.key, v.value), (&t.key[..], &t.value[..]));
+                }
+            }
+        }
+        // A known field with the wrong wire type is an error for both; an unknown one is skipped.
+        for bad in [&b"\x0d\x00\x00\x00\x00"[..], b"\x10\x02\x00", b"\x2a\x05ab"] {
+            assert!(KeyValue::decode(bad).is_err(), "{bad:?}");
+            assert!(KeyValueRef::decode(bad).is_none(), "{bad:?}");
+        }
+        let unknown_field = b"\x0a\x01k\x38\x05";
+        assert!(KeyValue::decode(&unknown_field[..]).is_ok());
+        assert_eq!(KeyValueRef::decode(unknown_field).unwrap().key, b"k");
+    }
+
+    /// Puts, updates, deletes and re-creations in revision order leave exactly the live keys,
+    /// with the newest revision of each, whichever slots were reused.
+    #[test]
+    fn collector_keeps_the_newest_revision_of_live_keys() {
+        use prost::Message as _;
+        let mut c = Collector::default();
+        let mut rev = 0i64;
+        let mut put = |c: &mut Collector, key: &str, value: &[u8], tombstone: bool| {
+            rev += 1;
+            let mut rk = rev.to_be_bytes().to_vec();
+            rk.push(b'_');
+            rk.extend(0u64.to_be_bytes());
+            if tombstone {
+                rk.push(b't');
+            }
+            let kv = KeyValue {
+                key: key.as_bytes().to_vec(),
+                create_revision: rev,
+                mod_revision: rev,
+                version: 1,
+                value: value.to_vec(),
+                lease: 0,
+            };
+            c.entry(b"key", &rk, &kv.encode_to_vec());
+        };
+        put(&mut c, "/registry/pods/a/p1", b"one", false);
+        put(&mut c, "/registry/pods/a/p2", b"two", false);
+        put(&mut c, "/registry/pods/a/p1", b"one again", false);
+        put(&mut c, "/registry/pods/a/p2", b"", true);
+        put(&mut c, "/registry/pods/a/p3", b"three", false); // reuses p2's slot
+        put(&mut c, "/registry/pods/a/p2", b"two again", false);
+        put(&mut c, "/registry/pods/a/p3", b"", true);
+        put(&mut c, "/registry/pods/a/gone", b"", true); // a tombstone of an unknown key
+        let contents = c.finish();
+        let live: Vec<(String, i64, u32)> = contents
+            .objects
+            .iter()
+            .map(|o| (o.key_str().into_owned(), o.mod_revision, o.size))
+            .collect();
+        assert_eq!(
+            live,
+            [
+                ("/registry/pods/a/p1".to_owned(), 3, 9),
+                ("/registry/pods/a/p2".to_owned(), 6, 9),
+            ]
+        );
+        assert_eq!(contents.revisions, 8);
+        assert_eq!(contents.revision, 8);
+    }
+
+    /// Rows are per resource whether or not its objects are consecutive in key order
+    /// (`minions` and `nodes` are both nodes, with namespaces between them).
+    #[test]
+    fn summary_rows_gather_objects_that_are_apart() {
+        let c = contents(vec![
+            obj("/registry/minions/n1", 1, 0),
+            obj("/registry/namespaces/a", 2, 0),
+            obj("/registry/nodes/n2", 3, 0),
+            obj("/registry/example.com/widgets/a/w", 4, 0),
+            obj("/registry/deployments/a/old", 5, 0),
+        ]);
+        let s = summarize(&c, &Filter::default(), SummaryOptions::default());
+        let rows: Vec<(&str, u64)> = s
+            .groups
+            .iter()
+            .map(|g| (g.resource.as_str(), g.objects))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("deployments", 1),
+                ("namespaces", 1),
+                ("nodes", 2),
+                ("widgets.example.com", 1)
+            ]
+        );
+        assert_eq!((s.objects, s.namespaces), (5, 1));
     }
 
     fn fixture(name: &str) -> std::path::PathBuf {
