@@ -1120,7 +1120,12 @@ mod tests {
             let bytes = kv.encode_to_vec();
             let view = KeyValueRef::decode(&bytes).unwrap();
             assert_eq!(
-                (view.key, view.create_revision, view.mod_revision, view.value),
+                (
+                    view.key,
+                    view.create_revision,
+                    view.mod_revision,
+                    view.value
+                ),
                 (
                     &kv.key[..],
                     kv.create_revision,
