@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use crate::error::UserError;
 use crate::machine_config;
-use crate::offsite::{OffsiteError, RemotePrune, Target, Uploaded};
+use crate::offsite::{self, OffsiteError, RemotePrune, StreamTee, Streamed, Target, Uploaded};
 use crate::pack::{self, Layer, Packing};
 use crate::profile::Profile;
 use crate::snapshot::prune::{self, PruneOutcome};
 use crate::snapshot::retention::KeepPolicy;
 use crate::snapshot::store::{self, Packed, Sidecar};
-use crate::snapshot::take::{self, TakeOptions};
+use crate::snapshot::take::{self, TakeOptions, TeeStart};
 use crate::talos::Talosctl;
 use crate::ui::Reporter;
 
@@ -187,6 +187,8 @@ pub async fn run(
         Destination::File(_) | Destination::Stored(_) => Packing::default(),
     };
 
+    // A copy sent while the snapshot streamed, not completed yet.
+    let mut streamed: Option<Streamed> = None;
     let (plain, sidecar) = match &opts.destination {
         Destination::Stored(path) => {
             let sidecar = store::read_sidecar(path).ok_or_else(|| {
@@ -199,12 +201,49 @@ pub async fn run(
         }
         Destination::Scheduled | Destination::File(_) => {
             // The machine configs are read while the snapshot streams, and stored only once
-            // it is good.
-            let (taken, reads) = tokio::join!(
-                take_plain(profile, talos, opts, &local_packing, reporter),
-                machine_config::read_all(profile, talos)
+            // it is good. The off-site copy is packed and sent from the bytes the follower
+            // reads, and completed further down only once the snapshot is verified.
+            let (tee, input) = match &target {
+                Some(_) => {
+                    let (tee, input) = offsite::streamed_copy(&offsite_packing);
+                    (Some(tee), Some(input))
+                }
+                None => (None, None),
+            };
+            let (taken, reads, sent) = tokio::join!(
+                take_plain(profile, talos, opts, &local_packing, tee, reporter),
+                machine_config::read_all(profile, talos),
+                async {
+                    match (&target, input) {
+                        (Some(t), Some(i)) => Some(t.send_streamed(i).await),
+                        _ => None,
+                    }
+                }
             );
-            let (plain, mut sidecar) = taken?;
+            let (plain, mut sidecar, followed) = match taken {
+                Ok(t) => t,
+                Err(e) => {
+                    if let Some(Ok(s)) = sent {
+                        s.abort().await;
+                    }
+                    return Err(e);
+                }
+            };
+            streamed = match sent {
+                Some(Ok(s)) if followed => Some(s),
+                Some(Ok(s)) => {
+                    tracing::debug!(
+                        "the snapshot was read again after its stream: the copy sent during it is dropped"
+                    );
+                    s.abort().await;
+                    None
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "the copy sent during the stream failed");
+                    None
+                }
+                None => None,
+            };
             let configs = machine_config::store_all(profile, reads);
             for w in &configs.warnings {
                 reporter.warn(w);
@@ -224,7 +263,15 @@ pub async fn run(
     let (path, stored_size) = if local_packing.is_plain() {
         (plain.clone(), sidecar.size)
     } else {
-        let packed = store_packed(&plain, &sidecar, &local_packing).await?;
+        let packed = match store_packed(&plain, &sidecar, &local_packing).await {
+            Ok(p) => p,
+            Err(e) => {
+                if let Some(s) = streamed {
+                    s.abort().await;
+                }
+                return Err(e);
+            }
+        };
         let size = std::fs::metadata(&packed).map_or(sidecar.size, |m| m.len());
         (packed, size)
     };
@@ -232,7 +279,7 @@ pub async fn run(
     let offsite = match (&target, unavailable) {
         (_, Some(e)) => Some(OffsiteOutcome::Unavailable(e)),
         (Some(t), None) => Some(
-            match t.upload(&plain, &sidecar, &offsite_packing, reporter).await {
+            match copy_offsite(t, streamed, &plain, &sidecar, &offsite_packing, reporter).await {
                 Ok(u) => {
                     // The configs go with the snapshot that refers to them; a config that
                     // could not be copied is a warning, the snapshot copy itself is good.
@@ -305,6 +352,28 @@ pub async fn run(
     Ok(outcome)
 }
 
+/// The copy sent while the snapshot streamed, completed once it proves to be exactly the
+/// verified snapshot; else (none was sent, or it differs, or completing it failed) the upload
+/// from the stored file, with its retries, as if no copy had been sent.
+async fn copy_offsite(
+    target: &Target,
+    streamed: Option<Streamed>,
+    plain: &Path,
+    sidecar: &Sidecar,
+    packing: &Packing,
+    reporter: &dyn Reporter,
+) -> Result<Uploaded, OffsiteError> {
+    if let Some(s) = streamed {
+        match target.commit_streamed(s, sidecar, packing, reporter).await {
+            Ok(u) => return Ok(u),
+            Err(e) => {
+                tracing::debug!(error = %e, "the copy sent during the stream was not completed");
+            }
+        }
+    }
+    target.upload(plain, sidecar, packing, reporter).await
+}
+
 /// Streams and verifies a snapshot into the destination. With local packing the plain snapshot
 /// only lives under a hidden name (never listed, never counted by retention) until it is packed
 /// and uploaded; leftovers of a crashed run go first.
@@ -313,8 +382,9 @@ async fn take_plain(
     talos: &Talosctl,
     opts: &BackupOptions,
     local_packing: &Packing,
+    tee: Option<StreamTee>,
     reporter: &dyn Reporter,
-) -> anyhow::Result<(PathBuf, Sidecar)> {
+) -> anyhow::Result<(PathBuf, Sidecar, bool)> {
     let hidden_plain = if local_packing.is_plain() {
         None
     } else {
@@ -336,12 +406,23 @@ async fn take_plain(
         health_timeout: opts.health_timeout,
         ..TakeOptions::default()
     };
-    let mut taken = take::take(profile, talos, &take_opts, reporter).await?;
-    if hidden_plain.is_some() {
+    let scheduled_name = hidden_plain.is_some();
+    // The copy is named as the stored file will be.
+    let tee = tee.map(|t| -> TeeStart<'_> {
+        Box::new(move |taken_at, file| {
+            if scheduled_name {
+                t.start(&store::file_name(taken_at))
+            } else {
+                t.start(file)
+            }
+        })
+    });
+    let mut taken = take::take_teed(profile, talos, &take_opts, tee, reporter).await?;
+    if scheduled_name {
         // The stored (packed) file carries the scheduled name of the moment it was taken.
         taken.sidecar.file = store::file_name(taken.sidecar.taken_at);
     }
-    Ok((taken.path, taken.sidecar))
+    Ok((taken.path, taken.sidecar, taken.followed))
 }
 
 /// Removes hidden plain copies a crashed run left behind (the caller holds the profile lock, so

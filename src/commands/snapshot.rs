@@ -116,10 +116,15 @@ fn render(done: &BackupOutcome, profile: &Profile) -> String {
     }
     if let Some(u) = done.uploaded() {
         text.push_str(&format!(
-            "off-site copy: {} ({}, {}, confirmed)\n",
+            "off-site copy: {} ({}, {}, confirmed{})\n",
             u.url,
             pack::describe(&u.manifest.layers),
-            human_bytes(u.manifest.size)
+            human_bytes(u.manifest.size),
+            if u.during_stream {
+                ", sent while the snapshot streamed"
+            } else {
+                ""
+            }
         ));
     }
     if let Some(p) = &done.pruned {
