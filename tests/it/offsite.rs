@@ -249,7 +249,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn http(port: u16, method: &str, path: &str) -> String {
+pub(crate) fn http(port: u16, method: &str, path: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(
         s,
