@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+use crate::chan::{ChannelReader, ChannelWriter};
 use crate::config::{SettingError, TargetUrl};
 use crate::pack::{self, Identities, Layer, Packing};
 use crate::profile::{Offsite, Profile};
@@ -50,8 +51,6 @@ use crate::ui::{self, Event, Reporter};
 pub const PART_SIZE: usize = 8 << 20;
 /// Parts in flight at once.
 const MAX_CONCURRENCY: usize = 4;
-/// Chunks handed from the packing thread to the uploader.
-const CHUNK: usize = 1 << 20;
 const META_SHA256: &str = "talos-dr-sha256";
 const META_SIZE: &str = "talos-dr-size";
 const META_LAYERS: &str = "talos-dr-layers";
@@ -215,7 +214,7 @@ struct Progress<'a> {
 /// The tee's end of a copy made while the snapshot streams (see [`streamed_copy`]).
 pub struct StreamTee {
     name_tx: tokio::sync::oneshot::Sender<String>,
-    plain_tx: tokio::sync::mpsc::Sender<io::Result<bytes::Bytes>>,
+    plain_tx: ChannelWriter<io::Result<bytes::Bytes>>,
     packing: Packing,
 }
 
@@ -225,23 +224,21 @@ impl StreamTee {
     /// channel is full, so it must be used from a blocking thread.
     pub fn start(self, base: &str) -> Box<dyn Write + Send> {
         let _ = self.name_tx.send(self.packing.file_name(base));
-        Box::new(ChannelWriter::with(self.plain_tx, |v| {
-            Ok(bytes::Bytes::from(v))
-        }))
+        Box::new(self.plain_tx)
     }
 }
 
 /// The upload's end of a copy made while the snapshot streams, for [`Target::send_streamed`].
 pub struct StreamedInput {
     name_rx: tokio::sync::oneshot::Receiver<String>,
-    plain_rx: tokio::sync::mpsc::Receiver<io::Result<bytes::Bytes>>,
+    plain_rx: ChannelReader,
     packing: Packing,
 }
 
 /// A tee and the input of [`Target::send_streamed`], joined by a bounded channel.
 pub fn streamed_copy(packing: &Packing) -> (StreamTee, StreamedInput) {
     let (name_tx, name_rx) = tokio::sync::oneshot::channel();
-    let (plain_tx, plain_rx) = tokio::sync::mpsc::channel(4);
+    let (plain_tx, plain_rx) = crate::chan::pipe(4);
     (
         StreamTee {
             name_tx,
@@ -691,10 +688,7 @@ impl Target {
             let packing = packing.clone();
             // The plain bytes are hashed here again: what is committed must be what was verified.
             tokio::task::spawn_blocking(move || -> io::Result<(u64, String)> {
-                let mut input = crate::check::HashingReader::new(ChannelReader {
-                    rx: plain_rx,
-                    cur: bytes::Bytes::new(),
-                });
+                let mut input = crate::check::HashingReader::new(plain_rx);
                 let (_, mut w) = pack::pack(&mut input, ChannelWriter::new(tx), &packing)?;
                 w.flush()?;
                 Ok(input.finish())
@@ -1056,10 +1050,7 @@ impl Target {
             .map_err(self.store_err(name))?;
         let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(8);
         let reader = tokio::task::spawn_blocking(move || {
-            let mut input = crate::check::HashingReader::new(ChannelReader {
-                rx,
-                cur: bytes::Bytes::new(),
-            });
+            let mut input = crate::check::HashingReader::new(ChannelReader::new(rx));
             let mut plain = crate::check::PlainDigest::default();
             let unpacked = match pack::unpack(&mut input, &mut plain, identities.as_deref()) {
                 Ok((layers, _)) => Ok(Some((layers, plain))),
@@ -1229,28 +1220,6 @@ pub struct CopyRead {
     pub plain: Option<crate::check::Digest>,
     /// Why it could not be unpacked (damaged data, wrong key); the packed hash is still whole.
     pub unpack_error: Option<pack::PackError>,
-}
-
-/// A blocking `Read` over chunks sent from the async side; bounded by the channel's capacity.
-struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<io::Result<bytes::Bytes>>,
-    cur: bytes::Bytes,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.cur.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(Ok(b)) => self.cur = b,
-                Some(Err(e)) => return Err(e),
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.cur.len());
-        buf[..n].copy_from_slice(&self.cur[..n]);
-        self.cur = self.cur.slice(n..);
-        Ok(n)
-    }
 }
 
 /// A snapshot made ready for `restore`: plain, verified, on local disk.
@@ -1546,55 +1515,6 @@ impl<R: Read> Read for CountingReader<R> {
     }
 }
 
-/// A `Write` that hands 1 MiB chunks to the async uploader; blocks while the channel is full,
-/// which bounds memory. Fails once the uploader has gone away.
-struct ChannelWriter<T = Vec<u8>> {
-    tx: tokio::sync::mpsc::Sender<T>,
-    wrap: fn(Vec<u8>) -> T,
-    buf: Vec<u8>,
-}
-
-impl ChannelWriter {
-    fn new(tx: tokio::sync::mpsc::Sender<Vec<u8>>) -> Self {
-        Self::with(tx, |v| v)
-    }
-}
-
-impl<T> ChannelWriter<T> {
-    /// Sends each chunk as `wrap` makes it (the reader's item type).
-    fn with(tx: tokio::sync::mpsc::Sender<T>, wrap: fn(Vec<u8>) -> T) -> Self {
-        Self {
-            tx,
-            wrap,
-            buf: Vec::with_capacity(CHUNK),
-        }
-    }
-
-    fn send(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        self.tx
-            .blocking_send((self.wrap)(chunk))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
-    }
-}
-
-impl<T> Write for ChannelWriter<T> {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = data.len().min(CHUNK - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() >= CHUNK {
-            self.send()?;
-        }
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.send()
-    }
-}
-
 struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {
@@ -1654,17 +1574,5 @@ mod tests {
         ] {
             assert_eq!(parse_talos_backup_name(n), None, "{n}");
         }
-    }
-
-    #[test]
-    fn channel_writer_chunks_and_reports_a_gone_reader() {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
-        let mut w = ChannelWriter::new(tx);
-        w.write_all(&vec![7u8; CHUNK + 10]).unwrap();
-        w.flush().unwrap();
-        assert_eq!(rx.try_recv().unwrap().len(), CHUNK);
-        assert_eq!(rx.try_recv().unwrap().len(), 10);
-        drop(rx);
-        w.write_all(&vec![1u8; CHUNK]).unwrap_err();
     }
 }

@@ -83,6 +83,34 @@ pub enum Followed<V> {
 /// the follow ends (or at its first error): the receiving side sees the end of its input.
 pub type Tee = Box<dyn Write + Send>;
 
+/// One tee writing to each of `tees`; one that fails is dropped and the others go on.
+pub fn fan_out(mut tees: Vec<Tee>) -> Option<Tee> {
+    match tees.len() {
+        0 => None,
+        1 => tees.pop(),
+        _ => Some(Box::new(FanOut(tees))),
+    }
+}
+
+struct FanOut(Vec<Tee>);
+
+impl Write for FanOut {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.retain_mut(|t| t.write_all(buf).is_ok());
+        if self.0.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "every tee stopped",
+            ));
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.retain_mut(|t| t.flush().is_ok());
+        Ok(())
+    }
+}
+
 /// `<path>.part`, the name talosctl streams into.
 pub fn part_path(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
@@ -375,6 +403,60 @@ mod tests {
                 "{name}: same entries, same order, same pages"
             );
         }
+    }
+
+    /// A tee that keeps what it gets.
+    struct Keep(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Keep {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A tee that fails at once.
+    struct Broken;
+
+    impl Write for Broken {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::other("gone"))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_tees_get_every_byte_in_order_and_a_failing_one_changes_nothing() {
+        let data = fixture("overflow.snapshot");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.snapshot");
+        let end = Arc::new(StreamEnd::default());
+        let w = writer(
+            path.clone(),
+            data.clone(),
+            1500,
+            Ending::Rename,
+            end.clone(),
+        );
+        let (a, b) = (Arc::default(), Arc::default());
+        let tee = fan_out(vec![
+            Box::new(Keep(Arc::clone(&a))),
+            Box::new(Broken),
+            Box::new(Keep(Arc::clone(&b))),
+        ]);
+        let followed = follow(&path, &end, Seen::default(), tee).unwrap();
+        w.join().unwrap();
+        let Followed::Verified { report, .. } = followed else {
+            panic!("not verified while streaming: {followed:?}");
+        };
+        assert!(report.valid, "{:?}", report.problems);
+        assert!(*a.lock().unwrap() == data);
+        assert!(*b.lock().unwrap() == data);
     }
 
     #[test]

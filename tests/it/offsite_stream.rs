@@ -87,8 +87,10 @@ fn a_copy_sent_during_the_stream_is_the_stored_snapshot_packed() {
     let out = env.cmd().args(["-o", "json", "snapshot"]).output().unwrap();
     ok(&out);
     let doc = stdout_json(&out);
-    // What the user sees: the copy was made during the stream, not from the stored file.
+    // What the user sees: the copy and the packed local file were made during the stream,
+    // not from the stored file.
     assert_eq!(doc["offsite"]["during_stream"], true, "{doc}");
+    assert_eq!(doc["snapshot"]["packed_during_stream"], true, "{doc}");
     let url = doc["offsite"]["url"].as_str().unwrap();
     let name = url.rsplit('/').next().unwrap();
     let packed = std::fs::read(target.join(name)).unwrap();
@@ -106,6 +108,13 @@ fn a_copy_sent_during_the_stream_is_the_stored_snapshot_packed() {
         .output()
         .unwrap();
     assert_eq!(plain.stdout, std::fs::read(small()).unwrap());
+    // Nothing but the packed file and its sidecar (and the configs) in the backup directory.
+    let files = env.backup_files();
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(
+        files.iter().all(|f| f.contains(".snapshot.zst")),
+        "{files:?}"
+    );
     // The manifest describes the object and the verified snapshot.
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(target.join(format!("{name}.json"))).unwrap())
@@ -126,7 +135,10 @@ fn a_copy_sent_during_the_stream_is_the_stored_snapshot_packed() {
         .arg("snapshot")
         .assert()
         .code(0)
-        .stdout(predicate::str::contains("sent while the snapshot streamed"));
+        .stdout(predicate::str::contains("sent while the snapshot streamed"))
+        .stdout(predicate::str::contains(
+            "packed while the snapshot streamed",
+        ));
 }
 
 #[test]
@@ -147,6 +159,7 @@ fn an_invalid_stream_completes_no_upload_and_keeps_the_good_copy() {
         .to_owned();
     let good = format!("talos/lab/{}", good_url.rsplit('/').next().unwrap());
     let before = moto.keys("talos/lab/");
+    let local_before = env.backup_files();
     let good_bytes = object(&moto, &good);
     let listed = || {
         let out = s3_cmd(&env)
@@ -169,6 +182,11 @@ fn an_invalid_stream_completes_no_upload_and_keeps_the_good_copy() {
         .stderr(predicate::str::contains("failed verification"))
         .stderr(predicate::str::contains("nothing was stored"));
     assert_eq!(moto.keys("talos/lab/"), before, "no new object or manifest");
+    assert_eq!(
+        env.backup_files(),
+        local_before,
+        "no packed file, no temp file"
+    );
     assert_eq!(
         open_uploads(&moto),
         0,
@@ -207,6 +225,14 @@ fn a_stream_read_again_after_it_ended_is_uploaded_from_the_stored_file() {
     ok(&out);
     let doc = stdout_json(&out);
     assert_eq!(doc["offsite"]["during_stream"], false, "{doc}");
+    assert_eq!(doc["snapshot"]["packed_during_stream"], false, "{doc}");
+    let local = Path::new(doc["snapshot"]["path"].as_str().unwrap());
+    let plain = Command::new(tool("zstd"))
+        .args(["-d", "-c"])
+        .arg(local)
+        .output()
+        .unwrap();
+    assert_eq!(plain.stdout, data);
     let url = doc["offsite"]["url"].as_str().unwrap();
     let name = url.rsplit('/').next().unwrap();
     assert_eq!(
