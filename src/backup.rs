@@ -259,9 +259,7 @@ pub async fn run(
             let (plain, mut sidecar, followed) = match taken {
                 Ok(t) => t,
                 Err(e) => {
-                    if let Some(Ok(s)) = sent {
-                        s.abort().await;
-                    }
+                    abort(sent.and_then(Result::ok)).await;
                     return Err(e);
                 }
             };
@@ -294,12 +292,14 @@ pub async fn run(
             }
             if !configs.refs.is_empty() {
                 sidecar.machine_configs = configs.refs;
-                store::write_sidecar(&plain, &sidecar).map_err(|e| {
-                    UserError::failed(format!(
+                if let Err(e) = store::write_sidecar(&plain, &sidecar) {
+                    abort(streamed).await;
+                    return Err(UserError::failed(format!(
                         "cannot record the machine configs in {}: {e}",
                         store::sidecar_path(&plain).display()
                     ))
-                })?;
+                    .into());
+                }
             }
             (plain, sidecar)
         }
@@ -311,9 +311,7 @@ pub async fn run(
         let packed = match store_packed(&plain, &sidecar, &local_packing, packed_local).await {
             Ok(p) => p,
             Err(e) => {
-                if let Some(s) = streamed {
-                    s.abort().await;
-                }
+                abort(streamed).await;
                 return Err(e);
             }
         };
@@ -398,6 +396,14 @@ pub async fn run(
         }
     }
     Ok(outcome)
+}
+
+/// Aborts a copy sent during the stream that will not be completed: an upload left open
+/// would keep its parts at the target until a lifecycle rule removes them.
+async fn abort(streamed: Option<Streamed>) {
+    if let Some(s) = streamed {
+        s.abort().await;
+    }
 }
 
 /// The copy sent while the snapshot streamed, completed once it proves to be exactly the

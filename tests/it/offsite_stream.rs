@@ -16,6 +16,16 @@ fn paced(env: &Env) {
     env.edit_cluster(|c| c.timing.snapshot_bytes_per_s = 400_000);
 }
 
+/// A moto server and a cluster whose profile compresses locally and copies to it, encrypted;
+/// the age identity file.
+fn s3_env() -> (Moto, Env, std::path::PathBuf) {
+    let moto = Moto::start();
+    let env = Env::new();
+    let (key, recipient) = keygen(env.tmp.path(), "key.txt");
+    s3_profile(&env, &moto.endpoint(), &recipient, &key);
+    (moto, env, key)
+}
+
 /// `age -d -i key | zstd -d` of `packed`.
 fn unpack_with_clis(key: &Path, packed: &[u8]) -> Vec<u8> {
     let mut age = Command::new(tool("age"))
@@ -143,10 +153,7 @@ fn a_copy_sent_during_the_stream_is_the_stored_snapshot_packed() {
 
 #[test]
 fn an_invalid_stream_completes_no_upload_and_keeps_the_good_copy() {
-    let moto = Moto::start();
-    let env = Env::new();
-    let (key, recipient) = keygen(env.tmp.path(), "key.txt");
-    s3_profile(&env, &moto.endpoint(), &recipient, &key);
+    let (moto, env, _key) = s3_env();
     paced(&env);
     let out = s3_cmd(&env)
         .args(["-o", "json", "snapshot"])
@@ -199,10 +206,7 @@ fn an_invalid_stream_completes_no_upload_and_keeps_the_good_copy() {
 
 #[test]
 fn a_stream_read_again_after_it_ended_is_uploaded_from_the_stored_file() {
-    let moto = Moto::start();
-    let env = Env::new();
-    let (key, recipient) = keygen(env.tmp.path(), "key.txt");
-    s3_profile(&env, &moto.endpoint(), &recipient, &key);
+    let (moto, env, key) = s3_env();
     // A valid snapshot whose meta page 1 is damaged: its meta pages do not tell the follower
     // the size for sure, so the finished file is verified (and uploaded) the ordinary way.
     let mut body = std::fs::read(small()).unwrap();
