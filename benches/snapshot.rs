@@ -13,7 +13,9 @@
 //! Prints the median of each, the ratio and the overhead in ms, against the issue-16 target
 //! (≤ 10 % + 100 ms; goal ≤ 5 % + 50 ms). `cargo bench --bench snapshot`; environment:
 //! `BENCH_SNAPSHOT` (an existing snapshot to use), `BENCH_RATE_MB_S` (0: unpaced),
-//! `BENCH_ROUNDS` (default 9).
+//! `BENCH_ROUNDS` (default 9), `BENCH_PROFILE_APPEND` (TOML appended to the profile, e.g.
+//! `[backup]` packing and an `[offsite]` target such as a local moto server, to time the
+//! packing and upload too), `BENCH_BIN` (another talos-dr binary to time, e.g. an older build).
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -80,6 +82,13 @@ fn setup(snapshot: &Path, bytes_per_s: u64) -> Bench {
         n.etcd.data = None;
     }
     cluster.save(&env.state).expect("save state");
+    if let Ok(extra) = std::env::var("BENCH_PROFILE_APPEND") {
+        let profile = env.config_dir.join("profile.toml");
+        let mut text = std::fs::read_to_string(&profile).expect("profile");
+        text.push('\n');
+        text.push_str(&extra);
+        std::fs::write(&profile, text).expect("profile");
+    }
     Bench { dir, env }
 }
 
@@ -130,9 +139,10 @@ impl Bench {
     fn talos_dr(&self) -> Duration {
         let backups = self.env.config_dir.join("etcd-backups");
         let _ = std::fs::remove_dir_all(&backups);
+        let bin = std::env::var_os("BENCH_BIN").map_or_else(|| PathBuf::from(BIN), PathBuf::from);
         let t = Instant::now();
         let o = self
-            .command(Path::new(BIN))
+            .command(&bin)
             .args(["-q", "snapshot"])
             .output()
             .expect("run talos-dr");
@@ -145,7 +155,10 @@ impl Bench {
         let stored = std::fs::read_dir(&backups)
             .expect("backup dir")
             .filter_map(Result::ok)
-            .any(|e| e.file_name().to_string_lossy().ends_with(".snapshot"));
+            .any(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with("etcd-") && !name.ends_with(".json")
+            });
         assert!(stored, "no snapshot stored");
         elapsed
     }

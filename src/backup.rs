@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use crate::error::UserError;
 use crate::machine_config;
-use crate::offsite::{OffsiteError, RemotePrune, Target, Uploaded};
+use crate::offsite::{self, OffsiteError, RemotePrune, StreamTee, Streamed, Target, Uploaded};
 use crate::pack::{self, Layer, Packing};
 use crate::profile::Profile;
+use crate::snapshot::follow::{Tee, fan_out};
 use crate::snapshot::prune::{self, PruneOutcome};
 use crate::snapshot::retention::KeepPolicy;
 use crate::snapshot::store::{self, Packed, Sidecar};
-use crate::snapshot::take::{self, TakeOptions};
+use crate::snapshot::take::{self, TakeOptions, TeeStart};
 use crate::talos::Talosctl;
 use crate::ui::Reporter;
 
@@ -113,6 +114,8 @@ pub struct BackupOutcome {
     pub stored_size: u64,
     /// Layers of the stored file, innermost first; empty when stored plain.
     pub layers: Vec<Layer>,
+    /// The stored file was packed while the snapshot streamed, not from the plain file.
+    pub packed_during_stream: bool,
     /// `None` when no copy was asked for or the profile has no `[offsite]`.
     pub offsite: Option<OffsiteOutcome>,
     /// Local retention, when it ran.
@@ -187,6 +190,10 @@ pub async fn run(
         Destination::File(_) | Destination::Stored(_) => Packing::default(),
     };
 
+    // A copy sent while the snapshot streamed, not completed yet.
+    let mut streamed: Option<Streamed> = None;
+    // The local copy packed while the snapshot streamed, under a temp name.
+    let mut packed_local: Option<pack::PendingPack> = None;
     let (plain, sidecar) = match &opts.destination {
         Destination::Stored(path) => {
             let sidecar = store::read_sidecar(path).ok_or_else(|| {
@@ -199,32 +206,117 @@ pub async fn run(
         }
         Destination::Scheduled | Destination::File(_) => {
             // The machine configs are read while the snapshot streams, and stored only once
-            // it is good.
-            let (taken, reads) = tokio::join!(
-                take_plain(profile, talos, opts, &local_packing, reporter),
-                machine_config::read_all(profile, talos)
+            // it is good. The off-site copy is packed and sent from the bytes the follower
+            // reads, and completed further down only once the snapshot is verified.
+            let (tee, input) = match &target {
+                Some(_) => {
+                    let (tee, input) = offsite::streamed_copy(&offsite_packing);
+                    (Some(tee), Some(input))
+                }
+                None => (None, None),
+            };
+            // The packed local copy is written from the same bytes, under a temp name.
+            let (local_tee, local_thread) = match &opts.destination {
+                Destination::Scheduled if !local_packing.is_plain() => {
+                    let dir = profile.backup_dir();
+                    remove_stale_plain(&dir);
+                    match crate::fsutil::create_private_dir(&dir)
+                        .and_then(|()| pack::pack_stream(&dir, &local_packing))
+                    {
+                        Ok((tee, thread)) => (Some(tee), Some(thread)),
+                        Err(e) => {
+                            tracing::debug!(error = %e, dir = %dir.display(), "cannot pack while streaming");
+                            (None, None)
+                        }
+                    }
+                }
+                _ => (None, None),
+            };
+            let (taken, reads, sent, local) = tokio::join!(
+                take_plain(
+                    profile,
+                    talos,
+                    opts,
+                    &local_packing,
+                    tee,
+                    local_tee,
+                    reporter
+                ),
+                machine_config::read_all(profile, talos),
+                async {
+                    match (&target, input) {
+                        (Some(t), Some(i)) => Some(t.send_streamed(i).await),
+                        _ => None,
+                    }
+                },
+                async {
+                    match local_thread {
+                        Some(h) => Some(h.await),
+                        None => None,
+                    }
+                }
             );
-            let (plain, mut sidecar) = taken?;
+            let (plain, mut sidecar, followed) = match taken {
+                Ok(t) => t,
+                Err(e) => {
+                    abort(sent.and_then(Result::ok)).await;
+                    return Err(e);
+                }
+            };
+            streamed = match sent {
+                Some(Ok(s)) if followed => Some(s),
+                Some(Ok(s)) => {
+                    tracing::debug!(
+                        "the snapshot was read again after its stream: the copy sent during it is dropped"
+                    );
+                    s.abort().await;
+                    None
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "the copy sent during the stream failed");
+                    None
+                }
+                None => None,
+            };
+            packed_local = match local {
+                Some(Ok(Ok(p))) if followed => Some(p),
+                Some(Ok(Err(e))) => {
+                    tracing::debug!(error = %e, "packing during the stream failed");
+                    None
+                }
+                _ => None,
+            };
             let configs = machine_config::store_all(profile, reads);
             for w in &configs.warnings {
                 reporter.warn(w);
             }
             if !configs.refs.is_empty() {
                 sidecar.machine_configs = configs.refs;
-                store::write_sidecar(&plain, &sidecar).map_err(|e| {
-                    UserError::failed(format!(
+                if let Err(e) = store::write_sidecar(&plain, &sidecar) {
+                    abort(streamed).await;
+                    return Err(UserError::failed(format!(
                         "cannot record the machine configs in {}: {e}",
                         store::sidecar_path(&plain).display()
                     ))
-                })?;
+                    .into());
+                }
             }
             (plain, sidecar)
         }
     };
+    let mut packed_during_stream = false;
     let (path, stored_size) = if local_packing.is_plain() {
         (plain.clone(), sidecar.size)
     } else {
-        let packed = store_packed(&plain, &sidecar, &local_packing).await?;
+        let packed = match store_packed(&plain, &sidecar, &local_packing, packed_local).await {
+            Ok(p) => p,
+            Err(e) => {
+                abort(streamed).await;
+                return Err(e);
+            }
+        };
+        let (packed, during_stream) = packed;
+        packed_during_stream = during_stream;
         let size = std::fs::metadata(&packed).map_or(sidecar.size, |m| m.len());
         (packed, size)
     };
@@ -232,7 +324,7 @@ pub async fn run(
     let offsite = match (&target, unavailable) {
         (_, Some(e)) => Some(OffsiteOutcome::Unavailable(e)),
         (Some(t), None) => Some(
-            match t.upload(&plain, &sidecar, &offsite_packing, reporter).await {
+            match copy_offsite(t, streamed, &plain, &sidecar, &offsite_packing, reporter).await {
                 Ok(u) => {
                     // The configs go with the snapshot that refers to them; a config that
                     // could not be copied is a warning, the snapshot copy itself is good.
@@ -264,6 +356,7 @@ pub async fn run(
         sidecar,
         stored_size,
         layers: local_packing.layers(),
+        packed_during_stream,
         offsite,
         pruned: None,
         remote_pruned: None,
@@ -305,21 +398,52 @@ pub async fn run(
     Ok(outcome)
 }
 
+/// Aborts a copy sent during the stream that will not be completed: an upload left open
+/// would keep its parts at the target until a lifecycle rule removes them.
+async fn abort(streamed: Option<Streamed>) {
+    if let Some(s) = streamed {
+        s.abort().await;
+    }
+}
+
+/// The copy sent while the snapshot streamed, completed once it proves to be exactly the
+/// verified snapshot; else (none was sent, or it differs, or completing it failed) the upload
+/// from the stored file, with its retries, as if no copy had been sent.
+async fn copy_offsite(
+    target: &Target,
+    streamed: Option<Streamed>,
+    plain: &Path,
+    sidecar: &Sidecar,
+    packing: &Packing,
+    reporter: &dyn Reporter,
+) -> Result<Uploaded, OffsiteError> {
+    if let Some(s) = streamed {
+        match target.commit_streamed(s, sidecar, packing, reporter).await {
+            Ok(u) => return Ok(u),
+            Err(e) => {
+                tracing::debug!(error = %e, "the copy sent during the stream was not completed");
+            }
+        }
+    }
+    target.upload(plain, sidecar, packing, reporter).await
+}
+
 /// Streams and verifies a snapshot into the destination. With local packing the plain snapshot
 /// only lives under a hidden name (never listed, never counted by retention) until it is packed
-/// and uploaded; leftovers of a crashed run go first.
+/// and uploaded (the caller removes a crashed run's leftovers first).
 async fn take_plain(
     profile: &Profile,
     talos: &Talosctl,
     opts: &BackupOptions,
     local_packing: &Packing,
+    offsite_tee: Option<StreamTee>,
+    local_tee: Option<Tee>,
     reporter: &dyn Reporter,
-) -> anyhow::Result<(PathBuf, Sidecar)> {
+) -> anyhow::Result<(PathBuf, Sidecar, bool)> {
     let hidden_plain = if local_packing.is_plain() {
         None
     } else {
         let dir = profile.backup_dir();
-        remove_stale_plain(&dir);
         Some(dir.join(format!(
             ".{}.plain",
             store::file_name(jiff::Timestamp::now())
@@ -336,12 +460,28 @@ async fn take_plain(
         health_timeout: opts.health_timeout,
         ..TakeOptions::default()
     };
-    let mut taken = take::take(profile, talos, &take_opts, reporter).await?;
-    if hidden_plain.is_some() {
+    let scheduled_name = hidden_plain.is_some();
+    // The off-site copy is named as the stored file will be.
+    let tee = (offsite_tee.is_some() || local_tee.is_some()).then(|| -> TeeStart<'_> {
+        Box::new(move |taken_at, file| {
+            let base = if scheduled_name {
+                store::file_name(taken_at)
+            } else {
+                file.to_owned()
+            };
+            let tees = local_tee
+                .into_iter()
+                .chain(offsite_tee.map(|t| t.start(&base)))
+                .collect();
+            fan_out(tees).unwrap_or_else(|| Box::new(std::io::sink()))
+        })
+    });
+    let mut taken = take::take_teed(profile, talos, &take_opts, tee, reporter).await?;
+    if scheduled_name {
         // The stored (packed) file carries the scheduled name of the moment it was taken.
         taken.sidecar.file = store::file_name(taken.sidecar.taken_at);
     }
-    Ok((taken.path, taken.sidecar))
+    Ok((taken.path, taken.sidecar, taken.followed))
 }
 
 /// Removes hidden plain copies a crashed run left behind (the caller holds the profile lock, so
@@ -352,25 +492,41 @@ fn remove_stale_plain(dir: &Path) {
     };
     for e in read.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(".etcd-") && (name.ends_with(".plain") || name.ends_with(".plain.json"))
-        {
+        // Packed temp files too: with `encrypt = false` they hold the snapshot readable.
+        let plain = name.starts_with(".etcd-")
+            && (name.ends_with(".plain") || name.ends_with(".plain.json"));
+        if plain || name.starts_with(".tmp-pack-") {
             let _ = std::fs::remove_file(e.path());
         }
     }
 }
 
-/// Packs the verified plain snapshot beside itself and writes the packed file's sidecar.
+/// Puts the packed snapshot beside the plain one and writes its sidecar: the file packed while
+/// the snapshot streamed when it packed exactly the verified bytes, else one packed from the
+/// plain file. Returns its path and whether it was packed while streaming.
 async fn store_packed(
     plain: &Path,
     sidecar: &Sidecar,
     packing: &Packing,
-) -> anyhow::Result<PathBuf> {
+    during_stream: Option<pack::PendingPack>,
+) -> anyhow::Result<(PathBuf, bool)> {
     let name = packing.file_name(&sidecar.file);
     let dst = plain.with_file_name(&name);
+    let verified = (sidecar.size, sidecar.sha256.clone());
+    let pending = during_stream.filter(|p| p.plain == verified);
     let (src, to, p) = (plain.to_path_buf(), dst.clone(), packing.clone());
-    let packed = tokio::task::spawn_blocking(move || pack::pack_file(&src, &to, &p))
-        .await?
-        .map_err(|e| UserError::failed(format!("cannot write {}: {e}", dst.display())))?;
+    let (packed, streamed) = tokio::task::spawn_blocking(move || {
+        if let Some(done) = pending {
+            let packed = done.packed.clone();
+            match done.persist(&to) {
+                Ok(()) => return Ok((packed, true)),
+                Err(e) => tracing::debug!(error = %e, "cannot put the file packed while streaming in place"),
+            }
+        }
+        pack::pack_file(&src, &to, &p).map(|packed| (packed, false))
+    })
+    .await?
+    .map_err(|e| UserError::failed(format!("cannot write {}: {e}", dst.display())))?;
     let mut sc = sidecar.clone();
     sc.file = name;
     sc.packed = Some(Packed {
@@ -384,5 +540,5 @@ async fn store_packed(
             dst.display()
         ))
     })?;
-    Ok(dst)
+    Ok((dst, streamed))
 }

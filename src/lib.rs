@@ -10,6 +10,7 @@
 //! against the simulator (`sim`, built with the default `demo` feature; not part of the API).
 
 pub mod backup;
+pub(crate) mod chan;
 pub mod check;
 pub mod config;
 pub mod engine;

@@ -9,6 +9,13 @@
 //! sidecar). A multipart upload that is interrupted is never completed, so no object appears; an
 //! object without a manifest is never counted as a good copy by retention.
 //!
+//! A backup sends its copy while the snapshot streams ([`Target::send_streamed`]): the same
+//! packing and parts, fed by the bytes the stream's follower reads instead of the stored file,
+//! and left uncompleted until the snapshot is verified and the packed bytes proved to be the
+//! verified ones ([`Target::commit_streamed`]); anything else aborts it, and the stored file is
+//! uploaded as above. That upload starts before the snapshot's sha256 is known, so its metadata
+//! carries a token naming the upload (read back instead); the sha256 is in the manifest.
+//!
 //! Remote retention uses the same pure [`retention::apply`] as the local directory.
 
 use std::io::{self, Read, Write};
@@ -31,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+use crate::chan::{ChannelReader, ChannelWriter};
 use crate::config::{SettingError, TargetUrl};
 use crate::pack::{self, Identities, Layer, Packing};
 use crate::profile::{Offsite, Profile};
@@ -43,11 +51,10 @@ use crate::ui::{self, Event, Reporter};
 pub const PART_SIZE: usize = 8 << 20;
 /// Parts in flight at once.
 const MAX_CONCURRENCY: usize = 4;
-/// Chunks handed from the packing thread to the uploader.
-const CHUNK: usize = 1 << 20;
 const META_SHA256: &str = "talos-dr-sha256";
 const META_SIZE: &str = "talos-dr-size";
 const META_LAYERS: &str = "talos-dr-layers";
+const META_UPLOAD: &str = "talos-dr-upload";
 
 #[derive(Debug, Error)]
 pub enum OffsiteError {
@@ -148,6 +155,130 @@ pub struct Uploaded {
     pub url: String,
     pub manifest: Manifest,
     pub elapsed_ms: u64,
+    /// Packed and sent while the snapshot streamed, without reading the stored file again.
+    pub during_stream: bool,
+}
+
+/// What an object's metadata says about it, read back to confirm the upload.
+enum Stamp {
+    /// The plain snapshot's sha256 and size, when they are known as the upload starts.
+    Snapshot { sha256: String, size: u64 },
+    /// An upload that starts before the snapshot has ended: a token naming this upload (the
+    /// snapshot's sha256 and size are in the manifest).
+    Streamed(String),
+}
+
+impl Stamp {
+    /// The metadata key confirm reads back, and its value.
+    fn metadata(&self) -> (&'static str, &str) {
+        match self {
+            Stamp::Snapshot { sha256, .. } => (META_SHA256, sha256),
+            Stamp::Streamed(token) => (META_UPLOAD, token),
+        }
+    }
+}
+
+/// The parts of a multipart upload, all sent, not completed.
+struct Sent {
+    writer: WriteMultipart,
+    bytes: u64,
+    sha256: String,
+}
+
+impl Sent {
+    /// Drops the upload: nothing of it stays at the target.
+    async fn abort(self) {
+        let _ = self.writer.abort().await;
+    }
+}
+
+/// How [`Target::complete`] names, reports and records an upload.
+struct Done<'a> {
+    name: &'a str,
+    stamp: &'a Stamp,
+    layers: Vec<Layer>,
+    started: Instant,
+    key: String,
+    during_stream: bool,
+}
+
+/// Where the upload loop reports its progress.
+struct Progress<'a> {
+    key: &'a str,
+    message: String,
+    read: &'a AtomicU64,
+    total: Option<u64>,
+    reporter: &'a dyn Reporter,
+}
+
+/// The tee's end of a copy made while the snapshot streams (see [`streamed_copy`]).
+pub struct StreamTee {
+    name_tx: tokio::sync::oneshot::Sender<String>,
+    plain_tx: ChannelWriter<io::Result<bytes::Bytes>>,
+    packing: Packing,
+}
+
+impl StreamTee {
+    /// Names the object after the snapshot's file name `base` (as [`Target::upload`] would)
+    /// and gives the writer the follower hands every byte to. The writer blocks while the
+    /// channel is full, so it must be used from a blocking thread.
+    pub fn start(self, base: &str) -> Box<dyn Write + Send> {
+        let _ = self.name_tx.send(self.packing.file_name(base));
+        Box::new(self.plain_tx)
+    }
+}
+
+/// The upload's end of a copy made while the snapshot streams, for [`Target::send_streamed`].
+pub struct StreamedInput {
+    name_rx: tokio::sync::oneshot::Receiver<String>,
+    plain_rx: ChannelReader,
+    packing: Packing,
+}
+
+/// A tee and the input of [`Target::send_streamed`], joined by a bounded channel.
+pub fn streamed_copy(packing: &Packing) -> (StreamTee, StreamedInput) {
+    let (name_tx, name_rx) = tokio::sync::oneshot::channel();
+    let (plain_tx, plain_rx) = crate::chan::pipe(4);
+    (
+        StreamTee {
+            name_tx,
+            plain_tx,
+            packing: packing.clone(),
+        },
+        StreamedInput {
+            name_rx,
+            plain_rx,
+            packing: packing.clone(),
+        },
+    )
+}
+
+/// A copy sent while the snapshot streamed, not completed: invisible at the target until
+/// [`Target::commit_streamed`], gone after [`Streamed::abort`].
+pub struct Streamed {
+    name: String,
+    stamp: Stamp,
+    layers: Vec<Layer>,
+    started: Instant,
+    sent: Sent,
+    /// Size and sha256 of the plain bytes that were packed.
+    plain: (u64, String),
+}
+
+impl std::fmt::Debug for Streamed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streamed")
+            .field("name", &self.name)
+            .field("plain", &self.plain)
+            .finish()
+    }
+}
+
+impl Streamed {
+    /// Aborts the multipart upload: no object appears.
+    pub async fn abort(self) {
+        self.sent.abort().await;
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -340,21 +471,14 @@ impl Target {
     ) -> Result<Uploaded, OffsiteError> {
         let started = Instant::now();
         let url = self.url_of(name);
-        let location = self.location(name);
-        let layers = packing.layers();
-        let mut opts = PutMultipartOptions::default();
-        if self.metadata {
-            opts.attributes = metadata(sidecar, &layers);
-        }
-        let upload = self
-            .store
-            .put_multipart_opts(&location, opts)
-            .await
-            .map_err(self.store_err(name))?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let stamp = Stamp::Snapshot {
+            sha256: sidecar.sha256.clone(),
+            size: sidecar.size,
+        };
+        let writer = self.open(name, &stamp, packing).await?;
 
         // Packing is CPU work on blocking I/O: a blocking thread feeds a bounded channel.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
         let read = Arc::new(AtomicU64::new(0));
         let packer = {
             let src = src.to_path_buf();
@@ -377,71 +501,155 @@ impl Target {
             key: key.clone(),
             message: format!("uploading {} to {url}", sidecar.file),
         });
-        let mut hasher = Sha256::new();
-        let mut sent = 0u64;
-        let mut last_report = Instant::now();
-        let streamed: Result<(), object_store::Error> = async {
-            while let Some(chunk) = rx.recv().await {
-                hasher.update(&chunk);
-                sent += chunk.len() as u64;
-                writer.wait_for_capacity(MAX_CONCURRENCY).await?;
-                writer.write(&chunk);
-                if last_report.elapsed() >= Duration::from_millis(200) {
-                    last_report = Instant::now();
-                    reporter.report(Event::Progress {
-                        key: key.clone(),
-                        message: format!("uploading {}", sidecar.file),
-                        done: read.load(Ordering::Relaxed),
-                        total: Some(sidecar.size),
-                    });
-                }
-            }
-            Ok(())
-        }
-        .await;
-        drop(rx);
+        let progress = Progress {
+            key: &key,
+            message: format!("uploading {}", sidecar.file),
+            read: &read,
+            total: Some(sidecar.size),
+            reporter,
+        };
+        let sent = self.send(name, writer, rx, Some(&progress)).await;
         let packed = packer.await.map_err(|e| OffsiteError::Io {
             path: src.to_path_buf(),
             source: io::Error::other(e),
         })?;
-        let finish = match (streamed, packed) {
-            (Ok(()), Ok(_)) => writer.finish().await.map_err(self.store_err(name)),
-            (Err(e), _) => {
-                let _ = writer.abort().await;
-                Err(self.store_err(name)(e))
-            }
-            (Ok(()), Err(source)) => {
-                let _ = writer.abort().await;
+        let sent = match (sent, packed) {
+            (Ok(s), Ok(_)) => Ok(s),
+            (Err(e), _) => Err(e),
+            (Ok(s), Err(source)) => {
+                s.abort().await;
                 Err(OffsiteError::Io {
                     path: src.to_path_buf(),
                     source,
                 })
             }
         };
-        let elapsed_ms = ui::ms(started.elapsed());
-        reporter.report(Event::WaitFinished {
+        let done = Done {
+            name,
+            stamp: &stamp,
+            layers: packing.layers(),
+            started,
             key,
+            during_stream: false,
+        };
+        self.complete(done, sent, sidecar, reporter).await
+    }
+
+    /// Starts a multipart upload of `name`; nothing is visible at the target before it is
+    /// completed.
+    async fn open(
+        &self,
+        name: &str,
+        stamp: &Stamp,
+        packing: &Packing,
+    ) -> Result<WriteMultipart, OffsiteError> {
+        let mut opts = PutMultipartOptions::default();
+        if self.metadata {
+            opts.attributes = metadata(stamp, &packing.layers());
+        }
+        let upload = self
+            .store
+            .put_multipart_opts(&self.location(name), opts)
+            .await
+            .map_err(self.store_err(name))?;
+        Ok(WriteMultipart::new_with_chunk_size(upload, PART_SIZE))
+    }
+
+    /// Sends what the packer hands over as parts of `writer`, without completing the upload.
+    /// A store error aborts the upload.
+    async fn send(
+        &self,
+        name: &str,
+        mut writer: WriteMultipart,
+        mut rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+        progress: Option<&Progress<'_>>,
+    ) -> Result<Sent, OffsiteError> {
+        let mut hasher = Sha256::new();
+        let mut bytes = 0u64;
+        let mut last_report = Instant::now();
+        let streamed: Result<(), object_store::Error> = async {
+            while let Some(chunk) = rx.recv().await {
+                hasher.update(&chunk);
+                bytes += chunk.len() as u64;
+                writer.wait_for_capacity(MAX_CONCURRENCY).await?;
+                writer.write(&chunk);
+                if let Some(p) = progress
+                    && last_report.elapsed() >= Duration::from_millis(200)
+                {
+                    last_report = Instant::now();
+                    p.reporter.report(Event::Progress {
+                        key: p.key.to_owned(),
+                        message: p.message.clone(),
+                        done: p.read.load(Ordering::Relaxed),
+                        total: p.total,
+                    });
+                }
+            }
+            Ok(())
+        }
+        .await;
+        // The packer stops at its next write once nobody listens.
+        drop(rx);
+        match streamed {
+            Ok(()) => Ok(Sent {
+                writer,
+                bytes,
+                sha256: hex::encode(hasher.finalize()),
+            }),
+            Err(e) => {
+                let _ = writer.abort().await;
+                Err(self.store_err(name)(e))
+            }
+        }
+    }
+
+    /// Completes an upload whose parts are sent, reports it, confirms it and writes its
+    /// manifest: the one way a copy becomes good, whether it was sent during the stream or
+    /// read from the stored file.
+    async fn complete(
+        &self,
+        done: Done<'_>,
+        sent: Result<Sent, OffsiteError>,
+        sidecar: &Sidecar,
+        reporter: &dyn Reporter,
+    ) -> Result<Uploaded, OffsiteError> {
+        let name = done.name;
+        let url = self.url_of(name);
+        let finish = match sent {
+            Ok(s) => match s.writer.finish().await {
+                Ok(_) => Ok((s.bytes, s.sha256)),
+                Err(e) => Err(self.store_err(name)(e)),
+            },
+            Err(e) => Err(e),
+        };
+        let elapsed_ms = ui::ms(done.started.elapsed());
+        let when = if done.during_stream {
+            " while the snapshot streamed"
+        } else {
+            ""
+        };
+        reporter.report(Event::WaitFinished {
+            key: done.key,
             ok: finish.is_ok(),
             message: match &finish {
-                Ok(_) => format!(
-                    "uploaded {url} ({}, {})",
-                    human(sent),
-                    rate(sidecar.size, started.elapsed())
+                Ok((bytes, _)) => format!(
+                    "uploaded {url}{when} ({}, {})",
+                    human(*bytes),
+                    rate(sidecar.size, done.started.elapsed())
                 ),
                 Err(_) => format!("upload to {url} failed"),
             },
             elapsed_ms,
         });
-        finish?;
+        let (size, sha256) = finish?;
 
-        let sha256 = hex::encode(hasher.finalize());
-        self.confirm(name, sent, sidecar).await?;
+        self.confirm(name, size, done.stamp).await?;
         let manifest = Manifest {
             schema: 1,
             object: name.to_owned(),
-            size: sent,
+            size,
             sha256,
-            layers,
+            layers: done.layers,
             uploaded_at: Timestamp::now(),
             snapshot: sidecar.clone(),
         };
@@ -450,11 +658,123 @@ impl Target {
             url,
             manifest,
             elapsed_ms,
+            during_stream: done.during_stream,
         })
     }
 
+    /// Packs the bytes a [`StreamTee`] gets while the snapshot streams and sends them as the
+    /// parts of a multipart upload, which is left open: only [`Target::commit_streamed`]
+    /// completes it, once the snapshot is verified. Memory stays bounded: the tee blocks the
+    /// follower's hashing thread while the channels are full.
+    pub async fn send_streamed(&self, input: StreamedInput) -> Result<Streamed, OffsiteError> {
+        let StreamedInput {
+            name_rx,
+            plain_rx,
+            packing,
+        } = input;
+        let name = name_rx.await.map_err(|_| OffsiteError::Check {
+            url: self.url.clone(),
+            message: "the snapshot stream did not start".into(),
+        })?;
+        let started = Instant::now();
+        let stamp = Stamp::Streamed(format!(
+            "{}-{}",
+            std::process::id(),
+            Timestamp::now().as_nanosecond()
+        ));
+        let writer = self.open(&name, &stamp, &packing).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+        let packer = {
+            let packing = packing.clone();
+            // The plain bytes are hashed here again: what is committed must be what was verified.
+            tokio::task::spawn_blocking(move || -> io::Result<(u64, String)> {
+                let mut input = crate::check::HashingReader::new(plain_rx);
+                let (_, mut w) = pack::pack(&mut input, ChannelWriter::new(tx), &packing)?;
+                w.flush()?;
+                Ok(input.finish())
+            })
+        };
+        let sent = self.send(&name, writer, rx, None).await;
+        let url = self.url_of(&name);
+        let packed = packer
+            .await
+            .map_err(|e| OffsiteError::Check {
+                url: url.clone(),
+                message: format!("the packing thread failed: {e}"),
+            })
+            .and_then(|r| {
+                r.map_err(|source| OffsiteError::Io {
+                    path: PathBuf::from(&url),
+                    source,
+                })
+            });
+        match (sent, packed) {
+            (Ok(sent), Ok(plain)) => Ok(Streamed {
+                name,
+                stamp,
+                layers: packing.layers(),
+                started,
+                sent,
+                plain,
+            }),
+            (Err(e), _) => Err(e),
+            (Ok(sent), Err(e)) => {
+                sent.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Completes a copy sent during the stream, confirms it and writes its manifest, but only
+    /// when the bytes it packed are exactly the verified snapshot `sidecar` describes (same
+    /// size and sha256) under the name the after-the-fact upload would give it. Otherwise the
+    /// upload is aborted and nothing appears at the target.
+    pub async fn commit_streamed(
+        &self,
+        streamed: Streamed,
+        sidecar: &Sidecar,
+        packing: &Packing,
+        reporter: &dyn Reporter,
+    ) -> Result<Uploaded, OffsiteError> {
+        let url = self.url_of(&streamed.name);
+        let expected = packing.file_name(&sidecar.file);
+        let (size, sha) = &streamed.plain;
+        let differs = if streamed.name != expected {
+            Some(format!(
+                "it was named {}, expected {expected}",
+                streamed.name
+            ))
+        } else if *size != sidecar.size || *sha != sidecar.sha256 {
+            Some(format!(
+                "it packed {size} bytes with sha256 {sha}, but the verified snapshot has {} bytes with sha256 {}",
+                sidecar.size, sidecar.sha256
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = differs {
+            streamed.sent.abort().await;
+            return Err(OffsiteError::Check { url, message });
+        }
+        let key = format!("upload {url}");
+        reporter.report(Event::WaitStarted {
+            key: key.clone(),
+            message: format!("completing the upload of {} to {url}", sidecar.file),
+        });
+        let done = Done {
+            name: &streamed.name,
+            stamp: &streamed.stamp,
+            layers: streamed.layers,
+            started: streamed.started,
+            key,
+            during_stream: true,
+        };
+        self.complete(done, Ok(streamed.sent), sidecar, reporter)
+            .await
+    }
+
     /// Reads back what the server stored: the size, and on S3 the metadata sent with the upload.
-    async fn confirm(&self, name: &str, sent: u64, sidecar: &Sidecar) -> Result<(), OffsiteError> {
+    async fn confirm(&self, name: &str, sent: u64, stamp: &Stamp) -> Result<(), OffsiteError> {
         let url = self.url_of(name);
         let head = self
             .store
@@ -477,16 +797,16 @@ impl Target {
             });
         }
         if self.metadata {
-            let sha = head
+            let (key, expected) = stamp.metadata();
+            let got = head
                 .attributes
-                .get(&Attribute::Metadata(META_SHA256.into()))
+                .get(&Attribute::Metadata(key.into()))
                 .map(|v| v.as_ref().to_owned());
-            if sha.as_deref() != Some(sidecar.sha256.as_str()) {
+            if got.as_deref() != Some(expected) {
                 return Err(OffsiteError::Check {
                     url,
                     message: format!(
-                        "the object's {META_SHA256} metadata reads {sha:?}, expected {}",
-                        sidecar.sha256
+                        "the object's {key} metadata reads {got:?}, expected {expected}"
                     ),
                 });
             }
@@ -730,10 +1050,7 @@ impl Target {
             .map_err(self.store_err(name))?;
         let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(8);
         let reader = tokio::task::spawn_blocking(move || {
-            let mut input = crate::check::HashingReader::new(ChannelReader {
-                rx,
-                cur: bytes::Bytes::new(),
-            });
+            let mut input = crate::check::HashingReader::new(ChannelReader::new(rx));
             let mut plain = crate::check::PlainDigest::default();
             let unpacked = match pack::unpack(&mut input, &mut plain, identities.as_deref()) {
                 Ok((layers, _)) => Ok(Some((layers, plain))),
@@ -905,28 +1222,6 @@ pub struct CopyRead {
     pub unpack_error: Option<pack::PackError>,
 }
 
-/// A blocking `Read` over chunks sent from the async side; bounded by the channel's capacity.
-struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<io::Result<bytes::Bytes>>,
-    cur: bytes::Bytes,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.cur.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(Ok(b)) => self.cur = b,
-                Some(Err(e)) => return Err(e),
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.cur.len());
-        buf[..n].copy_from_slice(&self.cur[..n]);
-        self.cur = self.cur.slice(n..);
-        Ok(n)
-    }
-}
-
 /// A snapshot made ready for `restore`: plain, verified, on local disk.
 #[derive(Debug, Clone, Serialize)]
 pub struct Prepared {
@@ -1072,16 +1367,26 @@ fn mkdir(dir: &Path) -> Result<(), PrepareError> {
         .map_err(|e| PrepareError::Failed(format!("cannot create {}: {e}", dir.display())))
 }
 
-fn metadata(sidecar: &Sidecar, layers: &[Layer]) -> Attributes {
+fn metadata(stamp: &Stamp, layers: &[Layer]) -> Attributes {
     let mut a = Attributes::new();
-    a.insert(
-        Attribute::Metadata(META_SHA256.into()),
-        AttributeValue::from(sidecar.sha256.clone()),
-    );
-    a.insert(
-        Attribute::Metadata(META_SIZE.into()),
-        AttributeValue::from(sidecar.size.to_string()),
-    );
+    match stamp {
+        Stamp::Snapshot { sha256, size } => {
+            a.insert(
+                Attribute::Metadata(META_SHA256.into()),
+                AttributeValue::from(sha256.clone()),
+            );
+            a.insert(
+                Attribute::Metadata(META_SIZE.into()),
+                AttributeValue::from(size.to_string()),
+            );
+        }
+        Stamp::Streamed(token) => {
+            a.insert(
+                Attribute::Metadata(META_UPLOAD.into()),
+                AttributeValue::from(token.clone()),
+            );
+        }
+    }
     a.insert(
         Attribute::Metadata(META_LAYERS.into()),
         AttributeValue::from(
@@ -1210,46 +1515,6 @@ impl<R: Read> Read for CountingReader<R> {
     }
 }
 
-/// A `Write` that hands 1 MiB chunks to the async uploader; blocks while the channel is full,
-/// which bounds memory. Fails once the uploader has gone away.
-struct ChannelWriter {
-    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
-    buf: Vec<u8>,
-}
-
-impl ChannelWriter {
-    fn new(tx: tokio::sync::mpsc::Sender<Vec<u8>>) -> Self {
-        Self {
-            tx,
-            buf: Vec::with_capacity(CHUNK),
-        }
-    }
-
-    fn send(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        self.tx
-            .blocking_send(chunk)
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
-    }
-}
-
-impl Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = data.len().min(CHUNK - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() >= CHUNK {
-            self.send()?;
-        }
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.send()
-    }
-}
-
 struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {
@@ -1309,17 +1574,5 @@ mod tests {
         ] {
             assert_eq!(parse_talos_backup_name(n), None, "{n}");
         }
-    }
-
-    #[test]
-    fn channel_writer_chunks_and_reports_a_gone_reader() {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
-        let mut w = ChannelWriter::new(tx);
-        w.write_all(&vec![7u8; CHUNK + 10]).unwrap();
-        w.flush().unwrap();
-        assert_eq!(rx.try_recv().unwrap().len(), CHUNK);
-        assert_eq!(rx.try_recv().unwrap().len(), 10);
-        drop(rx);
-        w.write_all(&vec![1u8; CHUNK]).unwrap_err();
     }
 }

@@ -550,26 +550,96 @@ fn write_atomic(
     dst: &Path,
     body: impl FnOnce(&mut io::BufWriter<&std::fs::File>) -> io::Result<u64>,
 ) -> io::Result<u64> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = match dst.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".tmp-pack-")
-        .tempfile_in(dir)?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    let tmp = private_temp(parent(dst))?;
     let n = {
         let mut w = io::BufWriter::with_capacity(BUF, tmp.as_file());
         let n = body(&mut w)?;
         w.flush()?;
         n
     };
+    persist(tmp, dst)?;
+    Ok(n)
+}
+
+fn parent(p: &Path) -> &Path {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// A hidden temp file (mode 0600) in `dir`, removed unless persisted.
+fn private_temp(dir: &Path) -> io::Result<tempfile::NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::Builder::new()
+        .prefix(".tmp-pack-")
+        .tempfile_in(dir)?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(tmp)
+}
+
+/// Makes a written temp file durable under `dst`.
+fn persist(tmp: tempfile::NamedTempFile, dst: &Path) -> io::Result<()> {
     tmp.as_file().sync_all()?;
     tmp.persist(dst).map_err(|e| e.error)?;
-    crate::fsutil::sync_dir(dir)?;
-    Ok(n)
+    crate::fsutil::sync_dir(parent(dst))
+}
+
+/// A file packed from a stream, under a hidden temp name until [`PendingPack::persist`];
+/// removed if dropped.
+#[derive(Debug)]
+pub struct PendingPack {
+    tmp: tempfile::NamedTempFile,
+    pub packed: PackedFile,
+    /// Size and sha256 (hex) of the plain bytes that were packed.
+    pub plain: (u64, String),
+}
+
+impl PendingPack {
+    /// Puts the packed file in place at `dst` (same directory as the temp file).
+    pub fn persist(self, dst: &Path) -> io::Result<()> {
+        persist(self.tmp, dst)
+    }
+}
+
+/// The thread of [`pack_stream`]; its result is the packed temp file.
+pub type PackThread = tokio::task::JoinHandle<io::Result<PendingPack>>;
+
+/// Packs what the returned writer gets into a hidden temp file in `dir`, on a blocking thread
+/// fed through a bounded channel; the thread ends when the writer is dropped. The writer
+/// blocks while the channel is full, so it must be used from a blocking thread.
+pub fn pack_stream(
+    dir: &Path,
+    packing: &Packing,
+) -> io::Result<(Box<dyn Write + Send>, PackThread)> {
+    use sha2::Digest;
+    let tmp = private_temp(dir)?;
+    let (tx, rx) = crate::chan::pipe(4);
+    let packing = packing.clone();
+    let thread = tokio::task::spawn_blocking(move || {
+        let mut input = crate::check::HashingReader::new(rx);
+        let packed = {
+            let hashing = Hashing {
+                inner: io::BufWriter::with_capacity(BUF, tmp.as_file()),
+                hasher: sha2::Sha256::new(),
+                written: 0,
+            };
+            let (read, mut h) = pack(&mut input, hashing, &packing)?;
+            h.flush()?;
+            PackedFile {
+                read,
+                size: h.written,
+                sha256: hex::encode(h.hasher.finalize()),
+            }
+        };
+        Ok(PendingPack {
+            tmp,
+            packed,
+            plain: input.finish(),
+        })
+    });
+    Ok((Box::new(tx), thread))
 }
 
 #[cfg(test)]

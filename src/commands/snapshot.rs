@@ -80,7 +80,11 @@ async fn snapshot(
         .into());
     }
     ctx.printer.json(&json!({
-        "snapshot": { "path": done.path, "metadata": done.sidecar },
+        "snapshot": {
+            "path": done.path,
+            "metadata": done.sidecar,
+            "packed_during_stream": done.packed_during_stream,
+        },
         "pruned": done.pruned,
         "offsite": done.uploaded(),
         "offsite_pruned": done.remote_pruned,
@@ -109,17 +113,27 @@ fn render(done: &BackupOutcome, profile: &Profile) -> String {
     }
     if !done.layers.is_empty() {
         text.push_str(&format!(
-            "  stored {} ({})\n",
+            "  stored {} ({}{})\n",
             pack::describe(&done.layers),
-            human_bytes(done.stored_size)
+            human_bytes(done.stored_size),
+            if done.packed_during_stream {
+                ", packed while the snapshot streamed"
+            } else {
+                ""
+            }
         ));
     }
     if let Some(u) = done.uploaded() {
         text.push_str(&format!(
-            "off-site copy: {} ({}, {}, confirmed)\n",
+            "off-site copy: {} ({}, {}, confirmed{})\n",
             u.url,
             pack::describe(&u.manifest.layers),
-            human_bytes(u.manifest.size)
+            human_bytes(u.manifest.size),
+            if u.during_stream {
+                ", sent while the snapshot streamed"
+            } else {
+                ""
+            }
         ));
     }
     if let Some(p) = &done.pruned {

@@ -12,6 +12,9 @@
 //!   (`meta.pgid` pages and the trailer), and walks the bbolt tree with reads that wait for their
 //!   pages to arrive ([`verify::analyze`], the code `verify_file` runs).
 //!
+//! The hashing thread can also hand every byte, in order, to a [`Tee`] (the off-site upload
+//! packs and sends them while the stream runs); what the tee does never changes the verdict.
+//!
 //! When the writer has gone (talosctl exited, see [`StreamEnd`]) only the tail is left. If the
 //! file does not end where the meta pages said it would (truncated, extra bytes, a damaged meta
 //! page, nothing written at all), the walk guessed wrong and the answer is
@@ -19,7 +22,7 @@
 //! verdict and message is the one `verify_file` gives.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
@@ -76,6 +79,38 @@ pub enum Followed<V> {
     Unsure,
 }
 
+/// Gets the snapshot's bytes in order as the hashing thread reads them. It is dropped when
+/// the follow ends (or at its first error): the receiving side sees the end of its input.
+pub type Tee = Box<dyn Write + Send>;
+
+/// One tee writing to each of `tees`; one that fails is dropped and the others go on.
+pub fn fan_out(mut tees: Vec<Tee>) -> Option<Tee> {
+    match tees.len() {
+        0 => None,
+        1 => tees.pop(),
+        _ => Some(Box::new(FanOut(tees))),
+    }
+}
+
+struct FanOut(Vec<Tee>);
+
+impl Write for FanOut {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.retain_mut(|t| t.write_all(buf).is_ok());
+        if self.0.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "every tee stopped",
+            ));
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.retain_mut(|t| t.flush().is_ok());
+        Ok(())
+    }
+}
+
 /// `<path>.part`, the name talosctl streams into.
 pub fn part_path(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
@@ -88,13 +123,19 @@ pub fn part_path(path: &Path) -> PathBuf {
 ///
 /// `Err` is an I/O error on a file that was opened; the caller may still verify the finished
 /// file as a whole.
-pub fn follow<V: Visitor>(path: &Path, end: &StreamEnd, mut visitor: V) -> io::Result<Followed<V>> {
+/// `tee`, when given, gets every byte the hashing thread reads.
+pub fn follow<V: Visitor>(
+    path: &Path,
+    end: &StreamEnd,
+    mut visitor: V,
+    tee: Option<Tee>,
+) -> io::Result<Followed<V>> {
     let Some(file) = open_when_there(path, end) else {
         return Ok(Followed::Unsure);
     };
     let growing = Growing { file: &file, end };
     let (digests, analysis) = std::thread::scope(|s| {
-        let hasher = s.spawn(|| hash_growing(&file, end));
+        let hasher = s.spawn(|| hash_growing(&file, end, tee));
         let analysis = walk(&growing, &mut visitor);
         let digests = hasher
             .join()
@@ -178,8 +219,11 @@ impl ReadAt for Growing<'_> {
 
 /// Hashes the file in order as it grows, until the writer has finished. Returns the digests
 /// as `verify_file` computes them and the final size.
-fn hash_growing(file: &File, end: &StreamEnd) -> io::Result<(Digests, u64)> {
-    let mut hasher = Sha256::new();
+fn hash_growing(file: &File, end: &StreamEnd, tee: Option<Tee>) -> io::Result<(Digests, u64)> {
+    let mut hasher = Hashing {
+        sha: Sha256::new(),
+        tee,
+    };
     let mut buf = vec![0u8; CHUNK];
     let mut off = 0u64;
     let size = loop {
@@ -196,21 +240,43 @@ fn hash_growing(file: &File, end: &StreamEnd) -> io::Result<(Digests, u64)> {
             end.pause(POLL);
         }
     };
-    let body = (size % 512 == TRAILER).then(|| hasher.clone().finalize().into());
+    let body = (size % 512 == TRAILER).then(|| hasher.sha.clone().finalize().into());
     hash_range(file, &mut hasher, &mut buf, off, size)?;
+    if let Some(mut t) = hasher.tee.take() {
+        // A tee that fails here only loses its copy; the receiver checks what it got.
+        let _ = t.flush();
+    }
     Ok((
         Digests {
-            whole: hasher.finalize().into(),
+            whole: hasher.sha.finalize().into(),
             body,
         },
         size,
     ))
 }
 
+/// The sha256 of the bytes read, and the tee that gets them too.
+struct Hashing {
+    sha: Sha256,
+    tee: Option<Tee>,
+}
+
+impl Hashing {
+    fn update(&mut self, bytes: &[u8]) {
+        self.sha.update(bytes);
+        // A tee that fails is dropped: the verification goes on without it.
+        if let Some(t) = &mut self.tee
+            && t.write_all(bytes).is_err()
+        {
+            self.tee = None;
+        }
+    }
+}
+
 /// Hashes bytes `from..to` of `file`.
 fn hash_range(
     file: &File,
-    hasher: &mut Sha256,
+    hasher: &mut Hashing,
     buf: &mut [u8],
     mut from: u64,
     to: u64,
@@ -310,7 +376,7 @@ mod tests {
         let path = dir.path().join("new.snapshot");
         let end = Arc::new(StreamEnd::default());
         let w = writer(path.clone(), data, chunk, ending, end.clone());
-        let followed = follow(&path, &end, Seen::default()).unwrap();
+        let followed = follow(&path, &end, Seen::default(), None).unwrap();
         w.join().unwrap();
         (followed, path, dir)
     }
@@ -337,6 +403,60 @@ mod tests {
                 "{name}: same entries, same order, same pages"
             );
         }
+    }
+
+    /// A tee that keeps what it gets.
+    struct Keep(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Keep {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A tee that fails at once.
+    struct Broken;
+
+    impl Write for Broken {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::other("gone"))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_tees_get_every_byte_in_order_and_a_failing_one_changes_nothing() {
+        let data = fixture("overflow.snapshot");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.snapshot");
+        let end = Arc::new(StreamEnd::default());
+        let w = writer(
+            path.clone(),
+            data.clone(),
+            1500,
+            Ending::Rename,
+            end.clone(),
+        );
+        let (a, b) = (Arc::default(), Arc::default());
+        let tee = fan_out(vec![
+            Box::new(Keep(Arc::clone(&a))),
+            Box::new(Broken),
+            Box::new(Keep(Arc::clone(&b))),
+        ]);
+        let followed = follow(&path, &end, Seen::default(), tee).unwrap();
+        w.join().unwrap();
+        let Followed::Verified { report, .. } = followed else {
+            panic!("not verified while streaming: {followed:?}");
+        };
+        assert!(report.valid, "{:?}", report.problems);
+        assert!(*a.lock().unwrap() == data);
+        assert!(*b.lock().unwrap() == data);
     }
 
     #[test]
@@ -380,7 +500,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(30));
             e.finish();
         });
-        let followed = follow(&dir.path().join("never"), &end, Seen::default()).unwrap();
+        let followed = follow(&dir.path().join("never"), &end, Seen::default(), None).unwrap();
         t.join().unwrap();
         assert!(matches!(followed, Followed::Unsure));
     }
@@ -392,7 +512,7 @@ mod tests {
         std::fs::write(&path, fixture("small.snapshot")).unwrap();
         let end = StreamEnd::default();
         end.finish();
-        let Followed::Verified { report, .. } = follow(&path, &end, Seen::default()).unwrap()
+        let Followed::Verified { report, .. } = follow(&path, &end, Seen::default(), None).unwrap()
         else {
             panic!("not verified");
         };
@@ -407,7 +527,7 @@ mod tests {
         let empty = dir.path().join("empty");
         std::fs::write(part_path(&empty), b"").unwrap();
         assert!(matches!(
-            follow(&empty, &end, Seen::default()).unwrap(),
+            follow(&empty, &end, Seen::default(), None).unwrap(),
             Followed::Unsure
         ));
 
@@ -416,7 +536,7 @@ mod tests {
         data.extend_from_slice(&[0u8; 512]);
         std::fs::write(&longer, data).unwrap();
         assert!(matches!(
-            follow(&longer, &end, Seen::default()).unwrap(),
+            follow(&longer, &end, Seen::default(), None).unwrap(),
             Followed::Unsure
         ));
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
-use super::follow::{StreamEnd, part_path};
+use super::follow::{StreamEnd, Tee, part_path};
 use super::store::{self, Sidecar};
 use super::verify::Trailer;
 use crate::error::UserError;
@@ -46,7 +46,14 @@ impl Default for TakeOptions {
 pub struct Taken {
     pub path: PathBuf,
     pub sidecar: Sidecar,
+    /// Verified by following the stream (every byte a tee got was verified); `false` when the
+    /// finished file had to be read again.
+    pub followed: bool,
 }
+
+/// Called once when the stream starts, with the time the snapshot is taken at and its file
+/// name; returns the [`Tee`] that gets every byte while it streams.
+pub type TeeStart<'a> = Box<dyn FnOnce(Timestamp, &str) -> Tee + Send + 'a>;
 
 /// Picks the node to stream from: `--node`, or the first control-plane node that answers.
 /// Returns the node and its Talos version.
@@ -217,6 +224,19 @@ pub async fn take(
     opts: &TakeOptions,
     reporter: &dyn Reporter,
 ) -> anyhow::Result<Taken> {
+    take_teed(profile, talos, opts, None, reporter).await
+}
+
+/// [`take`], with `tee` getting the snapshot's bytes while they stream (see
+/// [`follow`](super::follow)). What the tee got is only worth something when the result is
+/// `Ok` with [`Taken::followed`].
+pub async fn take_teed(
+    profile: &Profile,
+    talos: &Talosctl,
+    opts: &TakeOptions,
+    tee: Option<TeeStart<'_>>,
+    reporter: &dyn Reporter,
+) -> anyhow::Result<Taken> {
     let started = Instant::now();
     let (node, talos_version, talos) = if opts.skip_health {
         pick_node_or_direct(profile, talos, opts.node.as_deref(), reporter).await?
@@ -267,9 +287,10 @@ pub async fn take(
     // Verified while talosctl streams it, so only the tail is left when talosctl exits.
     let end = Arc::new(StreamEnd::default());
     let _end_on_drop = FinishOnDrop(end.clone());
+    let tee = tee.map(|start| start(taken_at, &file_name));
     let follower = {
         let (tmp, end) = (tmp.clone(), end.clone());
-        tokio::task::spawn_blocking(move || crate::snapshot::xray::follow(&tmp, &end))
+        tokio::task::spawn_blocking(move || crate::snapshot::xray::follow(&tmp, &end, tee))
     };
     let streamed = talos
         .etcd_snapshot(&node, &tmp, opts.snapshot_timeout)
@@ -309,6 +330,7 @@ pub async fn take(
     // Verified and read in one pass, so the sidecar can say what the snapshot holds. When the
     // stream did not end as its meta pages said (or following it failed), the finished file is
     // read as a whole: the verdict and its words are then exactly those of `verify`.
+    let followed_ok = matches!(followed, Ok(Ok(Some(_))));
     let (report, contents) = match followed {
         Ok(Ok(Some(done))) => done,
         _ => crate::snapshot::xray::read(&tmp)
@@ -355,6 +377,7 @@ pub async fn take(
     Ok(Taken {
         path: final_path,
         sidecar,
+        followed: followed_ok,
     })
 }
 

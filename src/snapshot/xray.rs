@@ -604,10 +604,11 @@ pub fn read(path: &Path) -> io::Result<(Report, Option<Contents>)> {
 pub fn follow(
     path: &Path,
     end: &super::follow::StreamEnd,
+    tee: Option<super::follow::Tee>,
 ) -> io::Result<Option<(Report, Option<Contents>)>> {
     use super::follow::Followed;
     Ok(
-        match super::follow::follow(path, end, Collector::default())? {
+        match super::follow::follow(path, end, Collector::default(), tee)? {
             Followed::Verified { report, visitor } => {
                 let contents = report.valid.then(|| visitor.finish());
                 Some((report, contents))

@@ -13,6 +13,7 @@ mod kube;
 mod monitor;
 mod offsite;
 mod offsite_fixes;
+mod offsite_stream;
 mod pack;
 mod proxmox_cli;
 mod pve;
