@@ -26,9 +26,11 @@ use crate::ui::{self, Event};
 
 const RESET_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(10 * 60);
-/// "Not ready yet" refusals are retried for this long, this far apart.
+/// "Not ready yet" refusals are retried for this long, this far apart: the node is about to
+/// be ready (time sync, EPHEMERAL mounting), so a second apart notices it within a second, and
+/// a refusal changes nothing on the node, so at most 60 calls are harmless.
 const NOT_YET_BUDGET: Duration = Duration::from_secs(60);
-const NOT_YET_DELAY: Duration = Duration::from_secs(5);
+const NOT_YET_DELAY: Duration = Duration::from_secs(1);
 /// How long after a reset (or the last change seen) its node may take to show `Preparing`: a VM
 /// reboot. Within it, every node is looked at every 0.8 s (`crate::poll`).
 const RESET_DUE: Duration = Duration::from_secs(5 * 60);

@@ -396,3 +396,49 @@ fn snapshot_falls_back_to_the_nodes_when_the_vip_endpoint_is_down() {
     assert_eq!(e.as_deref(), Some("10.5.0.11"), "{last:?}");
     assert_eq!(verify_file(&out).unwrap().status.unwrap().revision, 162);
 }
+
+/// A bootstrap refused with "not ready yet" (here: the clock not in sync after the reboot) is
+/// tried again every second on the same node, changes nothing while refused, and once the node
+/// is ready the restore ends with exactly one accepted bootstrap.
+#[test]
+fn a_not_ready_bootstrap_is_retried_on_the_same_node_until_accepted_once() {
+    use std::time::{Duration, Instant};
+    use talos_dr::sim::state::Cluster as Sim;
+    let env = Env::new();
+    env.disaster();
+    env.edit_cluster(|c| c.node_mut(CP[0]).unwrap().time_unsynced = true);
+    let mut child = restore_std(&env, &["--snapshot", &small()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.calls_of(&["bootstrap"]).len() < 3 {
+        assert!(Instant::now() < deadline, "the bootstrap was not retried");
+        assert!(child.try_wait().unwrap().is_none(), "restore ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Refused every time so far: nothing was bootstrapped.
+    assert!(env.cluster().bootstrapped.is_empty());
+    Sim::update(&env.state, |c| {
+        c.node_mut(CP[0]).unwrap().time_unsynced = false;
+    })
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("time is not in sync yet"), "{err}");
+    let boots = env.calls_of(&["bootstrap"]);
+    assert!(boots.len() >= 4, "{boots:?}");
+    assert!(
+        boots.iter().all(|b| node_args(b) == [CP[0]]),
+        "only the chosen node is ever bootstrapped: {boots:?}"
+    );
+    let c = env.cluster();
+    assert!(c.etcd_violations.is_empty(), "{:?}", c.etcd_violations);
+    assert_eq!(c.bootstrapped.len(), 1, "exactly one accepted bootstrap");
+    for n in CP {
+        let node = c.nodes.iter().find(|x| x.address == n).unwrap();
+        assert_eq!(node.etcd.state, "Running", "{n}");
+        assert_eq!(node.etcd.generation, c.etcd_generation, "{n}");
+    }
+}
