@@ -435,8 +435,10 @@ fn a_not_ready_bootstrap_is_retried_on_the_same_node_until_accepted_once() {
     let err = std::fs::read_to_string(&log).unwrap();
     assert_eq!(status.code(), Some(0), "{err}");
     assert!(err.contains("time is not in sync yet"), "{err}");
+    // The third call may have been in flight when the clock was fixed, and accepted: two
+    // refusals at least, then one accepted (checked below).
     let boots = env.calls_of(&["bootstrap"]);
-    assert!(boots.len() >= 4, "{boots:?}");
+    assert!(boots.len() >= 3, "{boots:?}");
     assert!(
         boots.iter().all(|b| node_args(b) == [CP[0]]),
         "only the chosen node is ever bootstrapped: {boots:?}"
